@@ -1,0 +1,5 @@
+import sys
+
+from akita.cli import main
+
+sys.exit(main())

@@ -1,0 +1,487 @@
+"""Configuration: one INI file, parsed once into one frozen dataclass per section.
+
+Every section is a dataclass whose fields carry a converter in their metadata. Unknown
+sections and keys are errors, so that a typo never falls back to a default silently; a bad
+value raises `ConfigError` naming file, section, key, value and what is allowed.
+
+Relative paths in keys ending in `_dir` are resolved against the directory of the config
+file, so a node starts the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+from akita.errors import ConfigError
+
+# The worker processes a supervisor knows how to run, in start order.
+WORKER_ORDER = ("ledger", "sampler", "executor", "gateway")
+
+# Longest path a Unix socket may have (sun_path is 108 bytes with its NUL).
+_MAX_SOCKET_PATH = 107
+_LONGEST_SOCKET_NAME = "executor.sock"
+
+
+class RestartPolicy(str, Enum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+# --- converters -------------------------------------------------------------------------
+# Each takes the raw string and the config file's directory; raises ValueError whose text
+# says what is allowed.
+
+Converter = Callable[[str, Path], Any]
+
+
+def _int_range(low: int, high: int) -> Converter:
+    def convert(raw: str, _base: Path) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected a whole number from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return convert
+
+
+def _seconds(low: float, high: float) -> Converter:
+    def convert(raw: str, _base: Path) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number of seconds from {low:g} to {high:g}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number of seconds from {low:g} to {high:g}")
+        return value
+
+    return convert
+
+
+def _percent(raw: str, base: Path) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a percentage from 0 to 100") from None
+    if not 0 <= value <= 100:
+        raise ValueError("expected a percentage from 0 to 100")
+    return value
+
+
+_TRUE = {"1", "yes", "true", "on"}
+_FALSE = {"0", "no", "false", "off"}
+
+
+def _boolean(raw: str, _base: Path) -> bool:
+    lowered = raw.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected yes or no")
+
+
+def _choice(*allowed: str) -> Converter:
+    def convert(raw: str, _base: Path) -> str:
+        if raw not in allowed:
+            raise ValueError("expected one of: " + ", ".join(allowed))
+        return raw
+
+    return convert
+
+
+def _text(raw: str, _base: Path) -> str:
+    return raw
+
+
+def _channel(raw: str, _base: Path) -> str:
+    parts = raw.split(".")
+    if not raw or any(not part or not part.replace("_", "").replace("-", "").isalnum()
+                      for part in parts):
+        raise ValueError("expected dotted names of letters, digits, '-' and '_' (e.g. akita.tasks)")
+    return raw
+
+
+def _directory(raw: str, base: Path) -> Path:
+    if not raw:
+        raise ValueError("expected a directory path")
+    path = Path(os.path.expanduser(raw))
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _optional_directory(raw: str, base: Path) -> Path | None:
+    return _directory(raw, base) if raw else None
+
+
+def _name_list(raw: str, _base: Path) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.replace("\n", ",").split(",") if item.strip())
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    host, sep, port = item.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{item!r} is not host:port")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"{item!r} has a port that is not a number") from None
+    if not 1 <= number <= 65535:
+        raise ValueError(f"{item!r} has a port outside 1-65535")
+    return host.strip("[]"), number
+
+
+def _optional_host_port(raw: str, _base: Path) -> tuple[str, int] | None:
+    return _host_port(raw) if raw else None
+
+
+def _host_port_list(raw: str, base: Path) -> tuple[tuple[str, int], ...]:
+    return tuple(_host_port(item) for item in _name_list(raw, base))
+
+
+def _identity_list(raw: str, base: Path) -> tuple[str, ...]:
+    items = _name_list(raw, base)
+    for item in items:
+        if len(item) != 32 or any(c not in "0123456789abcdef" for c in item.lower()):
+            raise ValueError(f"{item!r} is not an identity hash (32 hex digits)")
+    return tuple(item.lower() for item in items)
+
+
+def _node_name(raw: str, _base: Path) -> str:
+    name = raw or socket.gethostname()
+    if len(name.encode()) > 32:
+        raise ValueError("expected a name of at most 32 bytes")
+    return name
+
+
+def setting(convert: Converter, doc: str, default: Any = dataclasses.MISSING) -> Any:
+    """A config key: its converter, a one-line description and, unless required, a default."""
+    return field(default=default, metadata={"convert": convert, "doc": doc})
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    # Required: a node writes only where its config says.
+    data_dir: Path = setting(_directory, "identity and ledger database (required)")
+    run_dir: Path = setting(_directory, "control and bus sockets, pid lock, mode 0700 (required)")
+    log_dir: Path = setting(_directory, "one log file per process (required)")
+    name: str = setting(_node_name, "node name shown to peers (default: the host name)", "")
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    workers: tuple[str, ...] = setting(_name_list, "workers to run, started in the order "
+                                       + " → ".join(WORKER_ORDER), WORKER_ORDER)
+    heartbeat_interval: float = setting(_seconds(0.05, 60), "how often workers send a heartbeat",
+                                        1.0)
+    log_max_bytes: int = setting(_int_range(4096, 1 << 30), "rotate a log file past this size",
+                                 10 << 20)
+    log_backups: int = setting(_int_range(0, 100), "rotated log files kept per process", 3)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    restart: RestartPolicy = setting(
+        lambda raw, base: RestartPolicy(_choice(*(p.value for p in RestartPolicy))(raw, base)),
+        "always | on-failure | never", RestartPolicy.ALWAYS)
+    backoff_initial: float = setting(_seconds(0, 60), "first delay before a quick re-restart", 0.1)
+    backoff_max: float = setting(_seconds(0, 3600), "longest delay between restarts", 30.0)
+    max_restarts: int = setting(_int_range(0, 1000), "restarts allowed within restart_window "
+                                "before the worker is FATAL", 5)
+    restart_window: float = setting(_seconds(0.1, 86400), "the window for max_restarts", 60.0)
+    heartbeat_timeout: float = setting(_seconds(0.1, 3600), "silence after which a worker is "
+                                       "killed and restarted", 5.0)
+    stop_timeout: float = setting(_seconds(0.1, 600), "grace after SIGTERM before SIGKILL", 5.0)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    cluster_size: int = setting(_int_range(1, 1000), "nodes per cluster", 3)
+    discovery_interval: float = setting(_seconds(0.1, 86400), "how often clusters are re-formed",
+                                        5.0)
+    announce_interval: float = setting(_seconds(0.5, 86400), "how often this node announces", 10.0)
+    peer_timeout: float = setting(_seconds(0.5, 86400), "silence after which a peer is gone",
+                                  30.0)
+
+
+@dataclass(frozen=True)
+class ChannelsConfig:
+    task_channel: str = setting(_channel, "Reticulum aspects for task delegation", "akita.tasks")
+    state_channel: str = setting(_channel, "aspects for cluster state", "akita.state")
+    inter_cluster_channel: str = setting(_channel, "aspects for inter-cluster messages",
+                                         "akita.intercluster")
+    ledger_channel: str = setting(_channel, "aspects for ledger replication", "akita.ledger")
+    resource_channel: str = setting(_channel, "aspects for resource summaries", "akita.resources")
+    service_channel: str = setting(_channel, "aspects for service discovery", "akita.services")
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    task_timeout: float = setting(_seconds(0.01, 86400), "default task timeout", 60.0)
+    pool_size: int = setting(_int_range(0, 1024), "task processes (0: one per CPU)", 0)
+    modules: tuple[str, ...] = setting(_name_list, "Python modules whose @akita.task "
+                                       "functions this node runs", ())
+    max_queue: int = setting(_int_range(1, 10_000_000), "queued tasks before submit is "
+                             "refused", 100_000)
+    max_result_bytes: int = setting(_int_range(64, 1 << 30), "largest stored result or error",
+                                    1 << 20)
+    max_attempts: int = setting(_int_range(1, 100), "runs of one task before it fails", 3)
+    capabilities: tuple[str, ...] = setting(_name_list, "capabilities this node declares "
+                                            "(matched against a task's requires)", ())
+
+
+@dataclass(frozen=True)
+class CommandTask:
+    """A task type that runs a command line (argv, no shell) declared as [command:NAME]."""
+
+    argv: tuple[str, ...] = setting(lambda raw, base: tuple(_split_argv(raw)),
+                                    "the command line; {0}, {1}… are replaced by task args")
+    timeout: float = setting(_seconds(0, 86400), "timeout (0: [tasks] task_timeout)", 0.0)
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    checkpoint_interval: float = setting(_seconds(0.01, 3600), "longest time between signed "
+                                         "checkpoints while events arrive", 1.0)
+    checkpoint_events: int = setting(_int_range(1, 10_000_000), "events between checkpoints",
+                                     10_000)
+    max_batch: int = setting(_int_range(1, 1_000_000), "most events in one transaction", 20_000)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    interval: float = setting(_seconds(0.05, 3600), "seconds between samples", 5.0)
+    cpu_alert_percent: float = setting(_percent, "host CPU alert threshold", 95.0)
+    memory_alert_percent: float = setting(_percent, "host memory alert threshold", 90.0)
+    disk_alert_percent: float = setting(_percent, "data_dir disk usage alert threshold", 90.0)
+    process_rss_alert_bytes: int = setting(_int_range(0, 1 << 50), "per-process RSS alert "
+                                           "threshold (0: off)", 0)
+
+
+@dataclass(frozen=True)
+class ReticulumConfig:
+    auto_interface: bool = setting(_boolean, "zero-config LAN discovery (AutoInterface)", True)
+    tcp_listen: tuple[str, int] | None = setting(_optional_host_port, "host:port to accept TCP "
+                                                 "peers; this node then forwards", None)
+    tcp_connect: tuple[tuple[str, int], ...] = setting(_host_port_list, "host:port list to dial",
+                                                       ())
+    network_name: str = setting(_text, "interface access code network name", "")
+    passphrase: str = setting(_text, "interface access code passphrase", "")
+    config_dir: Path | None = setting(_optional_directory, "use this Reticulum config "
+                                      "directory instead of the keys above", None)
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    admission: str = setting(_choice("open", "allowlist"), "open | allowlist", "open")
+    allowed_identities: tuple[str, ...] = setting(_identity_list, "identity hashes admitted "
+                                                  "in allowlist mode", ())
+
+
+SECTIONS: dict[str, type] = {
+    "node": NodeConfig,
+    "supervisor": SupervisorConfig,
+    "cluster": ClusterConfig,
+    "channels": ChannelsConfig,
+    "tasks": TasksConfig,
+    "ledger": LedgerConfig,
+    "sampler": SamplerConfig,
+    "reticulum": ReticulumConfig,
+    "security": SecurityConfig,
+}
+
+# Which sections each worker reads: a change in any of them restarts it on SIGHUP.
+WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
+    "ledger": ("node", "ledger"),
+    "sampler": ("node", "sampler"),
+    "executor": ("node", "tasks", "commands"),
+    "gateway": ("node", "cluster", "channels", "tasks", "reticulum", "security"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    text: str
+    node: NodeConfig
+    supervisor: SupervisorConfig
+    cluster: ClusterConfig
+    channels: ChannelsConfig
+    tasks: TasksConfig
+    ledger: LedgerConfig
+    sampler: SamplerConfig
+    reticulum: ReticulumConfig
+    security: SecurityConfig
+    workers: dict[str, WorkerConfig]
+    commands: dict[str, CommandTask]
+
+    def worker_settings(self, name: str) -> tuple[Any, ...]:
+        """Everything that worker `name` is started with, for change detection on reload."""
+        sections = tuple(getattr(self, section) for section in WORKER_SECTIONS[name])
+        return sections + (self.workers[name], self.supervisor.heartbeat_interval)
+
+    def effective(self) -> dict[str, dict[str, Any]]:
+        """The config as it takes effect, every key with its value, for `--check`."""
+        out: dict[str, dict[str, Any]] = {}
+        for section in SECTIONS:
+            out[section] = _plain(getattr(self, section))
+        for name, worker in self.workers.items():
+            out[f"worker:{name}"] = _plain(worker)
+        for name, command in self.commands.items():
+            out[f"command:{name}"] = _plain(command)
+        return out
+
+
+def _plain(section: Any) -> dict[str, Any]:
+    values = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, Path):
+            value = str(value)
+        values[f.name] = value
+    return values
+
+
+def _split_argv(raw: str) -> list[str]:
+    import shlex
+
+    try:
+        argv = shlex.split(raw)
+    except ValueError as exc:
+        raise ValueError(f"expected a command line ({exc})") from None
+    if not argv:
+        raise ValueError("expected a command line")
+    return argv
+
+
+def _build(cls: type, items: dict[str, str], path: Path, section: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in items.items():
+        f = known.get(key)
+        if f is None:
+            raise ConfigError(f"unknown key; allowed: {', '.join(known)}",
+                              path=str(path), section=section, key=key)
+        try:
+            values[key] = f.metadata["convert"](raw.strip(), path.parent)
+        except ValueError as exc:
+            raise ConfigError(f"bad value {raw.strip()!r}: {exc}",
+                              path=str(path), section=section, key=key) from None
+    for name, f in known.items():
+        if name not in values and f.default is dataclasses.MISSING:
+            raise ConfigError("required key is missing", path=str(path), section=section,
+                              key=name)
+        if name == "name" and cls is NodeConfig and name not in values:
+            values[name] = _node_name("", path.parent)
+    return cls(**values)
+
+
+def parse(text: str, path: Path) -> Config:
+    """Parse config `text` that was read from `path` (used to resolve relative paths)."""
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"),
+                                       default_section="\x00unused")
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.Error as exc:
+        raise ConfigError(f"not a valid INI file: {exc.message if hasattr(exc, 'message') else exc}",
+                          path=str(path)) from None
+    sections: dict[str, Any] = {}
+    workers: dict[str, WorkerConfig] = {}
+    commands: dict[str, CommandTask] = {}
+    for section in parser.sections():
+        items = dict(parser.items(section))
+        kind, colon, name = section.partition(":")
+        if colon and kind == "worker":
+            if name not in WORKER_ORDER:
+                raise ConfigError(f"unknown worker {name!r}; allowed: {', '.join(WORKER_ORDER)}",
+                                  path=str(path), section=section)
+            workers[name] = _build(WorkerConfig, items, path, section)
+        elif colon and kind == "command":
+            if not name or not _is_task_name(name):
+                raise ConfigError("command task names are letters, digits, '.', '_' and '-'",
+                                  path=str(path), section=section)
+            commands[name] = _build(CommandTask, items, path, section)
+        elif section in SECTIONS:
+            sections[section] = _build(SECTIONS[section], items, path, section)
+        else:
+            allowed = ", ".join([*SECTIONS, "worker:NAME", "command:NAME"])
+            raise ConfigError(f"unknown section; allowed: {allowed}", path=str(path),
+                              section=section)
+    for section, cls in SECTIONS.items():
+        if section not in sections:
+            sections[section] = _build(cls, {}, path, section)
+    for name in WORKER_ORDER:
+        workers.setdefault(name, WorkerConfig())
+    config = Config(path=path, text=text, workers=workers, commands=commands, **sections)
+    _check(config)
+    return config
+
+
+def _is_task_name(name: str) -> bool:
+    return all(c.isalnum() or c in "._-" for c in name) and len(name) <= 64
+
+
+def _check(config: Config) -> None:
+    """Rules that span several keys."""
+    path = str(config.path)
+    for name in config.supervisor.workers:
+        if name not in WORKER_ORDER:
+            raise ConfigError(f"unknown worker {name!r}; allowed: {', '.join(WORKER_ORDER)}",
+                              path=path, section="supervisor", key="workers")
+    if len(set(config.supervisor.workers)) != len(config.supervisor.workers):
+        raise ConfigError("a worker is named twice", path=path, section="supervisor",
+                          key="workers")
+    socket_path = config.node.run_dir / _LONGEST_SOCKET_NAME
+    if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
+        raise ConfigError(f"{str(config.node.run_dir)!r} is too long for Unix sockets "
+                          f"(sockets there need {len(os.fsencode(socket_path))} bytes, the "
+                          f"limit is {_MAX_SOCKET_PATH}); choose a shorter path",
+                          path=path, section="node", key="run_dir")
+    ret = config.reticulum
+    if ret.config_dir is not None and (ret.tcp_listen or ret.tcp_connect or ret.network_name
+                                       or ret.passphrase):
+        raise ConfigError("config_dir cannot be combined with tcp_listen, tcp_connect, "
+                          "network_name or passphrase; configure the interfaces in that "
+                          "Reticulum config instead", path=path, section="reticulum",
+                          key="config_dir")
+    sec = config.security
+    if sec.admission == "allowlist" and not sec.allowed_identities:
+        raise ConfigError("admission = allowlist needs at least one identity in "
+                          "allowed_identities", path=path, section="security",
+                          key="allowed_identities")
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and parse the config file at `path`."""
+    resolved = Path(path).expanduser().resolve()
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", path=str(resolved)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file: {exc}", path=str(resolved)) from None
+    return parse(text, resolved)
+
+
+def describe() -> dict[str, dict[str, str]]:
+    """Every section's keys with their descriptions, for documentation and --help."""
+    out: dict[str, dict[str, str]] = {}
+    for section, cls in [*SECTIONS.items(), ("worker:NAME", WorkerConfig),
+                         ("command:NAME", CommandTask)]:
+        out[section] = {f.name: f.metadata["doc"] for f in dataclasses.fields(cls)}
+    return out

@@ -1,0 +1,353 @@
+"""The wire: every message that crosses a ZeroMQ socket, and how it is encoded.
+
+A frame is one msgpack map: ``{"v": PROTOCOL_VERSION, "kind": "noun.verb", "rid": …, fields…}``.
+``rid`` is optional: a request id that the reply echoes so a client can match replies to
+requests it has in flight. Each message is a frozen dataclass registered under its kind;
+`decode()` is the only way in, and raises one `ProtocolError` naming the kind and field for
+anything malformed (unknown kind, missing or extra field, wrong type, oversized frame,
+another protocol version). Nothing that crossed a socket is ever unpickled.
+
+Bus frames are two ZeroMQ frames: a topic (dotted prefix, for subscription) and one encoded
+message. The topic is usually the message kind, but a committed ledger event travels under
+its event kind (e.g. ``worker.exited``) inside a `ledger.committed` message.
+
+Messages are grouped by the process that answers them; add new ones in their group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+import msgpack
+
+from akita.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 16 << 20
+
+_ENVELOPE = frozenset(("v", "kind", "rid"))
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every message; subclasses are registered with `@message("noun.verb")`."""
+
+    KIND: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    cls: type[Message]
+    fields: tuple[tuple[str, tuple[type, ...] | None, bool], ...]  # name, types, required
+    names: frozenset[str]
+
+
+_REGISTRY: dict[str, _Schema] = {}
+
+
+def _runtime_types(annotation: Any) -> tuple[type, ...] | None:
+    """The isinstance() check for an annotation; None accepts anything."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return None
+    if origin in (Union, types.UnionType):
+        collected: list[type] = []
+        for arg in typing.get_args(annotation):
+            sub = _runtime_types(arg)
+            if sub is None:
+                return None
+            collected.extend(sub)
+        return tuple(collected)
+    if annotation is type(None):
+        return (type(None),)
+    if origin is not None:
+        annotation = origin
+    if annotation is float:
+        return (float, int)
+    if annotation is int:
+        return (int,)
+    if annotation in (list, tuple):
+        # msgpack decodes arrays as lists; tuples are accepted on the encode side.
+        return (list, tuple)
+    return (annotation,)
+
+
+def message(kind: str) -> Any:
+    """Register a frozen dataclass as the message for `kind`."""
+
+    def register(cls: type[Message]) -> type[Message]:
+        if kind in _REGISTRY:
+            raise ValueError(f"message kind {kind!r} registered twice")
+        cls.KIND = kind
+        hints = typing.get_type_hints(cls)
+        specs = []
+        for f in dataclasses.fields(cls):
+            required = (f.default is dataclasses.MISSING
+                        and f.default_factory is dataclasses.MISSING)
+            specs.append((f.name, _runtime_types(hints[f.name]), required))
+        _REGISTRY[kind] = _Schema(cls, tuple(specs), frozenset(f.name for f in dataclasses.fields(cls)))
+        return cls
+
+    return register
+
+
+def kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def encode(msg: Message, rid: int | None = None) -> bytes:
+    """One frame for `msg`; `rid` is echoed by replies."""
+    body: dict[str, Any] = {"v": PROTOCOL_VERSION, "kind": msg.KIND}
+    if rid is not None:
+        body["rid"] = rid
+    for f in dataclasses.fields(msg):  # type: ignore[arg-type]
+        body[f.name] = getattr(msg, f.name)
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode(data: bytes) -> Message:
+    return decode_frame(data)[1]
+
+
+def decode_frame(data: bytes) -> tuple[int | None, Message]:
+    """Decode one frame into (rid, message), or raise `ProtocolError` saying what is wrong."""
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(data)} bytes exceeds the limit of {MAX_FRAME_BYTES}")
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"not a msgpack frame ({type(exc).__name__})") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("frame is not a msgpack map")
+    kind = body.get("kind")
+    if not isinstance(kind, str):
+        raise ProtocolError("frame has no kind")
+    schema = _REGISTRY.get(kind)
+    if schema is None:
+        raise ProtocolError("unknown message kind", kind=kind)
+    version = body.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}",
+                            kind=kind, field="v")
+    rid = body.get("rid")
+    if rid is not None and not isinstance(rid, int):
+        raise ProtocolError("rid must be an integer", kind=kind, field="rid")
+    values = {}
+    for name, allowed, required in schema.fields:
+        if name not in body:
+            if required:
+                raise ProtocolError("missing field", kind=kind, field=name)
+            continue
+        value = body[name]
+        if allowed is not None and not isinstance(value, allowed):
+            raise ProtocolError(f"expected {'/'.join(t.__name__ for t in allowed)}, "
+                                f"got {type(value).__name__}", kind=kind, field=name)
+        values[name] = value
+    if len(body) > len(values) + sum(1 for key in _ENVELOPE if key in body):
+        extra = sorted(set(body) - schema.names - _ENVELOPE)
+        raise ProtocolError("unexpected field", kind=kind, field=str(extra[0]))
+    return rid, schema.cls(**values)
+
+
+def error_reply(code: str, text: str) -> Error:
+    return Error(code=code, message=text)
+
+
+def topic_of(kind: str) -> bytes:
+    return kind.encode()
+
+
+# --- generic ------------------------------------------------------------------------------
+
+
+@message("error")
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """Reply to a request that could not be served. `code` is a short stable word."""
+
+    code: str
+    message: str
+
+
+@message("ok")
+@dataclass(frozen=True, slots=True)
+class Ok(Message):
+    detail: str = ""
+
+
+@message("ping")
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    """Any process answers a ping with a pong: a liveness check and a round-trip probe."""
+
+    payload: bytes = b""
+
+
+@message("pong")
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    name: str
+    pid: int
+    payload: bytes = b""
+
+
+# --- supervisor control (control socket) ----------------------------------------------------
+
+
+@message("node.status")
+@dataclass(frozen=True, slots=True)
+class NodeStatus(Message):
+    pass
+
+
+@message("node.status_reply")
+@dataclass(frozen=True, slots=True)
+class NodeStatusReply(Message):
+    """`node`: id, name, pid, uptime_s, config path; `workers`: one dict per worker with
+    name, state, pid, uptime_s, restarts, cpu_percent, rss_bytes, exit_code, exit_signal,
+    last_error."""
+
+    node: dict[str, Any]
+    workers: list[dict[str, Any]]
+
+
+@message("worker.start")
+@dataclass(frozen=True, slots=True)
+class WorkerStart(Message):
+    name: str
+
+
+@message("worker.stop")
+@dataclass(frozen=True, slots=True)
+class WorkerStop(Message):
+    name: str
+
+
+@message("worker.restart")
+@dataclass(frozen=True, slots=True)
+class WorkerRestart(Message):
+    name: str
+
+
+@message("node.shutdown")
+@dataclass(frozen=True, slots=True)
+class NodeShutdown(Message):
+    pass
+
+
+@message("node.reload")
+@dataclass(frozen=True, slots=True)
+class NodeReload(Message):
+    """Re-read the config file and restart the workers whose settings changed (as SIGHUP)."""
+
+
+# --- bus (topic-prefixed publish/subscribe) -------------------------------------------------
+
+
+@message("worker.heartbeat")
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    name: str
+    pid: int
+    ts: float
+
+
+@message("worker.state")
+@dataclass(frozen=True, slots=True)
+class WorkerState(Message):
+    """Published by the supervisor on every worker state change."""
+
+    name: str
+    state: str
+    pid: int | None = None
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    detail: str = ""
+
+
+@message("resource.sample")
+@dataclass(frozen=True, slots=True)
+class ResourceSample(Message):
+    """`host`: cpu_percent, cpu_per_core, load_avg, memory, swap, disk, disk_io, net_io …;
+    `processes`: one dict per node process (role, name, pid, cpu_percent, rss_bytes,
+    uss_bytes, open_files, threads)."""
+
+    ts: float
+    host: dict[str, Any]
+    processes: list[dict[str, Any]]
+
+
+@message("resource.alert")
+@dataclass(frozen=True, slots=True)
+class ResourceAlert(Message):
+    metric: str
+    value: float
+    threshold: float
+    raised: bool
+    subject: str = "host"
+
+
+# --- ledger worker --------------------------------------------------------------------------
+
+
+@message("ledger.append")
+@dataclass(frozen=True, slots=True)
+class LedgerAppend(Message):
+    """Append events to this node's feed. Each event is a map {kind, ts, data}.
+
+    `source` names the sender instance and `ref` numbers its appends (strictly rising); the
+    writer answers `ledger.acked` with the highest ref it made durable for that source, and
+    ignores a ref it has already committed, so a sender may resend after a timeout without
+    writing an event twice. With `ack` false the append is fire-and-forget (still durable
+    once committed, but nobody waits).
+    """
+
+    source: str
+    ref: int
+    events: list[dict[str, Any]]
+    ack: bool = True
+
+
+@message("ledger.acked")
+@dataclass(frozen=True, slots=True)
+class LedgerAcked(Message):
+    source: str
+    ref: int
+    last_seq: int
+
+
+@message("ledger.committed")
+@dataclass(frozen=True, slots=True)
+class LedgerCommitted(Message):
+    """A committed event, published on the bus under the event's own kind as topic."""
+
+    feed: str
+    seq: int
+    ts: float
+    kind: str
+    data: Any
+
+
+@message("ledger.head")
+@dataclass(frozen=True, slots=True)
+class LedgerHead(Message):
+    """Request the head of this node's feed; the reply is `ledger.head_reply`."""
+
+
+@message("ledger.head_reply")
+@dataclass(frozen=True, slots=True)
+class LedgerHeadReply(Message):
+    feed: str
+    seq: int
+    hash: bytes
+
+
+__all__ = [name for name, value in globals().items()
+           if isinstance(value, type) and issubclass(value, Message)] + [
+    "PROTOCOL_VERSION", "MAX_FRAME_BYTES", "encode", "decode", "decode_frame", "message", "kinds",
+    "error_reply", "topic_of",
+]

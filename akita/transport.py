@@ -1,0 +1,125 @@
+"""Local transport: the ipc endpoints of a node and the socket conventions they follow.
+
+Every endpoint is a fixed path under the node's run directory, so a restarted process binds
+the same path and its peers reconnect by themselves. Every socket has a high-water mark and
+a linger, so closing never hangs and a stuck peer can slow a node but never stall it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+
+import zmq
+
+from akita import protocol
+from akita.errors import NodeNotResponding, NodeNotRunning, RequestFailed
+
+DEFAULT_HWM = 10_000
+LINGER_MS = 500
+
+
+def endpoint(run_dir: Path, name: str) -> str:
+    """`ipc://` address of socket `name` (control, bus-in, bus-out, or a worker's name)."""
+    return f"ipc://{run_dir / (name + '.sock')}"
+
+
+def socket_path(run_dir: Path, name: str) -> Path:
+    return run_dir / (name + ".sock")
+
+
+CONTROL = "control"
+BUS_IN = "bus-in"    # XSUB in the supervisor: publishers connect here
+BUS_OUT = "bus-out"  # XPUB in the supervisor: subscribers connect here
+
+
+def make_socket(ctx: zmq.Context, kind: int, *, hwm: int = DEFAULT_HWM) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    return sock
+
+
+def bind(sock: zmq.Socket, run_dir: Path, name: str) -> None:
+    """Bind at the fixed path of `name`, replacing a stale socket file left by a dead process."""
+    path = socket_path(run_dir, name)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    sock.bind(endpoint(run_dir, name))
+    os.chmod(path, 0o600)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` (and parents) and make it 0700: file permissions guard local clients."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+class Requester:
+    """A client for one request/reply endpoint, with a deadline on every request.
+
+    A DEALER socket, so several requests may be in flight; replies are matched by `rid`.
+    Not thread-safe: one Requester per thread.
+    """
+
+    _rids = itertools.count(1)
+
+    def __init__(self, run_dir: Path, name: str, *, ctx: zmq.Context | None = None,
+                 hwm: int = DEFAULT_HWM) -> None:
+        self.run_dir = run_dir
+        self.name = name
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.sock = make_socket(self.ctx, zmq.DEALER, hwm=hwm)
+        self.sock.connect(endpoint(run_dir, name))
+        self.early: dict[int, protocol.Message] = {}
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self) -> Requester:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, msg: protocol.Message) -> int:
+        """Send `msg` without waiting; returns its rid for `receive`."""
+        rid = next(self._rids)
+        self.sock.send(protocol.encode(msg, rid=rid))
+        return rid
+
+    def receive(self, rid: int, timeout_s: float) -> protocol.Message:
+        """Wait for the reply to `rid`; replies to other rids are kept for their callers."""
+        if rid in self.early:
+            return self.early.pop(rid)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1):
+                if not socket_path(self.run_dir, self.name).exists():
+                    raise NodeNotRunning(f"no node is running (no socket at "
+                                         f"{socket_path(self.run_dir, self.name)})")
+                raise NodeNotResponding(f"{self.name} did not answer within {timeout_s:g} s")
+            got_rid, reply = protocol.decode_frame(self.sock.recv())
+            if got_rid == rid:
+                return reply
+            if got_rid is not None:
+                self.early[got_rid] = reply
+
+    def request(self, msg: protocol.Message, timeout_s: float = 5.0) -> protocol.Message:
+        """Send `msg` and return its reply; an `error` reply raises `RequestFailed`."""
+        if not socket_path(self.run_dir, self.name).exists():
+            raise NodeNotRunning(f"no node is running (no socket at "
+                                 f"{socket_path(self.run_dir, self.name)})")
+        reply = self.receive(self.send(msg), timeout_s)
+        if isinstance(reply, protocol.Error):
+            raise RequestFailed(reply.code, reply.message)
+        return reply

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.helpers import Node
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path: Unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="ak-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_node(short_tmp: Path) -> Iterator[Callable[..., Node]]:
+    """make_node(sections=None, name="n0") → a Node (not started); all are stopped at teardown."""
+    nodes: list[Node] = []
+
+    def make(sections: dict[str, dict[str, Any]] | None = None, name: str = "n0") -> Node:
+        node = Node(short_tmp / name, sections)
+        nodes.append(node)
+        return node
+
+    try:
+        yield make
+    finally:
+        for node in nodes:
+            try:
+                node.stop()
+            except AssertionError:
+                pass
+            finally:
+                node.kill_everything()

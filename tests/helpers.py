@@ -1,0 +1,195 @@
+"""Shared test machinery: bounded waits, free ports, and real nodes in temporary directories.
+
+Every wait has a deadline and fails saying what it waited for and what it last saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from akita import config as config_mod
+from akita import protocol, transport
+from akita.errors import AkitaError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str,
+             interval_s: float = 0.02) -> Any:
+    """Poll `condition` until it returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        try:
+            last = condition()
+        except AkitaError as exc:  # a node that is still starting answers with these
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}; "
+                                 f"last saw: {last!r}")
+        time.sleep(interval_s)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# Fast timers so the suite stays quick; tests override what they exercise.
+TEST_DEFAULTS: dict[str, dict[str, Any]] = {
+    "node": {"data_dir": "data", "run_dir": "run", "log_dir": "log", "name": "test-node"},
+    "supervisor": {"heartbeat_interval": 0.2, "workers": "ledger, sampler"},
+    "sampler": {"interval": 0.5},
+    "ledger": {"checkpoint_interval": 0.2},
+}
+
+
+def render_config(sections: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {value}" for key, value in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def merge_sections(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
+class Node:
+    """A real supervisor process with its own config in `root`; always stopped by its fixture."""
+
+    def __init__(self, root: Path, sections: dict[str, dict[str, Any]] | None = None) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_path = root / "akita.ini"
+        self.sections = merge_sections(TEST_DEFAULTS, sections or {})
+        self.write_config()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self) -> None:
+        self.config_path.write_text(render_config(self.sections))
+        self.config = config_mod.load(self.config_path)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.node.run_dir
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.node.data_dir
+
+    @property
+    def log_dir(self) -> Path:
+        return self.config.node.log_dir
+
+    def start(self, wait: bool = True, timeout_s: float = 20.0) -> None:
+        out = open(self.root / "supervisor.out", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.main", "-c", str(self.config_path)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        out.close()
+        if wait:
+            self.wait_running(timeout_s)
+
+    def output(self) -> str:
+        try:
+            return (self.root / "supervisor.out").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def request(self, msg: protocol.Message, timeout_s: float = 5.0) -> protocol.Message:
+        with transport.Requester(self.run_dir, transport.CONTROL) as req:
+            return req.request(msg, timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        reply = self.request(protocol.NodeStatus())
+        assert isinstance(reply, protocol.NodeStatusReply)
+        return {"node": reply.node, "workers": {w["name"]: w for w in reply.workers}}
+
+    def worker(self, name: str) -> dict[str, Any]:
+        return self.status()["workers"][name]
+
+    def wait_running(self, timeout_s: float = 20.0, names: list[str] | None = None) -> dict:
+        wanted = names or list(self.config.supervisor.workers)
+
+        def all_running() -> Any:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited with {self.proc.returncode}:\n"
+                                     + self.output()[-3000:])
+            workers = self.status()["workers"]
+            states = {n: workers[n]["state"] for n in wanted}
+            return workers if all(s == "running" for s in states.values()) else states
+
+        return wait_for(all_running, timeout_s, f"workers {wanted} running")
+
+    def ctl(self, *args: str, timeout_s: float = 30.0, input: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "akita.cli", "-c", str(self.config_path), *args],
+            capture_output=True, text=True, timeout=timeout_s, cwd=REPO, input=input)
+
+    def ctl_json(self, *args: str, timeout_s: float = 30.0) -> Any:
+        done = self.ctl(*args, "--json", timeout_s=timeout_s)
+        assert done.returncode == 0, f"akitactl {args} failed ({done.returncode}): {done.stderr}"
+        return json.loads(done.stdout)
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError(f"supervisor did not stop within {timeout_s:g} s:\n"
+                                 + self.output()[-3000:]) from None
+
+    def kill_everything(self) -> None:
+        """Last-resort cleanup: the supervisor and every process still using our run dir."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        try:
+            out = subprocess.run(["pgrep", "-f", str(self.config_path)], capture_output=True,
+                                 text=True, timeout=5).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        for pid in out.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
