@@ -1,10 +1,11 @@
-"""A fork server: a small process, forked before its owner opens any socket, that forks
+"""A fork server: a fresh interpreter, holding no sockets, threads or handles, that forks
 children on request.
 
 Why: a worker must start from a clean process (no ZeroMQ context, socket, thread or
 database handle crossing a fork), yet exec'ing a fresh interpreter and re-importing zmq,
 msgpack, psutil and apsw costs 50-80 ms per start. The zygote imports the heavy modules once,
-holds no state, and forks a child in a few milliseconds.
+holds no state, and forks a child in a few milliseconds. It is itself started by fork+exec,
+so its owner may start (or restart) it at any time, whatever the owner already holds.
 
 The owner talks to it over a SOCK_SEQPACKET socketpair with msgpack messages; file
 descriptors for the child (its stdout/stderr pipe, a task channel) travel with the request
@@ -25,6 +26,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -76,22 +78,23 @@ class Zygote:
         self.pid = pid
         self._ref = 0
         self._pending: list[Exited] = []
+        self._proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def start(cls, preload: list[str], *, child_death_signal: int = signal.SIGTERM,
               title: str = "zygote") -> Zygote:
-        """Fork the server. Call before creating any socket, context or thread."""
+        """Start a fork server in a fresh interpreter with `preload` modules imported."""
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:  # the zygote
-            parent_end.close()
-            code = 1
-            try:
-                code = _Server(child_end, preload, child_death_signal, title).serve()
-            finally:
-                os._exit(code)
-        child_end.close()
-        return cls(parent_end, pid)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "akita.zygote", str(child_end.fileno()),
+                 ",".join(preload), str(int(child_death_signal)), title],
+                pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL)
+        finally:
+            child_end.close()
+        zygote = cls(parent_end, proc.pid)
+        zygote._proc = proc
+        return zygote
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -151,20 +154,13 @@ class Zygote:
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop the zygote (its socket closes) and reap it."""
         self.sock.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                pid, _ = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid:
-                return
-            time.sleep(0.005)
+        if self._proc is None:
+            return
         try:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+            self._proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
 
 
 class _Server:
@@ -273,3 +269,14 @@ class _Server:
                 sys.stderr.flush()
             finally:
                 os._exit(code)
+
+
+def _main(argv: list[str]) -> int:
+    fd, preload, death_signal, title = argv
+    sock = socket.socket(fileno=int(fd))
+    modules = [m for m in preload.split(",") if m]
+    return _Server(sock, modules, int(death_signal), title).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
