@@ -346,6 +346,13 @@ class LedgerHeadReply(Message):
     hash: bytes
 
 
+
+# --- executor (task.*) ----------------------------------------------------------------------
+
+
+# --- gateway (peer.*, cluster.*, state.*, service.*, message.*) ----------------------------
+
+
 __all__ = [name for name, value in globals().items()
            if isinstance(value, type) and issubclass(value, Message)] + [
     "PROTOCOL_VERSION", "MAX_FRAME_BYTES", "encode", "decode", "decode_frame", "message", "kinds",
