@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
+
 from akita import config as config_mod
 from akita import protocol, transport
 from akita.errors import AkitaError
@@ -179,17 +181,22 @@ class Node:
                                  + self.output()[-3000:]) from None
 
     def kill_everything(self) -> None:
-        """Last-resort cleanup: the supervisor and every process still using our run dir."""
+        """Last-resort cleanup: the supervisor, its whole process tree, and anything else
+        still naming our config or run directory on its command line."""
+        victims: list[psutil.Process] = []
         if self.proc is not None and self.proc.poll() is None:
+            try:
+                victims = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
             self.proc.kill()
             self.proc.wait(5)
-        try:
-            out = subprocess.run(["pgrep", "-f", str(self.config_path)], capture_output=True,
-                                 text=True, timeout=5).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            return
-        for pid in out.split():
+        markers = (str(self.config_path), str(self.root))
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if any(m in " ".join(proc.info["cmdline"] or []) for m in markers):
+                victims.append(proc)
+        for proc in victims:
             try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
+                proc.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
