@@ -127,6 +127,10 @@ def _name_list(raw: str, _base: Path) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.replace("\n", ",").split(",") if item.strip())
 
 
+def _directory_list(raw: str, base: Path) -> tuple[Path, ...]:
+    return tuple(_directory(item, base) for item in _name_list(raw, base))
+
+
 def _host_port(item: str) -> tuple[str, int]:
     host, sep, port = item.rpartition(":")
     if not sep or not host:
@@ -214,6 +218,12 @@ class ClusterConfig:
     announce_interval: float = setting(_seconds(0.5, 86400), "how often this node announces", 10.0)
     peer_timeout: float = setting(_seconds(0.5, 86400), "silence after which a peer is gone",
                                   30.0)
+    probe_interval: float = setting(_seconds(0, 86400), "how often a cluster member is probed "
+                                    "(0: peer_timeout / 5)", 0.0)
+    probe_timeout: float = setting(_seconds(0, 3600), "wait for a probe's answer before an "
+                                   "indirect probe (0: peer_timeout / 10)", 0.0)
+    services: tuple[str, ...] = setting(_name_list, "named services this node advertises "
+                                        "besides its task types", ())
 
 
 @dataclass(frozen=True)
@@ -233,6 +243,9 @@ class TasksConfig:
     pool_size: int = setting(_int_range(0, 1024), "task processes (0: one per CPU)", 0)
     modules: tuple[str, ...] = setting(_name_list, "Python modules whose @akita.task "
                                        "functions this node runs", ())
+    module_path: tuple[Path, ...] = setting(_directory_list, "directories to import modules "
+                                            "from, relative to this file (default: the "
+                                            "directory the node was started from)", ())
     max_queue: int = setting(_int_range(1, 10_000_000), "queued tasks before submit is "
                              "refused", 100_000)
     max_result_bytes: int = setting(_int_range(64, 1 << 30), "largest stored result or error",
@@ -268,6 +281,10 @@ class SamplerConfig:
     disk_alert_percent: float = setting(_percent, "data_dir disk usage alert threshold", 90.0)
     process_rss_alert_bytes: int = setting(_int_range(0, 1 << 50), "per-process RSS alert "
                                            "threshold (0: off)", 0)
+    alert_hysteresis: float = setting(_percent, "an alert clears this many percentage points "
+                                      "below its threshold (RSS: this percent below)", 5.0)
+    uss_every: int = setting(_int_range(0, 1_000_000), "measure per-process USS every Nth "
+                             "sample (it reads the memory maps; 0: never)", 6)
 
 
 @dataclass(frozen=True)
@@ -307,7 +324,7 @@ WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
     "ledger": ("node", "ledger"),
     "sampler": ("node", "sampler"),
     "executor": ("node", "tasks", "commands"),
-    "gateway": ("node", "cluster", "channels", "tasks", "reticulum", "security"),
+    "gateway": ("node", "cluster", "channels", "tasks", "commands", "reticulum", "security"),
 }
 
 
@@ -390,6 +407,16 @@ def _build(cls: type, items: dict[str, str], path: Path, section: str) -> Any:
     return cls(**values)
 
 
+def _ini_error(exc: configparser.Error) -> str:
+    """One line for a configparser error, whose own text may span several."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno}: {exc.line.strip()!r} comes before any [section]"
+    if isinstance(exc, configparser.ParsingError) and exc.errors:
+        lineno, line = exc.errors[0]
+        return f"line {lineno}: cannot parse {line.strip()!r}"
+    return " ".join(str(exc).split())
+
+
 def parse(text: str, path: Path) -> Config:
     """Parse config `text` that was read from `path` (used to resolve relative paths)."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"),
@@ -398,8 +425,7 @@ def parse(text: str, path: Path) -> Config:
     try:
         parser.read_string(text, source=str(path))
     except configparser.Error as exc:
-        raise ConfigError(f"not a valid INI file: {exc.message if hasattr(exc, 'message') else exc}",
-                          path=str(path)) from None
+        raise ConfigError(f"not a valid INI file: {_ini_error(exc)}", path=str(path)) from None
     sections: dict[str, Any] = {}
     workers: dict[str, WorkerConfig] = {}
     commands: dict[str, CommandTask] = {}

@@ -89,6 +89,13 @@ def merge_sections(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
     return merged
 
 
+class NotYet(dict):  # type: ignore[type-arg]
+    """What a `wait_for` condition saw so far: shown in the failure message, but falsy."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
 class Node:
     """A real supervisor process with its own config in `root`; always stopped by its fixture."""
 
@@ -152,7 +159,7 @@ class Node:
                                      + self.output()[-3000:])
             workers = self.status()["workers"]
             states = {n: workers[n]["state"] for n in wanted}
-            return workers if all(s == "running" for s in states.values()) else states
+            return workers if all(s == "running" for s in states.values()) else NotYet(states)
 
         return wait_for(all_running, timeout_s, f"workers {wanted} running")
 
@@ -200,3 +207,39 @@ class Node:
                 proc.kill()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
+
+
+# --- networks of nodes (gateway tests) ----------------------------------------------------------
+# Every node of a test network runs a real supervisor with ledger and gateway, its own
+# Reticulum instance on loopback TCP: node 0 listens (a hub), the others dial it.
+
+NET_CLUSTER = {"cluster_size": 3, "announce_interval": 1, "discovery_interval": 0.5,
+               "peer_timeout": 4}
+
+
+def net_sections(hub_port: int, hub: bool, name: str, **overrides: Any) -> dict[str, Any]:
+    """Config sections for one node of a loopback network (timers small, AutoInterface off)."""
+    sections: dict[str, Any] = {
+        "node": {"name": name},
+        "supervisor": {"workers": "ledger, gateway"},
+        "cluster": dict(NET_CLUSTER),
+        "reticulum": {"auto_interface": "no",
+                      "tcp_listen" if hub else "tcp_connect": f"127.0.0.1:{hub_port}"},
+    }
+    for section, values in overrides.items():
+        sections.setdefault(section, {}).update(values)
+    return sections
+
+
+def start_network(make_node: Callable[..., Node], count: int, **overrides: Any) -> list[Node]:
+    """`count` running nodes; the hub first (a client dialling too early waits ~5 s)."""
+    port = free_port()
+    nodes = []
+    for index in range(count):
+        node = make_node(net_sections(port, index == 0, f"node{index}", **overrides),
+                         name=f"n{index}")
+        node.start(wait=index == 0)
+        nodes.append(node)
+    for node in nodes[1:]:
+        node.wait_running()
+    return nodes

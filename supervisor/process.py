@@ -1,0 +1,232 @@
+"""One supervised worker: what to run (`WorkerSpec`) and how it is doing (`WorkerProcess`).
+
+This module holds the state machine and the restart policy and does no I/O: the process
+table (`supervisor.table`) forks, signals and reaps, and tells a `WorkerProcess` what
+happened; the `WorkerProcess` answers what to do next. That keeps every rule here testable
+with a clock passed in.
+
+States and their transitions (each transition method checks where it starts):
+
+    stopped ──spawned──▶ starting ──heartbeat──▶ running
+    starting/running ──stop──▶ stopping
+    starting/running/stopping ──exited──▶ backoff (restart due) | stopped | fatal
+    backoff ──spawned──▶ starting;  backoff/fatal ──stop──▶ stopped;  fatal ──spawned──▶ starting
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from enum import Enum
+
+from akita.config import RestartPolicy, WorkerConfig
+
+# A run shorter than this counts as a quick failure, and consecutive quick failures back off.
+# A worker that ran longer had started properly, so it is restarted at once (supervisord's
+# `startsecs` plays the same part, with the same default).
+STABLE_AFTER_S = 1.0
+
+
+class WorkerState(str, Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FATAL = "fatal"
+
+
+ACTIVE_STATES = frozenset((WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING))
+
+
+class TransitionError(RuntimeError):
+    """A transition was asked of a worker in a state it cannot leave that way (a bug)."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What to run and how to treat its exits: a worker name and its [worker:NAME] settings."""
+
+    name: str
+    settings: WorkerConfig
+
+
+@dataclass(frozen=True)
+class ExitOutcome:
+    """What the supervisor does after an exit: restart after `delay_s`, or nothing."""
+
+    state: WorkerState
+    delay_s: float = 0.0
+
+
+@dataclass
+class WorkerProcess:
+    """The supervisor's record of one worker across its incarnations."""
+
+    spec: WorkerSpec
+    state: WorkerState = WorkerState.STOPPED
+    pid: int | None = None
+    started_at: float = 0.0          # monotonic time of the current spawn
+    running_since: float | None = None
+    last_heartbeat: float = 0.0      # monotonic
+    restarts: int = 0                # spawns after the first, whatever asked for them
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    last_error: str = ""
+    restart_due: float | None = None  # monotonic time of a scheduled restart (backoff)
+    stop_deadline: float | None = None  # when a stopping worker gets SIGKILL
+    kill_cause: str = ""             # why the supervisor killed it, reported with the exit
+    kill_detail: str = ""            # the same for an operator: "no heartbeat for 5 s"
+    restart_after_stop: bool = False  # an operator restart or a reload: start again on exit
+    remove_after_stop: bool = False   # no longer configured: forget it once it has exited
+    quick_failures: int = 0
+    recent_restarts: collections.deque[float] = field(default_factory=collections.deque)
+    spawned_once: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def settings(self) -> WorkerConfig:
+        return self.spec.settings
+
+    def _expect(self, action: str, *allowed: WorkerState) -> None:
+        if self.state not in allowed:
+            raise TransitionError(f"{self.name}: cannot {action} from {self.state.value}")
+
+    # --- transitions --------------------------------------------------------------------
+
+    def spawned(self, pid: int, now: float) -> None:
+        """A new incarnation was forked with `pid`."""
+        self._expect("spawn", WorkerState.STOPPED, WorkerState.BACKOFF, WorkerState.FATAL)
+        if self.spawned_once:
+            self.restarts += 1
+        self.spawned_once = True
+        self.state = WorkerState.STARTING
+        self.pid = pid
+        self.started_at = now
+        self.last_heartbeat = now
+        self.running_since = None
+        self.restart_due = None
+        self.kill_cause = ""
+        self.kill_detail = ""
+        self.restart_after_stop = False
+
+    def heartbeat(self, now: float) -> bool:
+        """A heartbeat arrived from the current pid; True if the worker just became running."""
+        self.last_heartbeat = now
+        if self.state is WorkerState.STARTING:
+            self.state = WorkerState.RUNNING
+            self.running_since = now
+            return True
+        return False
+
+    def stopping(self, now: float) -> None:
+        """SIGTERM was sent; SIGKILL follows at `stop_deadline` unless it exits first."""
+        self._expect("stop", WorkerState.STARTING, WorkerState.RUNNING)
+        self.state = WorkerState.STOPPING
+        self.stop_deadline = now + self.settings.stop_timeout
+
+    def killed(self, cause: str, detail: str = "") -> None:
+        """The supervisor sent SIGKILL for `cause` (a word) and `detail` (for the operator)."""
+        self._expect("kill", *ACTIVE_STATES)
+        self.kill_cause = cause
+        self.kill_detail = detail
+
+    def cancel(self) -> None:
+        """An operator stopped a worker that is not running (waiting to restart, or fatal)."""
+        self._expect("cancel", WorkerState.BACKOFF, WorkerState.FATAL, WorkerState.STOPPED)
+        self.state = WorkerState.STOPPED
+        self.restart_due = None
+
+    def exited(self, returncode: int, now: float) -> ExitOutcome:
+        """The current incarnation is gone; decide between restart, stopped and fatal."""
+        self._expect("exit", *ACTIVE_STATES)
+        requested = self.state is WorkerState.STOPPING
+        self.exit_code = returncode if returncode >= 0 else None
+        self.exit_signal = -returncode if returncode < 0 else None
+        self.pid = None
+        self.stop_deadline = None
+        ran_s = now - self.started_at
+        if not requested and returncode != 0:
+            self.last_error = self.describe_exit(returncode)
+            if self.kill_detail:
+                self.last_error = f"{self.kill_detail}; {self.last_error}"
+        if requested or self.remove_after_stop:
+            return self._after_requested_stop()
+        self.quick_failures = (self.quick_failures + 1
+                               if self.running_since is None or ran_s < STABLE_AFTER_S else 0)
+        if not self._policy_restarts(returncode):
+            self.state = WorkerState.STOPPED
+            return ExitOutcome(self.state)
+        if self._intensity_exceeded(now):
+            self.state = WorkerState.FATAL
+            self.last_error = (f"{self.settings.max_restarts} restarts within "
+                               f"{self.settings.restart_window:g} s; last: {self.last_error}")
+            return ExitOutcome(self.state)
+        self.recent_restarts.append(now)
+        self.state = WorkerState.BACKOFF
+        delay_s = self.backoff_delay_s()
+        self.restart_due = now + delay_s
+        return ExitOutcome(self.state, delay_s)
+
+    def reset_for_operator_start(self) -> None:
+        """An operator start: forget the restart history that made the worker fatal."""
+        self.recent_restarts.clear()
+        self.quick_failures = 0
+
+    # --- policy -------------------------------------------------------------------------
+
+    def _after_requested_stop(self) -> ExitOutcome:
+        if self.restart_after_stop and not self.remove_after_stop:
+            self.state = WorkerState.BACKOFF
+            self.restart_due = 0.0
+            return ExitOutcome(self.state, 0.0)
+        self.state = WorkerState.STOPPED
+        return ExitOutcome(self.state)
+
+    def _policy_restarts(self, returncode: int) -> bool:
+        policy = self.settings.restart
+        if policy is RestartPolicy.NEVER:
+            return False
+        if policy is RestartPolicy.ON_FAILURE:
+            return returncode != 0
+        return True
+
+    def _intensity_exceeded(self, now: float) -> bool:
+        window_start = now - self.settings.restart_window
+        while self.recent_restarts and self.recent_restarts[0] < window_start:
+            self.recent_restarts.popleft()
+        return len(self.recent_restarts) >= self.settings.max_restarts
+
+    def backoff_delay_s(self) -> float:
+        """No delay after a stable run; then backoff_initial, doubling up to backoff_max."""
+        if self.quick_failures <= 1:
+            return 0.0
+        delay_s = self.settings.backoff_initial * 2 ** (self.quick_failures - 2)
+        return float(min(delay_s, self.settings.backoff_max))
+
+    def heartbeat_overdue(self, now: float) -> bool:
+        return (self.state in (WorkerState.STARTING, WorkerState.RUNNING)
+                and not self.kill_cause
+                and now - self.last_heartbeat > self.settings.heartbeat_timeout)
+
+    @staticmethod
+    def describe_exit(returncode: int) -> str:
+        if returncode < 0:
+            return f"killed by signal {-returncode}"
+        return f"exited with code {returncode}"
+
+    def snapshot(self, now: float) -> dict[str, object]:
+        """The status fields the supervisor knows itself (CPU and RSS are added by the caller)."""
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "pid": self.pid,
+            "uptime_s": round(now - self.started_at, 3) if self.pid is not None else None,
+            "restarts": self.restarts,
+            "exit_code": self.exit_code,
+            "exit_signal": self.exit_signal,
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,283 @@
+"""The process table: forks workers through the zygote, learns of their deaths, applies the
+restart policy, enforces liveness, and starts and stops workers in order.
+
+Deaths are learned from the zygote's exit reports (its socket becomes readable the moment it
+reaps a child), never from a polling timer. The timers here are the ones the policy needs:
+backoff delays, stop timeouts and heartbeat deadlines, all checked by `check()`, which the
+supervisor's loop calls after every wakeup and which returns when it next needs to run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Protocol
+
+from akita import config as config_mod
+from akita.zygote import Zygote, ZygoteError
+from supervisor.logs import LogFiles, OutputPipe
+from supervisor.process import ACTIVE_STATES, WorkerProcess, WorkerSpec, WorkerState
+
+log = logging.getLogger(__name__)
+
+WORKER_ENTRY = "workers.base:main"
+BASE_PRELOAD = ["zmq", "msgpack", "psutil", "apsw", "workers.base"]
+# Worker modules the zygote imports once so a fork starts warm. The gateway is left out on
+# purpose: only the gateway process may import RNS.
+PRELOADED_WORKERS = ("workers.ledger", "workers.sampler", "workers.executor")
+
+
+def zygote_preload() -> list[str]:
+    """The modules to import in the zygote: the base set plus the worker modules present."""
+    import importlib.util
+
+    present = [name for name in PRELOADED_WORKERS if importlib.util.find_spec(name) is not None]
+    return BASE_PRELOAD + present
+
+
+class TableHost(Protocol):
+    """What the process table needs from the supervisor around it."""
+
+    def worker_changed(self, proc: WorkerProcess) -> None: ...
+    def record(self, kind: str, data: dict[str, object]) -> None: ...
+    def watch_output(self, pipe: OutputPipe) -> None: ...
+    def zygote_replaced(self, old_fd: int, new: Zygote) -> None: ...
+    def before_stop(self, name: str) -> None: ...
+
+
+class ProcessTable:
+    """Every configured worker's `WorkerProcess`, and the operations on them."""
+
+    def __init__(self, config: config_mod.Config, zygote: Zygote, logs: LogFiles,
+                 host: TableHost) -> None:
+        self.config = config
+        self.zygote = zygote
+        self.logs = logs
+        self.host = host
+        self.procs: dict[str, WorkerProcess] = {}
+        self.by_pid: dict[int, WorkerProcess] = {}
+        self.start_queue: list[str] = []
+        self.stop_queue: list[str] = []
+        self.shutting_down = False
+        self.dirty = True  # something changed since the last check(): run it again
+        self._gate: tuple[str, float] | None = None  # (worker started last, its deadline)
+        for name in config.supervisor.workers:
+            self.procs[name] = WorkerProcess(WorkerSpec(name, config.workers[name]))
+
+    # --- ordered start and stop ---------------------------------------------------------
+
+    def start_all(self) -> None:
+        """Queue every configured worker; each starts once the previous one is running."""
+        self.start_queue = [name for name in config_mod.WORKER_ORDER if name in self.procs]
+        self.dirty = True
+
+    def stop_all(self) -> None:
+        """Stop every worker in reverse start order, one after the other; no more restarts."""
+        self.shutting_down = True
+        self.start_queue.clear()
+        self.stop_queue = [name for name in reversed(config_mod.WORKER_ORDER)
+                           if name in self.procs]
+        self.dirty = True
+
+    def all_stopped(self) -> bool:
+        return not self.by_pid and not self.stop_queue
+
+    def ordered(self) -> list[WorkerProcess]:
+        return [self.procs[name] for name in config_mod.WORKER_ORDER if name in self.procs]
+
+    # --- events -------------------------------------------------------------------------
+
+    def on_zygote_readable(self) -> None:
+        try:
+            events = self.zygote.events()
+        except ZygoteError as exc:
+            self._replace_zygote(str(exc))
+            return
+        for event in events:
+            self.on_exit(event.pid, event.returncode)
+
+    def on_exit(self, pid: int, returncode: int) -> None:
+        proc = self.by_pid.pop(pid, None)
+        if proc is None:
+            return
+        now = time.monotonic()
+        self.dirty = True
+        cause = proc.kill_cause or ("stop_requested" if proc.state is WorkerState.STOPPING
+                                    else "exited")
+        outcome = proc.exited(returncode, now)
+        log.log(logging.INFO if cause == "stop_requested" else logging.WARNING,
+                "%s (pid %d) %s; cause: %s; now %s", proc.name, pid,
+                proc.describe_exit(returncode), cause, outcome.state.value)
+        self.host.record("worker.exited", {
+            "name": proc.name, "pid": pid, "exit_code": proc.exit_code,
+            "signal": proc.exit_signal, "cause": cause})
+        if outcome.state is WorkerState.BACKOFF and self.shutting_down:
+            proc.cancel()
+        if outcome.state is WorkerState.FATAL:
+            log.error("%s is FATAL: %s; it stays stopped until an operator starts it",
+                      proc.name, proc.last_error)
+            self.host.record("worker.fatal", {
+                "name": proc.name, "restarts": proc.restarts,
+                "window_s": proc.settings.restart_window})
+        self.host.worker_changed(proc)
+        if proc.remove_after_stop:
+            del self.procs[proc.name]
+        elif proc.state is WorkerState.BACKOFF and outcome.delay_s == 0:
+            self.spawn(proc)
+
+    def heartbeat(self, name: str, pid: int) -> None:
+        proc = self.procs.get(name)
+        if proc is not None and proc.pid == pid and proc.heartbeat(time.monotonic()):
+            log.info("%s running (pid %d)", name, pid)
+            self.dirty = True  # the next worker in the start order may go now
+            self.host.worker_changed(proc)
+
+    def check(self) -> float:
+        """Run what is due (restarts, kills, the next start or stop); return seconds to the
+        next thing that will be due."""
+        # Exits the zygote reported while we waited for a spawn reply were read off its socket
+        # then, so the poller will not flag them: take them now.
+        self.on_zygote_readable()
+        now = time.monotonic()
+        self.dirty = False
+        next_due = now + 3600.0
+        for proc in list(self.procs.values()):
+            next_due = min(next_due, self._check_one(proc, now))
+        self._advance_start(now)
+        self._advance_stop(now)
+        if self.start_queue and self._gate is not None:
+            next_due = min(next_due, self._gate[1])
+        return max(0.0, next_due - time.monotonic())
+
+    def _check_one(self, proc: WorkerProcess, now: float) -> float:
+        if proc.state is WorkerState.BACKOFF and proc.restart_due is not None:
+            if now >= proc.restart_due:
+                self.spawn(proc)
+                return now + proc.settings.heartbeat_timeout
+            return proc.restart_due
+        if proc.state is WorkerState.STOPPING and proc.stop_deadline is not None:
+            if now >= proc.stop_deadline and not proc.kill_cause:
+                log.warning("%s did not stop within %g s; killing it", proc.name,
+                            proc.settings.stop_timeout)
+                self._kill(proc, "stop_timeout",
+                           f"still running {proc.settings.stop_timeout:g} s after SIGTERM")
+            return proc.stop_deadline if now < proc.stop_deadline else now + 1.0
+        if proc.heartbeat_overdue(now):
+            log.warning("%s (pid %s) sent no heartbeat for %.1f s; killing it", proc.name,
+                        proc.pid, now - proc.last_heartbeat)
+            self._kill(proc, "heartbeat_timeout",
+                       f"no heartbeat for {proc.settings.heartbeat_timeout:g} s")
+        if proc.state in (WorkerState.STARTING, WorkerState.RUNNING) and not proc.kill_cause:
+            return proc.last_heartbeat + proc.settings.heartbeat_timeout
+        return now + 3600.0
+
+    def _advance_start(self, now: float) -> None:
+        while self.start_queue:
+            if self._gate is not None:
+                gate = self.procs.get(self._gate[0])
+                if (gate is not None and gate.state is WorkerState.STARTING
+                        and now < self._gate[1]):
+                    return
+                self._gate = None
+            proc = self.procs.get(self.start_queue.pop(0))
+            if proc is None or proc.state in ACTIVE_STATES:
+                continue
+            self.spawn(proc)
+            if proc.state is WorkerState.STARTING:
+                self._gate = (proc.name, now + proc.settings.heartbeat_timeout)
+
+    def _advance_stop(self, now: float) -> None:
+        while self.stop_queue:
+            proc = self.procs.get(self.stop_queue[0])
+            if proc is None or proc.state not in ACTIVE_STATES:
+                if proc is not None and proc.state is WorkerState.BACKOFF:
+                    proc.cancel()
+                    self.host.worker_changed(proc)
+                self.stop_queue.pop(0)
+                continue
+            if proc.state is not WorkerState.STOPPING:
+                self.host.before_stop(proc.name)
+                self.terminate(proc, now)
+            return
+
+    # --- actions ------------------------------------------------------------------------
+
+    def spawn(self, proc: WorkerProcess) -> None:
+        """Fork a new incarnation of `proc` with the current config.
+
+        If the zygote fails, it is replaced and the fork tried once more; if that fails too,
+        the worker keeps its state and a pending restart is retried a second later.
+        """
+        for attempt in (1, 2):
+            try:
+                pid = self._fork(proc)
+                break
+            except (ZygoteError, OSError) as exc:
+                if attempt == 2:
+                    log.error("cannot start %s: %s", proc.name, exc)
+                    proc.last_error = f"cannot start: {exc}"
+                    if proc.state is WorkerState.BACKOFF:
+                        proc.restart_due = time.monotonic() + 1.0
+                    return
+                self._replace_zygote(f"starting {proc.name} failed: {exc}")
+                if proc.state in ACTIVE_STATES:
+                    return  # replacing the zygote restarted it already
+        proc.spawned(pid, time.monotonic())
+        self.dirty = True
+        self.by_pid[pid] = proc
+        log.info("%s started (pid %d, restarts %d)", proc.name, pid, proc.restarts)
+        self.host.record("worker.started", {"name": proc.name, "pid": pid,
+                                            "restarts": proc.restarts})
+        self.host.worker_changed(proc)
+
+    def _fork(self, proc: WorkerProcess) -> int:
+        pipe, write_fd = self.logs.pipe_for(proc.name)
+        args = {"name": proc.name, "config_path": str(self.config.path),
+                "config_text": self.config.text}
+        try:
+            pid = self.zygote.spawn(WORKER_ENTRY, args, fds={1: write_fd, 2: write_fd})
+        except BaseException:
+            pipe.close()
+            raise
+        finally:
+            os.close(write_fd)
+        self.host.watch_output(pipe)
+        return pid
+
+    def terminate(self, proc: WorkerProcess, now: float) -> None:
+        """SIGTERM a starting or running worker; SIGKILL follows after its stop_timeout."""
+        proc.stopping(now)
+        self.dirty = True
+        self._signal(proc, signal.SIGTERM)
+        self.host.worker_changed(proc)
+
+    def _kill(self, proc: WorkerProcess, cause: str, detail: str) -> None:
+        proc.killed(cause, detail)
+        self._signal(proc, signal.SIGKILL)
+
+    @staticmethod
+    def _signal(proc: WorkerProcess, sig: int) -> None:
+        if proc.pid is None:
+            return
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass  # already dead: its exit report is on its way
+
+    def _replace_zygote(self, why: str) -> None:
+        """The fork server died: start a new one; its children died with it."""
+        log.error("zygote (pid %d) lost: %s; starting a new one", self.zygote.pid, why)
+        old_fd = self.zygote.fileno()
+        try:
+            self.zygote.close(timeout_s=1.0)
+        except OSError:
+            pass
+        self.zygote = Zygote.start(zygote_preload())
+        self.host.zygote_replaced(old_fd, self.zygote)
+        for pid, proc in list(self.by_pid.items()):
+            if not proc.kill_cause:
+                proc.killed("zygote_exited", "the zygote exited")
+            self._signal(proc, signal.SIGKILL)
+            self.on_exit(pid, -signal.SIGKILL)
