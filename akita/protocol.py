@@ -272,9 +272,12 @@ class WorkerState(Message):
 @message("resource.sample")
 @dataclass(frozen=True, slots=True)
 class ResourceSample(Message):
-    """`host`: cpu_percent, cpu_per_core, load_avg, memory, swap, disk, disk_io, net_io …;
-    `processes`: one dict per node process (role, name, pid, cpu_percent, rss_bytes,
-    uss_bytes, open_files, threads)."""
+    """`host`: cpu_percent, cpu_per_core, cpu_count, load_avg, memory, swap, disk (of
+    data_dir), disk_io and net_io (rates, KEY_per_s; None on the first sample);
+    `processes`: one dict per node process: kind (supervisor, zygote, worker, task, child),
+    role (a worker's name; otherwise the kind), pid, cpu_percent (None on a process's first
+    sample), rss_bytes, uss_bytes (refreshed every [sampler] uss_every samples; None when
+    off), open_files (descriptors), threads. `akita.resources` holds the names."""
 
     ts: float
     host: dict[str, Any]
@@ -303,13 +306,21 @@ class LedgerAppend(Message):
     writer answers `ledger.acked` with the highest ref it made durable for that source, and
     ignores a ref it has already committed, so a sender may resend after a timeout without
     writing an event twice. With `ack` false the append is fire-and-forget (still durable
-    once committed, but nobody waits).
+    once committed, but nobody waits): such frames carry ref 0, are never deduplicated and
+    never answered.
+
+    `base` is the lowest ref the sender has not yet seen acknowledged. A writer that does not
+    know the source (new, or pruned after a long silence) commits a frame only when its ref
+    equals `base`, so frames that overtook lost ones after a writer restart wait for them.
+    A frame beyond a gap is answered with `ledger.acked` carrying the last committed ref;
+    the sender resends from there (go-back-N). `akita.ledger_client` implements the sender.
     """
 
     source: str
     ref: int
     events: list[dict[str, Any]]
     ack: bool = True
+    base: int = 1
 
 
 @message("ledger.acked")
@@ -323,12 +334,15 @@ class LedgerAcked(Message):
 @message("ledger.committed")
 @dataclass(frozen=True, slots=True)
 class LedgerCommitted(Message):
-    """A committed event, published on the bus under the event's own kind as topic."""
+    """A committed event, published on the bus under the event's own kind as topic.
+
+    The event's kind is `event_kind`: the frame's own ``kind`` key is the message kind.
+    """
 
     feed: str
     seq: int
     ts: float
-    kind: str
+    event_kind: str
     data: Any
 
 
@@ -350,7 +364,246 @@ class LedgerHeadReply(Message):
 # --- executor (task.*) ----------------------------------------------------------------------
 
 
+@message("task.submit")
+@dataclass(frozen=True, slots=True)
+class TaskSubmit(Message):
+    """Submit tasks: each {"id", "name", "args", "priority"}; the client picks the ids (16+ hex
+    digits), so a resend after a lost reply is recognised and not queued twice.
+
+    The reply, `task.accepted`, comes once every accepted task's ``task.submitted`` event is
+    durable. With `watch`, the executor also pushes `task.results` (same rid) to this client
+    as the tasks finish; only a direct connection to executor.sock can receive those.
+    """
+
+    tasks: list[dict[str, Any]]
+    watch: bool = False
+
+
+@message("task.accepted")
+@dataclass(frozen=True, slots=True)
+class TaskAccepted(Message):
+    """`ids` in submit order, None where refused; `errors`: [index, code, message] for each
+    refused task (codes: unknown_task, bad_args, bad_request, queue_full)."""
+
+    ids: list[str | None]
+    errors: list[list[Any]]
+
+
+@message("task.watch")
+@dataclass(frozen=True, slots=True)
+class TaskWatch(Message):
+    """Ask for the outcomes of `ids`: the reply `task.results` holds those already known
+    (finished, or "unknown"); the rest are pushed with the same rid as they finish."""
+
+    ids: list[str]
+
+
+@message("task.results")
+@dataclass(frozen=True, slots=True)
+class TaskResults(Message):
+    """Outcomes: each {"id", "state", "result"} or {"id", "state", "error": {"type",
+    "message", "traceback"}}; state "unknown" for an id the executor does not know."""
+
+    results: list[dict[str, Any]]
+
+
+@message("task.status")
+@dataclass(frozen=True, slots=True)
+class TaskStatus(Message):
+    ids: list[str]
+
+
+@message("task.status_reply")
+@dataclass(frozen=True, slots=True)
+class TaskStatusReply(Message):
+    """One view per requested id (id, name, state, priority, attempts, ran_on, args,
+    submitted_ts, started_ts, finished_ts, result | error), None for an unknown id."""
+
+    tasks: list[dict[str, Any] | None]
+
+
+@message("task.list")
+@dataclass(frozen=True, slots=True)
+class TaskList(Message):
+    """The latest `limit` tasks in `state` (all states when empty), oldest first."""
+
+    state: str = ""
+    limit: int = 1000
+
+
+@message("task.list_reply")
+@dataclass(frozen=True, slots=True)
+class TaskListReply(Message):
+    tasks: list[dict[str, Any]]
+    total: int
+
+
+@message("task.cancel")
+@dataclass(frozen=True, slots=True)
+class TaskCancel(Message):
+    ids: list[str]
+
+
+@message("task.cancel_reply")
+@dataclass(frozen=True, slots=True)
+class TaskCancelReply(Message):
+    """id → "cancelled" (by this request), "unknown", "finished:STATE" for a task that had
+    already finished, or "finishing" (its outcome is being recorded)."""
+
+    outcomes: dict[str, str]
+
+
+@message("task.types")
+@dataclass(frozen=True, slots=True)
+class TaskTypes(Message):
+    pass
+
+
+@message("task.types_reply")
+@dataclass(frozen=True, slots=True)
+class TaskTypesReply(Message):
+    """Each task type this node runs: {"name", "kind" (python|command), "timeout_s",
+    "signature"}."""
+
+    types: list[dict[str, Any]]
+
+
+@message("task.stats")
+@dataclass(frozen=True, slots=True)
+class TaskStats(Message):
+    pass
+
+
+@message("task.stats_reply")
+@dataclass(frozen=True, slots=True)
+class TaskStatsReply(Message):
+    """Counts by state, the pool (one {"pid", "in_flight", "running"} per task process),
+    and totals since the executor started (processes_started, processes_lost)."""
+
+    counts: dict[str, int]
+    pool: list[dict[str, Any]]
+    totals: dict[str, int]
+
+
 # --- gateway (peer.*, cluster.*, state.*, service.*, message.*) ----------------------------
+
+
+# Requests (akitactl and akita.Client through the control socket, which forwards them to
+# run_dir/gateway.sock) and the gateway's bus events. NODE_ID is an identity hash in hex.
+
+
+@message("peer.list")
+@dataclass(frozen=True, slots=True)
+class PeerList(Message):
+    """The peers this node knows; the reply is `peer.list_reply`."""
+
+
+@message("peer.list_reply")
+@dataclass(frozen=True, slots=True)
+class PeerListReply(Message):
+    """`peers`: one dict per peer: id, name, cluster, role, last_seen_s, load, state,
+    generation."""
+
+    self_id: str
+    peers: list[dict[str, Any]]
+
+
+@message("peer.stats")
+@dataclass(frozen=True, slots=True)
+class PeerStats(Message):
+    """The gateway's counters (announces ignored by reason, probes, links, state pulls)."""
+
+
+@message("peer.stats_reply")
+@dataclass(frozen=True, slots=True)
+class PeerStatsReply(Message):
+    stats: dict[str, Any]
+
+
+@message("peer.joined")
+@dataclass(frozen=True, slots=True)
+class PeerJoined(Message):
+    """Bus: a peer was heard for the first time (or again after it had left)."""
+
+    node: str
+    name: str
+    generation: int
+
+
+@message("peer.left")
+@dataclass(frozen=True, slots=True)
+class PeerLeft(Message):
+    """Bus: a peer was dropped; `reason` says why (e.g. "silent for 3.0 s")."""
+
+    node: str
+    name: str
+    reason: str
+
+
+@message("cluster.list")
+@dataclass(frozen=True, slots=True)
+class ClusterList(Message):
+    """The clusters as this node sees them; the reply is `cluster.list_reply`."""
+
+
+@message("cluster.list_reply")
+@dataclass(frozen=True, slots=True)
+class ClusterListReply(Message):
+    """`clusters`: one dict per cluster: id, members (NODE_IDs), coordinator, term."""
+
+    clusters: list[dict[str, Any]]
+
+
+@message("cluster.changed")
+@dataclass(frozen=True, slots=True)
+class ClusterChanged(Message):
+    """Bus: this node's view of the clusters changed (same shape as cluster.list_reply)."""
+
+    clusters: list[dict[str, Any]]
+    own_cluster: str
+    coordinator: str
+    term: int
+
+
+@message("state.get")
+@dataclass(frozen=True, slots=True)
+class StateGet(Message):
+    """One node's state record from the merged view ("" or "self": this node)."""
+
+    node: str = ""
+
+
+@message("state.reply")
+@dataclass(frozen=True, slots=True)
+class StateReply(Message):
+    node: str
+    generation: int
+    version: int
+    data: dict[str, Any]
+
+
+@message("state.set")
+@dataclass(frozen=True, slots=True)
+class StateSet(Message):
+    """Set a custom key in this node's own state record (replicated to its cluster)."""
+
+    key: str
+    value: Any
+
+
+@message("service.list")
+@dataclass(frozen=True, slots=True)
+class ServiceList(Message):
+    """Who offers which task types and named services; the reply is `service.list_reply`."""
+
+
+@message("service.list_reply")
+@dataclass(frozen=True, slots=True)
+class ServiceListReply(Message):
+    """`services`: one dict per service: name, kind ("task" or "service"), nodes."""
+
+    services: list[dict[str, Any]]
+
 
 
 __all__ = [name for name, value in globals().items()

@@ -1,0 +1,117 @@
+"""akitactl ledger tail|verify: read the node's ledger file directly (read-only).
+
+Both verbs open data_dir/ledger.db themselves, so they work whether or not the node runs,
+and never disturb the writer (WAL readers do not block it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from akita import ledger
+from akita.cli import common
+
+MAX_DATA_CHARS = 100  # the table shortens longer data; --json prints it whole
+
+
+def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    group = sub.add_parser("ledger", parents=[parent], help="show or verify the node's ledger",
+                           description="Read the node's ledger file (data_dir/ledger.db) "
+                                       "directly; works with or without a running node.")
+    verbs = group.add_subparsers(dest="ledger_verb", metavar="VERB", required=True)
+
+    tail = verbs.add_parser("tail", parents=[parent], help="the last events of the feed",
+                            description="Print the last N events of this node's feed "
+                                        "(oldest first): seq, time, kind and data.")
+    tail.add_argument("-n", type=_positive_int, default=20, metavar="N",
+                      help="how many events (default 20)")
+    tail.add_argument("--kind", metavar="PREFIX", help="only kinds starting with PREFIX, "
+                                                       "e.g. task. or worker.exited")
+    tail.add_argument("--feed", metavar="NODE_ID", help="another feed held here (default: own)")
+    common.add_json(tail)
+    tail.set_defaults(func=cmd_tail)
+
+    verify = verbs.add_parser(
+        "verify", parents=[parent], help="check the hash chain and signed checkpoints",
+        description="Check that the feed's sequence numbers are contiguous from 1, that "
+                    "every event's hash and prev hash chain up, and that every signed "
+                    "checkpoint verifies and matches the chain. Exit 0 when intact, 1 "
+                    "naming the feed and the first bad sequence number otherwise.")
+    verify.add_argument("--all", action="store_true",
+                        help="every feed held in the file, not only this node's own")
+    common.add_json(verify)
+    verify.set_defaults(func=cmd_verify)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    path = ledger.db_path(common.load_config(args))
+    try:
+        events = ledger.tail(path, args.n, kind_prefix=args.kind, feed=args.feed)
+    except ledger.LedgerNotFound as exc:
+        return _not_found(exc)
+    if args.json:
+        common.print_json([_event_dict(event) for event in events])
+        return common.EXIT_OK
+    common.print_table(["SEQ", "TIME", "KIND", "DATA"],
+                       [[e.seq, _local_time(e.ts), e.kind, _short(e.data)] for e in events])
+    return common.EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    path = ledger.db_path(common.load_config(args))
+    try:
+        feed = None if args.all else ledger.own_feed(path)
+        results = ledger.verify(path, feed) if args.all or feed else []
+    except ledger.LedgerNotFound as exc:
+        return _not_found(exc)
+    intact = all(result.ok for result in results)
+    if args.json:
+        common.print_json({"ok": intact, "feeds": [_result_dict(r) for r in results]})
+    elif not results:
+        print("the ledger holds no feed yet")
+    for result in results if not args.json else ():
+        if result.ok:
+            print(f"feed {result.feed}: intact, {result.events} events")
+        else:
+            print(f"feed {result.feed}: BROKEN at seq {result.first_bad_seq}: {result.reason} "
+                  f"({result.events} events before it verified)")
+    return common.EXIT_OK if intact else common.EXIT_FAILED
+
+
+def _not_found(exc: ledger.LedgerNotFound) -> int:
+    print(f"akitactl: {exc}", file=sys.stderr)
+    return common.EXIT_NOT_RUNNING
+
+
+def _event_dict(event: ledger.Event) -> dict[str, Any]:
+    return {"feed": event.feed, "seq": event.seq, "ts": event.ts, "kind": event.kind,
+            "data": event.data}
+
+
+def _result_dict(result: ledger.VerifyResult) -> dict[str, Any]:
+    return {"feed": result.feed, "ok": result.ok, "events": result.events,
+            "first_bad_seq": result.first_bad_seq, "reason": result.reason}
+
+
+def _local_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+
+
+def _short(data: Any) -> str:
+    text = json.dumps(data, separators=(",", ":"), default=_jsonable)
+    return text if len(text) <= MAX_DATA_CHARS else text[:MAX_DATA_CHARS - 1] + "…"
+
+
+def _jsonable(value: Any) -> Any:
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
