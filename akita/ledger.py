@@ -70,6 +70,17 @@ CREATE TABLE IF NOT EXISTS sources (
     last_seq INTEGER NOT NULL,
     seen REAL NOT NULL
 ) WITHOUT ROWID;
+-- Signed proof that a feed's author misbehaved: e.g. two different entries at one
+-- seq, both under valid checkpoints. Kept for good; one row per (feed, seq, kind).
+CREATE TABLE IF NOT EXISTS misbehaviour (
+    feed TEXT NOT NULL,                 -- the author's node id, hex
+    seq INTEGER NOT NULL,               -- where the feed forked
+    kind TEXT NOT NULL,                 -- "fork"
+    reporter TEXT NOT NULL,             -- the peer whose bundle revealed it
+    evidence BLOB NOT NULL,             -- replication.fork_evidence(): two signed bundles
+    ts REAL NOT NULL,
+    PRIMARY KEY (feed, seq, kind)
+) WITHOUT ROWID;
 """
 
 
@@ -84,6 +95,29 @@ class Event:
     ts: float
     kind: str
     data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class FeedHead:
+    """One feed held in the file: its last event (seq 0 and an empty hash when it has none),
+    its last signed checkpoint, and how many proofs of misbehaviour are stored against it."""
+
+    feed: str
+    local: bool
+    seq: int
+    hash: bytes
+    signed_seq: int
+    forks: int
+
+
+@dataclass(frozen=True, slots=True)
+class Misbehaviour:
+    feed: str
+    seq: int
+    kind: str
+    reporter: str
+    evidence: bytes
+    ts: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,3 +386,58 @@ def _verify_feed(conn: apsw.Connection, feed_id: int, name: str, public_key: byt
     rows = conn.execute("SELECT seq, ts, kind, data, prev, hash FROM events WHERE feed = ? "
                         "ORDER BY seq", (feed_id,))
     return verify_rows(name, public_key, rows, checkpoints)
+
+
+# --- feeds held, for replication -----------------------------------------------------------
+
+
+_HEADS_SQL = """
+SELECT f.feed, f.local,
+       (SELECT seq FROM events WHERE feed = f.id ORDER BY seq DESC LIMIT 1),
+       (SELECT hash FROM events WHERE feed = f.id ORDER BY seq DESC LIMIT 1),
+       (SELECT max(seq) FROM checkpoints WHERE feed = f.id),
+       {forks}
+FROM feeds f ORDER BY f.local DESC, f.feed
+"""
+
+
+def feed_heads(conn: apsw.Connection) -> list[FeedHead]:
+    """Every feed in the open database, this node's own first."""
+    # A file written before the misbehaviour table existed has none until its writer runs.
+    forks = ("(SELECT count(*) FROM misbehaviour WHERE feed = f.feed)"
+             if _has_table(conn, "misbehaviour") else "0")
+    try:
+        rows = list(conn.execute(_HEADS_SQL.format(forks=forks)))
+    except apsw.SQLError:  # a file the writer has not initialised yet
+        return []
+    return [FeedHead(feed, bool(local), seq or 0, bytes(head_hash or b""), signed or 0, forks)
+            for feed, local, seq, head_hash, signed, forks in rows]
+
+
+def heads(path: Path) -> list[FeedHead]:
+    """Every feed held in the ledger file (own and replicated), read-only."""
+    conn = open_reader(path)
+    try:
+        return feed_heads(conn)
+    finally:
+        conn.close()
+
+
+def misbehaviour(path: Path, feed: str | None = None) -> list[Misbehaviour]:
+    """The stored proofs of misbehaviour, of `feed` or of every feed, oldest first."""
+    conn = open_reader(path)
+    try:
+        if not _has_table(conn, "misbehaviour"):
+            return []
+        sql = "SELECT feed, seq, kind, reporter, evidence, ts FROM misbehaviour"
+        args: tuple[str, ...] = ()
+        if feed is not None:
+            sql, args = sql + " WHERE feed = ?", (feed,)
+        return [Misbehaviour(*row) for row in conn.execute(sql + " ORDER BY ts", args)]
+    finally:
+        conn.close()
+
+
+def _has_table(conn: apsw.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (name,)).fetchone() is not None

@@ -197,9 +197,12 @@ class LedgerStore:
         return True
 
     def _insert_checkpoint(self, seq: int, head_hash: bytes, now: float) -> None:
-        message = ledger.checkpoint_message(self.chain.feed, seq, head_hash)
         self.conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)",
-                          (self.chain.feed_id, seq, head_hash, self._signer.sign(message), now))
+                          (self.chain.feed_id, seq, head_hash, self.sign(seq, head_hash), now))
+
+    def sign(self, seq: int, head_hash: bytes) -> bytes:
+        """This node's checkpoint signature over entry `seq` (hash `head_hash`) of its feed."""
+        return self._signer.sign(ledger.checkpoint_message(self.chain.feed, seq, head_hash))
 
     def _checkpoint_written(self, seq: int) -> None:
         self.checkpoint_seq = seq
@@ -255,3 +258,4 @@ class WalCheckpointer:
                     log.warning("WAL checkpoint failed: %s", exc)
         finally:
             conn.close()
+

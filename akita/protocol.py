@@ -360,6 +360,93 @@ class LedgerHeadReply(Message):
     hash: bytes
 
 
+# Feed replication (akita.replication): the gateway carries these bytes between nodes; the
+# ledger worker serves ranges of every feed it holds and checks what peers send.
+
+
+@message("ledger.heads")
+@dataclass(frozen=True, slots=True)
+class LedgerHeads(Message):
+    """Request the head of every feed held (own and replicated): `ledger.heads_reply`."""
+
+
+@message("ledger.heads_reply")
+@dataclass(frozen=True, slots=True)
+class LedgerHeadsReply(Message):
+    """`feeds`: NODE_ID → [seq, hash, signed_seq] (last event, its hash, last signed
+    checkpoint; a replicated feed is always signed up to its head, this node's own feed is
+    signed on demand when a range of it is served). `own`: this node's feed. `forked`: feeds
+    with stored proof that their author forked them."""
+
+    own: str
+    feeds: dict[str, list[Any]]
+    forked: list[str]
+
+
+@message("ledger.range")
+@dataclass(frozen=True, slots=True)
+class LedgerRange(Message):
+    """Request the events of `feed` after `after_seq` as one bundle that fits `max_bytes`
+    (0: 1 MiB) and `limit` events (0: no limit). The bundle always ends at a signed
+    checkpoint, so it runs past both when the first one lies beyond them. `with_key` false
+    leaves out the feed's public key, for a receiver that holds the feed already."""
+
+    feed: str
+    after_seq: int = 0
+    max_bytes: int = 0
+    limit: int = 0
+    with_key: bool = True
+
+
+@message("ledger.range_reply")
+@dataclass(frozen=True, slots=True)
+class LedgerRangeReply(Message):
+    """`bundle` (b"" when nothing follows after_seq) holds seqs first_seq..last_seq;
+    `head_seq` is how far this node holds the feed, so more remains while last_seq < it."""
+
+    feed: str
+    bundle: bytes
+    first_seq: int
+    last_seq: int
+    head_seq: int
+
+
+@message("ledger.ingest")
+@dataclass(frozen=True, slots=True)
+class LedgerIngest(Message):
+    """Store a bundle that peer `sender` (NODE_ID) sent, if it verifies: `ledger.ingest_reply`."""
+
+    bundle: bytes
+    sender: str
+
+
+@message("ledger.ingest_reply")
+@dataclass(frozen=True, slots=True)
+class LedgerIngestReply(Message):
+    """`outcome`: stored, duplicate, gap, need_key, unsigned, own_feed, malformed, forgery or
+    fork (see `replication.Outcome`); `stored` events were added; (head_seq, head_hash) is
+    the feed's head here now: ask the peer for more after head_seq."""
+
+    feed: str
+    outcome: str
+    stored: int
+    head_seq: int
+    head_hash: bytes
+    detail: str = ""
+
+
+@message("ledger.replicated")
+@dataclass(frozen=True, slots=True)
+class LedgerReplicated(Message):
+    """Bus: events of another node's feed were stored (one message per ingested bundle; the
+    events themselves are not republished, so nothing mistakes them for local events)."""
+
+    feed: str
+    sender: str
+    first_seq: int
+    last_seq: int
+
+
 
 # --- executor (task.*) ----------------------------------------------------------------------
 

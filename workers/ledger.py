@@ -7,6 +7,13 @@ acknowledges each frame and publishes each committed event on the bus as `ledger
 under the event's kind as topic. It signs a checkpoint of the feed head every
 `checkpoint_events` events or `checkpoint_interval` seconds while events arrive, and at
 shutdown. On restart the store recovers the head and the senders' refs from the database.
+
+It also holds the other nodes' feeds (`akita.ledger_replicas`): it answers `ledger.heads`,
+serves `ledger.range` bundles of any feed held, and stores the bundles of `ledger.ingest`
+that verify. A replicated bundle is published once on the bus as `ledger.replicated`, never
+event by event, so subscribers to `task.` and the like only ever see this node's events.
+Refused forgeries and detected forks are recorded in this node's own feed
+(`ledger.forgery_refused`, `ledger.fork_detected`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import msgpack
 import zmq
 
 from akita import identity, ledger, protocol
+from akita.ledger_replicas import ReplicaStore, ReplicationError
 from akita.ledger_store import Append, LedgerStore, Row, Verdict, WalCheckpointer, parse_events
 from workers.base import Request, Worker
 
@@ -39,6 +47,7 @@ class LedgerWorker(Worker):
         path = ledger.db_path(self.config)
         self.conn = ledger.open_writer(path)
         self.store = LedgerStore(self.conn, node)
+        self.replicas = ReplicaStore(self.conn, self.store)
         # WAL checkpoints happen off the commit path (see WalCheckpointer); the WAL file is cut
         # back to this size when it restarts, after a burst made it large.
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -103,7 +112,52 @@ class LedgerWorker(Worker):
         if isinstance(msg, protocol.LedgerHead):
             chain = self.store.chain
             return protocol.LedgerHeadReply(feed=chain.feed, seq=chain.seq, hash=chain.hash)
+        if isinstance(msg, (protocol.LedgerHeads, protocol.LedgerRange, protocol.LedgerIngest)):
+            try:
+                return self._replication(msg)
+            except apsw.Error as exc:
+                log.error("%s failed: %s", msg.KIND, exc)
+                return protocol.Error(code="ledger_unavailable", message=str(exc))
         return super().handle(request)
+
+    # --- replication ------------------------------------------------------------------------
+
+    def _replication(self, msg: protocol.Message) -> protocol.Message:
+        """Answer ledger.heads, ledger.range or ledger.ingest at once: each reads or writes
+        in its own transaction, beside the group commits of this node's own feed."""
+        if isinstance(msg, protocol.LedgerRange):
+            try:
+                served = self.replicas.serve_range(msg.feed, msg.after_seq,
+                                                   max_bytes=msg.max_bytes, limit=msg.limit,
+                                                   with_key=msg.with_key)
+            except ReplicationError as exc:
+                return protocol.Error(code=exc.code, message=str(exc))
+            return protocol.LedgerRangeReply(feed=msg.feed, bundle=served.bundle,
+                                             first_seq=served.first_seq,
+                                             last_seq=served.last_seq, head_seq=served.head_seq)
+        if isinstance(msg, protocol.LedgerIngest):
+            return self._ingest(msg)
+        heads = self.replicas.heads()
+        return protocol.LedgerHeadsReply(
+            own=self.store.chain.feed,
+            feeds={h.feed: [h.seq, h.hash, h.signed_seq] for h in heads},
+            forked=[h.feed for h in heads if h.forks])
+
+    def _ingest(self, msg: protocol.LedgerIngest) -> protocol.Message:
+        result = self.replicas.ingest(msg.bundle, msg.sender)
+        if result.record is not None:
+            kind, data = result.record
+            events = parse_events([{"kind": kind, "ts": time.time(), "data": data}])
+            # Committed with the batch this drain ends with (fire-and-forget: nobody waits).
+            self._batch.append(Append("ledger", 0, 1, events, False))
+            self._batch_events += 1
+        if result.stored:
+            self.publish(protocol.LedgerReplicated.KIND, protocol.LedgerReplicated(
+                feed=result.feed, sender=msg.sender, first_seq=result.first_seq,
+                last_seq=result.head_seq))
+        return protocol.LedgerIngestReply(
+            feed=result.feed, outcome=result.outcome.value, stored=result.stored,
+            head_seq=result.head_seq, head_hash=result.head_hash, detail=result.detail)
 
     def _collect(self, request: Request, msg: protocol.LedgerAppend) -> protocol.Message | None:
         if msg.ref < 0 or msg.base < 1:

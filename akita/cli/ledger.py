@@ -1,6 +1,6 @@
-"""akitactl ledger tail|verify: read the node's ledger file directly (read-only).
+"""akitactl ledger tail|verify|heads: read the node's ledger file directly (read-only).
 
-Both verbs open data_dir/ledger.db themselves, so they work whether or not the node runs,
+All three verbs open data_dir/ledger.db themselves, so they work whether or not the node runs,
 and never disturb the writer (WAL readers do not block it).
 """
 
@@ -46,6 +46,14 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     common.add_json(verify)
     verify.set_defaults(func=cmd_verify)
 
+    heads = verbs.add_parser(
+        "heads", parents=[parent], help="the feeds held here and their heads",
+        description="List every feed held in the ledger file, this node's own first, then "
+                    "those replicated from peers: last seq, last signed checkpoint, head hash "
+                    "and the proofs of a fork stored against the feed.")
+    common.add_json(heads)
+    heads.set_defaults(func=cmd_heads)
+
 
 def cmd_tail(args: argparse.Namespace) -> int:
     path = ledger.db_path(common.load_config(args))
@@ -82,6 +90,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return common.EXIT_OK if intact else common.EXIT_FAILED
 
 
+def cmd_heads(args: argparse.Namespace) -> int:
+    path = ledger.db_path(common.load_config(args))
+    try:
+        held = ledger.heads(path)
+    except ledger.LedgerNotFound as exc:
+        return _not_found(exc)
+    if args.json:
+        common.print_json({"feeds": [_head_dict(head) for head in held]})
+        return common.EXIT_OK
+    common.print_table(["FEED", "OWN", "SEQ", "SIGNED", "HEAD", "FORKS"],
+                       [[h.feed, "yes" if h.local else "", h.seq, h.signed_seq,
+                         h.hash[:8].hex(), h.forks or ""] for h in held])
+    return common.EXIT_OK
+
+
 def _not_found(exc: ledger.LedgerNotFound) -> int:
     print(f"akitactl: {exc}", file=sys.stderr)
     return common.EXIT_NOT_RUNNING
@@ -90,6 +113,11 @@ def _not_found(exc: ledger.LedgerNotFound) -> int:
 def _event_dict(event: ledger.Event) -> dict[str, Any]:
     return {"feed": event.feed, "seq": event.seq, "ts": event.ts, "kind": event.kind,
             "data": event.data}
+
+
+def _head_dict(head: ledger.FeedHead) -> dict[str, Any]:
+    return {"feed": head.feed, "own": head.local, "seq": head.seq, "hash": head.hash.hex(),
+            "signed_seq": head.signed_seq, "forks": head.forks}
 
 
 def _result_dict(result: ledger.VerifyResult) -> dict[str, Any]:
