@@ -1,0 +1,51 @@
+"""akita-demo starts real nodes that form clusters, and Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.helpers import REPO, NotYet, wait_for
+
+
+def demo_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("/akita-demo-" in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def test_demo_forms_clusters_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    out = tmp_path / "demo.out"
+    with open(out, "wb") as sink:
+        demo = subprocess.Popen([sys.executable, "-m", "akita.demo", "--nodes", "3",
+                                 "--cluster-size", "2", "--duration", "90"],
+                                stdout=sink, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_for(lambda: "every node agrees" in out.read_text() or
+                 NotYet({"output": out.read_text()[-600:]}), 45,
+                 "the demo's nodes to agree on their clusters")
+        supervisors = [p for p in demo_processes() if "supervisor.main" in p.cmdline()]
+        assert len(supervisors) == 3
+        root = Path(supervisors[0].cmdline()[-1]).parent.parent
+        assert root.name.startswith("akita-demo-") and root.is_dir()
+        shown = out.read_text().rsplit("every node agrees", 1)[1]
+        assert shown.count("coordinator node") == 2  # 3 nodes, clusters of 2: two clusters
+        started = time.monotonic()
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(30) == 0
+        assert time.monotonic() - started < 30
+        wait_for(lambda: not demo_processes(), 5, "every demo process to be gone")
+        assert not root.exists()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(5)
+        for proc in demo_processes():
+            proc.kill()
