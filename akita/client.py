@@ -1,7 +1,7 @@
 """The Python client: submit tasks to a node and collect their results.
 
     client = akita.Client("etc/akita.ini")
-    task_id = client.submit("resize", ["a.png", 640], priority=7)
+    task_id = client.submit("resize", ["a.png", 640], priority=7, requires=["gpu"])
     print(client.wait(task_id, timeout=60))
 
     ids = client.submit_many([("resize", [p, 640]) for p in paths])   # pipelined
@@ -10,7 +10,11 @@
 The client connects straight to the executor's socket (``run_dir/executor.sock``). A submit
 returns once the node has made the task durable (its ``task.submitted`` event is committed
 to the ledger), so an acknowledged task survives any crash. `submit_many` keeps several
-frames of up to `chunk` tasks in flight at once.
+frames of up to `chunk` tasks (and about `FRAME_BYTES`) in flight at once. A task may
+require capabilities (`requires`): it then runs only on a node that declares them all, this
+one or a peer its gateway hands it to; `status` and `akitactl task ID` show where it ran.
+Args larger than the config's ``[tasks] max_payload_bytes`` are refused before anything is
+sent.
 
 Results are pushed: a task submitted by this client is watched from the start, and its
 outcome arrives (many per message) as soon as it is durable, whether or not anyone is
@@ -30,10 +34,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
+import msgpack
 import zmq
 
 from akita import config as config_mod
-from akita import protocol, transport
+from akita import protocol, subscription, transport
 from akita.errors import AkitaError, NodeNotResponding, NodeNotRunning, RequestFailed
 from akita.tasks import DEFAULT_PRIORITY
 
@@ -41,6 +46,7 @@ EXECUTOR = "executor"
 RESYNC_S = 1.0          # silence while waiting after which the client re-asks for outcomes
 RESEND_AFTER_S = 5.0    # a submit frame not acknowledged by then is sent again (same ids)
 CHUNK = 1000            # tasks per submit frame
+FRAME_BYTES = 4 << 20   # about the most args per submit frame (a frame may hold 16 MiB)
 WINDOW = 8              # submit frames in flight
 
 TaskSpec = tuple[str, Any] | tuple[str, Any, int] | dict[str, Any]
@@ -111,25 +117,32 @@ class Client:
     # --- submitting -------------------------------------------------------------------------
 
     def submit(self, name: str, args: Sequence[Any] | dict[str, Any] = (), *,
-               priority: int = DEFAULT_PRIORITY) -> str:
+               priority: int = DEFAULT_PRIORITY, requires: Iterable[str] = ()) -> str:
         """Submit one task; returns its id once the node has it durably. `args` is a list
-        (positional) or a dict (keywords). Raises `TaskRejected` saying what is wrong."""
+        (positional) or a dict (keywords); `requires` names the capabilities the node that
+        runs it must declare. Raises `TaskRejected` saying what is wrong."""
         try:
-            return self.submit_many([(name, args, priority)])[0]  # type: ignore[return-value]
+            return self.submit_many([(name, args, priority)],  # type: ignore[return-value]
+                                    requires=requires)[0]
         except TaskRejected as exc:
             _index, code, message = exc.errors[0]
             raise TaskRejected(code, message, ids=exc.ids, errors=exc.errors) from None
 
     def submit_many(self, tasks: Iterable[TaskSpec], *, priority: int = DEFAULT_PRIORITY,
-                    chunk: int = CHUNK, window: int = WINDOW) -> list[str]:
+                    requires: Iterable[str] = (), chunk: int = CHUNK, window: int = WINDOW
+                    ) -> list[str]:
         """Submit many tasks, pipelined: (name, args), (name, args, priority) or
-        {"name", "args", "priority"} each. Returns their ids, in order, once every one is
-        durable; if any is refused, raises `TaskRejected` (the others were accepted)."""
-        specs = [_spec(task, priority) for task in tasks]
+        {"name", "args", "priority", "requires"} each (`priority` and `requires` are the
+        defaults). Returns their ids, in order, once every one is durable; if any is refused,
+        raises `TaskRejected` (the others were accepted). Args over max_payload_bytes are
+        refused before anything is sent (nothing is accepted then)."""
+        required = sorted(set(requires))
+        specs = [_spec(task, priority, required) for task in tasks]
+        sizes = self._sizes(specs)
         ids = _new_ids(len(specs))
         for spec, task_id in zip(specs, ids):
             spec["id"] = task_id
-        frames = [specs[i:i + chunk] for i in range(0, len(specs), chunk)]
+        frames = _frames(specs, sizes, chunk)
         accepted: list[str | None] = []
         errors: list[tuple[int, str, str]] = []
         for offset, reply in self._pipeline(frames, window):
@@ -142,6 +155,20 @@ class Client:
             where = f"task #{index}: " if len(specs) > 1 else ""
             raise TaskRejected(code, f"{where}{text}{more}", ids=accepted, errors=errors)
         return accepted  # type: ignore[return-value]
+
+    def _sizes(self, specs: list[dict[str, Any]]) -> list[int]:
+        """Encoded size of each spec's args; `TaskRejected` for those over the limit."""
+        limit = self.config.tasks.max_payload_bytes
+        sizes = [len(msgpack.packb(spec["args"], use_bin_type=True)) for spec in specs]
+        errors = [(i, "too_large", _too_large(size, limit))
+                  for i, size in enumerate(sizes) if size > limit]
+        if errors:
+            index, code, text = errors[0]
+            where = f"task #{index}: " if len(specs) > 1 else ""
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise TaskRejected(code, f"{where}{text}{more}", ids=[None] * len(specs),
+                               errors=errors)
+        return sizes
 
     def _pipeline(self, frames: list[list[dict[str, Any]]], window: int
                   ) -> list[tuple[int, protocol.TaskAccepted]]:
@@ -360,6 +387,27 @@ class Client:
         with transport.Requester(self.run_dir, "gateway", ctx=self._ctx) as requester:
             return requester.request(msg, self.timeout_s)
 
+    # --- inter-cluster messages (akita.subscription) ----------------------------------------
+
+    def send(self, cluster_id: str, topic: str, payload: Any, *, deadline_s: float = 0.0,
+             message_id: str = "") -> dict[str, Any]:
+        """Send `payload` (any JSON value) to the subscribers of `topic` in cluster
+        `cluster_id`; returns once delivery is acknowledged end to end: {"id", "cluster",
+        "coordinator", "delivered": [NODE_ID…], "attempts"}. Raises
+        `akita.subscription.MessageUndeliverable` after `deadline_s` (0: the node's
+        [cluster] message_deadline); `message_id` (hex) makes a resend safe."""
+        return subscription.send(self.run_dir, cluster_id, topic, payload,
+                                 deadline_s=deadline_s or self.config.cluster.message_deadline,
+                                 message_id=message_id, ctx=self._ctx)
+
+    def subscribe(self, prefix: str, *,
+                  lease_s: float = subscription.DEFAULT_LEASE_S) -> subscription.Subscription:
+        """Follow messages arriving at this node for topics starting with `prefix`: an
+        iterator of {"id", "from", "cluster", "topic", "payload"} (or `.get(timeout_s)`);
+        close it (or use `with`) to stop advertising the prefix. It has its own ZeroMQ
+        context, so it may outlive this client."""
+        return subscription.Subscription(self.run_dir, prefix, lease_s=lease_s)
+
     # --- the socket -------------------------------------------------------------------------
 
     def _check_socket(self) -> None:
@@ -410,9 +458,11 @@ class Client:
                 self._arrived.append(task_id)
 
 
-def _spec(task: TaskSpec, priority: int) -> dict[str, Any]:
+def _spec(task: TaskSpec, priority: int, requires: list[str]) -> dict[str, Any]:
+    needs: Any = requires
     if isinstance(task, dict):
         name, args, prio = task.get("name"), task.get("args", ()), task.get("priority", priority)
+        needs = task.get("requires", requires)
     elif len(task) == 2:
         (name, args), prio = task, priority  # type: ignore[misc]
     else:
@@ -421,7 +471,31 @@ def _spec(task: TaskSpec, priority: int) -> dict[str, Any]:
         args = list(args)
     elif args is None:
         args = []
-    return {"name": name, "args": args, "priority": prio}
+    spec = {"name": name, "args": args, "priority": prio}
+    if needs:
+        spec["requires"] = list(needs)
+    return spec
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"the args are {size} bytes; [tasks] max_payload_bytes is {limit}"
+
+
+def _frames(specs: list[dict[str, Any]], sizes: list[int], chunk: int
+            ) -> list[list[dict[str, Any]]]:
+    """Specs cut into frames of at most `chunk` tasks and about `FRAME_BYTES` of args."""
+    frames: list[list[dict[str, Any]]] = []
+    frame: list[dict[str, Any]] = []
+    frame_bytes = 0
+    for spec, size in zip(specs, sizes):
+        if frame and (len(frame) >= chunk or frame_bytes + size > FRAME_BYTES):
+            frames.append(frame)
+            frame, frame_bytes = [], 0
+        frame.append(spec)
+        frame_bytes += size
+    if frame:
+        frames.append(frame)
+    return frames
 
 
 def _new_ids(count: int) -> list[str]:

@@ -224,6 +224,11 @@ class ClusterConfig:
                                    "indirect probe (0: peer_timeout / 10)", 0.0)
     services: tuple[str, ...] = setting(_name_list, "named services this node advertises "
                                         "besides its task types", ())
+    max_message_bytes: int = setting(_int_range(64, 4 << 20), "largest inter-cluster message "
+                                     "payload (msgpack-encoded)", 65536)
+    message_deadline: float = setting(_seconds(0.1, 3600), "how long an inter-cluster message "
+                                      "is retried before it is reported undeliverable "
+                                      "(default for akitactl send / Client.send)", 30.0)
 
 
 @dataclass(frozen=True)
@@ -253,6 +258,11 @@ class TasksConfig:
     max_attempts: int = setting(_int_range(1, 100), "runs of one task before it fails", 3)
     capabilities: tuple[str, ...] = setting(_name_list, "capabilities this node declares "
                                             "(matched against a task's requires)", ())
+    max_payload_bytes: int = setting(_int_range(64, 1 << 30), "largest task args or result "
+                                     "(encoded): what may travel between nodes", 1 << 20)
+    delegate_after: float = setting(_seconds(0, 86400), "seconds of queued work per task "
+                                    "process kept for this node before queued tasks are "
+                                    "offered to peers (and always 2 tasks per process)", 1.0)
 
 
 @dataclass(frozen=True)

@@ -454,8 +454,11 @@ class LedgerReplicated(Message):
 @message("task.submit")
 @dataclass(frozen=True, slots=True)
 class TaskSubmit(Message):
-    """Submit tasks: each {"id", "name", "args", "priority"}; the client picks the ids (16+ hex
-    digits), so a resend after a lost reply is recognised and not queued twice.
+    """Submit tasks: each {"id", "name", "args", "priority", "requires"?}; the client picks the
+    ids (16+ hex digits), so a resend after a lost reply is recognised and not queued twice.
+    `requires`: capability names a node must declare to run the task; a task requiring one
+    this node lacks waits for a peer that declares it. Args larger than ``[tasks]
+    max_payload_bytes`` (encoded) are refused (code too_large).
 
     The reply, `task.accepted`, comes once every accepted task's ``task.submitted`` event is
     durable. With `watch`, the executor also pushes `task.results` (same rid) to this client
@@ -470,7 +473,8 @@ class TaskSubmit(Message):
 @dataclass(frozen=True, slots=True)
 class TaskAccepted(Message):
     """`ids` in submit order, None where refused; `errors`: [index, code, message] for each
-    refused task (codes: unknown_task, bad_args, bad_request, queue_full)."""
+    refused task (codes: unknown_task, bad_args, bad_request, queue_full, too_large; and for
+    `task.run_for`, missing_capability)."""
 
     ids: list[str | None]
     errors: list[list[Any]]
@@ -565,11 +569,160 @@ class TaskStats(Message):
 @dataclass(frozen=True, slots=True)
 class TaskStatsReply(Message):
     """Counts by state, the pool (one {"pid", "in_flight", "running"} per task process),
-    and totals since the executor started (processes_started, processes_lost)."""
+    and totals since the executor started (processes_started, processes_lost, queued,
+    stale_results, leases_lapsed).
+
+    `load` is the compact summary a gateway puts in the node's state record: {"queued"
+    (tasks this node's pool will run), "waiting" (tasks only a peer can run), "running",
+    "delegated", "held" (tasks run here for peers, not finished), "pool" (task processes),
+    "free" (idle processes that no queued task is waiting for), "types" (task type names),
+    "caps" (declared capabilities)}."""
 
     counts: dict[str, int]
     pool: list[dict[str, Any]]
     totals: dict[str, int]
+    load: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# Delegation: the gateway carries tasks between the executors of two nodes. On the origin it
+# takes tasks (`task.take`), renews their leases, returns outcomes or gives them back; on the
+# peer it hands them in (`task.run_for`), asks what is held, and relays outcomes pushed to it.
+# A delegation is named by (task id, attempt): the attempt is the fencing token, unique per
+# hand-out, so nothing from an earlier one is ever taken for the current one.
+
+
+@message("task.take")
+@dataclass(frozen=True, slots=True)
+class TaskTake(Message):
+    """Origin: hand peer `peer` (NODE_ID) up to `max_tasks` queued tasks of a type in `types`
+    that require nothing beyond `capabilities` and that this node's pool will not start
+    soon (the rule: `akita.taskoffer.offer`). Each is marked delegated to the peer (ledger
+    ``task.delegated {id, attempt, peer, lease_s, term?}``) under a lease of `lease_s`
+    seconds that `task.renew` extends; a lease that lapses re-queues the task with
+    attempt + 1. The reply `task.take_reply` comes once those events are durable. `term`:
+    the cluster term the gateway acts under, recorded with each delegation (0: none)."""
+
+    peer: str
+    types: list[str]
+    capabilities: list[str]
+    max_tasks: int
+    lease_s: float
+    term: int = 0
+
+
+@message("task.take_reply")
+@dataclass(frozen=True, slots=True)
+class TaskTakeReply(Message):
+    """`tasks`: one spec per task handed out, highest priority first: {"id", "name", "args",
+    "priority", "attempt", "requires", "timeout"} (timeout: this node's limit for the type,
+    in seconds). The peer's executor takes them as `task.run_for`."""
+
+    tasks: list[dict[str, Any]]
+
+
+@message("task.renew")
+@dataclass(frozen=True, slots=True)
+class TaskRenew(Message):
+    """Origin: peer `peer` still holds these delegations ([id, attempt] each, as its
+    `task.held_reply` lists them): each lease runs `lease_s` (of its `task.take`) from now.
+    The reply `task.renew_reply` lists in `stale` those not delegated to that peer at that
+    attempt any more (finished, cancelled, re-queued): the peer may drop them (`task.drop`)."""
+
+    peer: str
+    tasks: list[list[Any]]
+
+
+@message("task.renew_reply")
+@dataclass(frozen=True, slots=True)
+class TaskRenewReply(Message):
+    renewed: int
+    stale: list[list[Any]]
+
+
+@message("task.delegated_result")
+@dataclass(frozen=True, slots=True)
+class TaskDelegatedResult(Message):
+    """Origin: outcomes of tasks peer `peer` ran, each as its executor pushed it: {"id",
+    "attempt", "state", "result" | "error"}. State succeeded, failed or timed_out is recorded
+    as the task's outcome with ran_on = `peer`; cancelled (the peer gave the task up)
+    re-queues it like `task.requeue`. An outcome for anything but the current delegation
+    (same id, attempt and peer) is ignored and counted (totals: stale_results). The reply
+    `task.delegated_result_reply` comes once the accepted outcomes are durable."""
+
+    peer: str
+    results: list[dict[str, Any]]
+
+
+@message("task.delegated_result_reply")
+@dataclass(frozen=True, slots=True)
+class TaskDelegatedResultReply(Message):
+    accepted: list[str]
+    stale: list[str]
+
+
+@message("task.requeue")
+@dataclass(frozen=True, slots=True)
+class TaskRequeue(Message):
+    """Origin: these delegations ([id, attempt] each) will not finish: the gateway saw the
+    lease lapse or the link break, or the peer refused the task; `reason` (for the ledger)
+    says which. Each goes back to the queue with attempt + 1 (a refusal costs an attempt
+    too, so a peer chosen wrongly again and again ends in a failed task, not a loop), or
+    fails once ``[tasks] max_attempts`` are spent. Reply `task.requeue_reply`."""
+
+    tasks: list[list[Any]]
+    reason: str
+
+
+@message("task.requeue_reply")
+@dataclass(frozen=True, slots=True)
+class TaskRequeueReply(Message):
+    """id → "requeued", "failed" or "stale" (not delegated at that attempt: nothing done)."""
+
+    outcomes: dict[str, str]
+
+
+@message("task.run_for")
+@dataclass(frozen=True, slots=True)
+class TaskRunFor(Message):
+    """Peer: run these tasks for node `origin` (specs as `task.take_reply` gives them). Each
+    is checked as a submit is — this node must declare the type (nothing else ever runs) and
+    every capability it requires, and its args must fit — then recorded (``task.submitted``
+    with origin and origin_attempt) and queued here; it is never offered on. The reply is
+    `task.accepted` once durable (refusals: the submit codes and missing_capability). As
+    each finishes, its outcome is pushed to this connection as `task.results` (same rid),
+    the entry carrying "origin" and "attempt" (the origin's), for `task.delegated_result`.
+    A spec for a task held here already takes the new attempt; for one finished here, its
+    outcome is pushed again under the new attempt."""
+
+    origin: str
+    tasks: list[dict[str, Any]]
+
+
+@message("task.held")
+@dataclass(frozen=True, slots=True)
+class TaskHeld(Message):
+    """Peer: the tasks run here for peers that have not finished (for lease renewals). The
+    asking connection becomes the one their outcomes are pushed to, so a restarted gateway
+    asks this first. Reply `task.held_reply`."""
+
+
+@message("task.held_reply")
+@dataclass(frozen=True, slots=True)
+class TaskHeldReply(Message):
+    """`tasks`: {"id", "origin", "attempt"} each."""
+
+    tasks: list[dict[str, Any]]
+
+
+@message("task.drop")
+@dataclass(frozen=True, slots=True)
+class TaskDrop(Message):
+    """Peer: the origin no longer wants these ([id, attempt] each, from `task.renew_reply`):
+    cancel each that is still held for `origin` at that attempt. Reply `task.cancel_reply`
+    ("stale" for one not held so)."""
+
+    origin: str
+    tasks: list[list[Any]]
 
 
 # --- gateway (peer.*, cluster.*, state.*, service.*, message.*) ----------------------------
@@ -690,6 +843,80 @@ class ServiceListReply(Message):
     """`services`: one dict per service: name, kind ("task" or "service"), nodes."""
 
     services: list[dict[str, Any]]
+
+
+# Inter-cluster messages (akita.net.intercluster). A message goes from the sending node's
+# gateway straight to the target cluster's coordinator, which hands it to the members whose
+# state advertises a matching topic prefix; each of them publishes it on its own bus under
+# the topic "message.TOPIC" as `message.received`.
+
+
+@message("message.send")
+@dataclass(frozen=True, slots=True)
+class MessageSend(Message):
+    """Send `payload` (any JSON value, at most ``[cluster] max_message_bytes`` encoded) on
+    `topic` to the subscribers in cluster `cluster`. Answered `message.delivered` once the
+    target coordinator reports that every subscribed member acknowledged (retried with
+    backoff while the route is down), or error ``undeliverable`` with the reason when
+    `deadline_s` passes first (0: ``[cluster] message_deadline``). Bad input: error
+    ``bad_request``; an oversized payload: ``too_large``. `id` (optional, 16–64 hex digits)
+    names the message: a resend after a lost reply carries the same id and no subscriber
+    gets it twice."""
+
+    cluster: str
+    topic: str
+    payload: Any
+    deadline_s: float = 0.0
+    id: str = ""
+
+
+@message("message.delivered")
+@dataclass(frozen=True, slots=True)
+class MessageDelivered(Message):
+    """`delivered`: the NODE_IDs of the subscribed members that acknowledged (empty when
+    nobody in the cluster subscribes to the topic); `coordinator` answered for the cluster;
+    `attempts` counts the tries it took."""
+
+    id: str
+    cluster: str
+    coordinator: str
+    delivered: list[str]
+    attempts: int
+
+
+@message("message.subscribe")
+@dataclass(frozen=True, slots=True)
+class MessageSubscribe(Message):
+    """Advertise topic `prefix` ("" for every topic) in this node's state for `lease_s`
+    seconds, on behalf of local subscriber `subscriber` (any short name it picks); renew it
+    before the lease runs out. Answered `ok`."""
+
+    prefix: str
+    subscriber: str
+    lease_s: float = 30.0
+
+
+@message("message.unsubscribe")
+@dataclass(frozen=True, slots=True)
+class MessageUnsubscribe(Message):
+    """Withdraw what `message.subscribe` advertised for this subscriber. Answered `ok`."""
+
+    prefix: str
+    subscriber: str
+
+
+@message("message.received")
+@dataclass(frozen=True, slots=True)
+class MessageReceived(Message):
+    """Bus, under topic "message.TOPIC": a message for this node's subscribers. `sender`: the
+    sending node (NODE_ID); `cluster`: the sender's cluster; `id` is the same on every
+    receiving node."""
+
+    id: str
+    sender: str
+    cluster: str
+    topic: str
+    payload: Any
 
 
 

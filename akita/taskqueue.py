@@ -6,13 +6,19 @@ A task's life, each arrow a ledger event of the same name (``task.<state>``):
 
     submitted → queued → running → succeeded | failed | timed_out
                   ↑  ↖_____|        (requeued: its process died, or the executor restarted)
-                  └── delegated (issue 5: runs on a peer; requeued when its lease lapses)
+                  └──→ delegated → succeeded | failed | timed_out   (a peer ran it)
+                       (requeued: its lease lapsed, the peer refused or gave it up)
     submitted | queued | running | delegated → cancelled
 
 ``submitted`` is the moment between receiving a submit and its ``task.submitted`` event
 being durable; only then is the task acknowledged and queued. `TaskBook.apply` replays the
 events of a feed to rebuild every record after a restart: the ledger is the system of
 record, this module's state only a projection of it.
+
+Two queues: `TaskBook.queue` holds what this node's pool may run; `TaskBook.for_peers` holds
+tasks that require a capability this node does not declare, which only a peer may take.
+A *foreign* task (`TaskRecord.foreign`) is one a peer asked this node to run: it always
+runs here and is never offered on. `akita.taskoffer` picks the queued tasks a peer may take.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from akita.tasks import DEFAULT_PRIORITY
 
@@ -51,6 +57,16 @@ class InvalidTransition(Exception):
     """A transition asked of a task in a state it cannot leave that way: a bug."""
 
 
+class Foreign(NamedTuple):
+    """Where a task run for a peer came from: the origin node, the origin's attempt (sent
+    back with the outcome, so the origin can tell it from a stale one), and the origin's
+    timeout for it (None: this node's own)."""
+
+    origin: str
+    attempt: int
+    timeout_s: float | None = None
+
+
 class TaskRecord:
     """One task: what to run, where it stands, and its outcome once it has one."""
 
@@ -60,11 +76,14 @@ class TaskRecord:
         "error",
         "finished_ts",
         "finishing",
+        "foreign",
         "id",
+        "lease_s",
         "name",
         "order",
         "priority",
         "ran_on",
+        "requires",
         "result",
         "size",
         "started_ts",
@@ -91,6 +110,9 @@ class TaskRecord:
         self.token = 0              # matches the record's one live queue entry
         self.finishing = False      # outcome known, its event not yet durable
         self.size = 0               # bytes of its result or error (bounds what the book keeps)
+        self.requires: tuple[str, ...] = ()   # capabilities a node needs to run it
+        self.foreign: Foreign | None = None   # set when it runs here for a peer
+        self.lease_s = 0.0          # while delegated: its lease (0: unknown, from old events)
 
     def _expect(self, action: str, *states: TaskState) -> None:
         if self.state not in states:
@@ -111,12 +133,17 @@ class TaskRecord:
         self.started_ts = ts
         self.ran_on = ran_on
 
-    def delegate(self, ts: float, peer: str) -> None:
+    def delegate(self, ts: float, peer: str, lease_s: float) -> None:
+        """A peer takes it: a new attempt, whose number fences off any earlier one."""
         self._expect("delegate", TaskState.QUEUED)
+        if self.foreign is not None:
+            raise InvalidTransition(f"task {self.id}: a task run for a peer is never "
+                                    "delegated again")
         self.state = TaskState.DELEGATED
         self.attempts += 1
         self.started_ts = ts
         self.ran_on = peer
+        self.lease_s = lease_s
 
     def requeue(self, counted: bool) -> None:
         """Back to the queue; `counted` False undoes the attempt (it never really ran, or we
@@ -150,13 +177,16 @@ class TaskRecord:
     # --- views -------------------------------------------------------------------------------
 
     def outcome(self) -> dict[str, Any]:
-        """{id, state, result | error}: what a waiting client receives."""
+        """{id, state, result | error}: what a waiting client receives; a task run for a
+        peer adds {origin, attempt} (the origin's attempt), for the gateway to send back."""
         out: dict[str, Any] = {"id": self.id, "state": self.state.value}
         if self.state is TaskState.SUCCEEDED:
             out["result"] = self.result
         elif self.state in TERMINAL:
             out["error"] = self.error or {"type": "Cancelled", "message": "the task was "
                                           "cancelled", "traceback": ""}
+        if self.foreign is not None:
+            out["origin"], out["attempt"] = self.foreign.origin, self.foreign.attempt
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -172,6 +202,10 @@ class TaskRecord:
                                "ran_on": self.ran_on, "args": self.args,
                                "submitted_ts": self.submitted_ts, "started_ts": self.started_ts,
                                "finished_ts": self.finished_ts}
+        if self.requires:
+            out["requires"] = list(self.requires)
+        if self.foreign is not None:
+            out["origin"] = self.foreign.origin
         if self.state in TERMINAL:
             outcome = self.outcome()
             out.update({k: v for k, v in outcome.items() if k in ("result", "error")})
@@ -223,6 +257,21 @@ class TaskQueue:
             self.count -= 1
         return record
 
+    def ordered(self) -> Iterator[TaskRecord]:
+        """The queued records in the order `pop` would give them, without taking any: a
+        walk of the heap from its root, smallest open entry first (k records cost
+        O(k log k)). `discard` is allowed meanwhile; `push` and `pop` are not."""
+        heap = self._heap
+        frontier = [(heap[0][:3], 0)] if heap else []
+        while frontier:
+            _key, index = heapq.heappop(frontier)
+            _priority, _order, token, record = heap[index]
+            if record.token == token and record.state is TaskState.QUEUED:
+                yield record
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child][:3], child))
+
 
 class TaskBook:
     """Every task this executor knows, the queue, and the replay of task events.
@@ -233,10 +282,12 @@ class TaskBook:
     """
 
     def __init__(self, node_id: str | None, retain_finished: int = 10_000,
-                 retain_bytes: int = 32 << 20) -> None:
+                 retain_bytes: int = 32 << 20, capabilities: Iterable[str] = ()) -> None:
         self.node_id = node_id
+        self.capabilities = frozenset(capabilities)
         self.records: dict[str, TaskRecord] = {}
-        self.queue = TaskQueue()
+        self.queue = TaskQueue()        # what this node's pool runs
+        self.for_peers = TaskQueue()    # what only a peer can run (see `runs_here`)
         self.retain_finished = retain_finished
         self.retain_bytes = retain_bytes
         self._finished: deque[str] = deque()
@@ -251,23 +302,56 @@ class TaskBook:
         return self.records.get(task_id)
 
     def create(self, task_id: str, name: str, args: Any, priority: int, ts: float,
-               state: TaskState = TaskState.SUBMITTED) -> TaskRecord:
+               state: TaskState = TaskState.SUBMITTED, requires: tuple[str, ...] = (),
+               foreign: Foreign | None = None) -> TaskRecord:
         record = TaskRecord(task_id, name, args, priority, next(self._orders), ts, state)
+        record.requires = requires
+        record.foreign = foreign
         self.records[task_id] = record
         if state is TaskState.SUBMITTED:
             self.pending_submits += 1
         return record
 
+    # --- the two queues ----------------------------------------------------------------------
+
+    def runs_here(self, record: TaskRecord) -> bool:
+        """Whether this node's pool may run `record`: it declares every capability the task
+        requires. A task run for a peer always runs here (it was admitted on that ground)."""
+        return record.foreign is not None or self.capabilities.issuperset(record.requires)
+
+    def queue_of(self, record: TaskRecord) -> TaskQueue:
+        return self.queue if self.runs_here(record) else self.for_peers
+
+    def queued(self) -> int:
+        """Tasks waiting in either queue."""
+        return len(self.queue) + len(self.for_peers)
+
+    def waiting_for(self, record: TaskRecord) -> str | None:
+        """Why a queued task does not run here, for an operator; None when it may."""
+        if record.state is not TaskState.QUEUED or self.runs_here(record):
+            return None
+        missing = ", ".join(sorted(set(record.requires) - self.capabilities))
+        return f"requires {missing}, which this node does not declare: waits for a peer that does"
+
+    def push(self, record: TaskRecord) -> None:
+        """Put a queued record in its queue."""
+        self.queue_of(record).push(record)
+
     def enqueue(self, record: TaskRecord) -> None:
-        """submitted|running|delegated → queued, and into the queue."""
+        """submitted|running|delegated → queued, and into its queue."""
         if record.state is TaskState.SUBMITTED:
             self.pending_submits -= 1
         record.queue()
-        self.queue.push(record)
+        self.push(record)
 
     def requeue(self, record: TaskRecord, counted: bool) -> None:
         record.requeue(counted)
-        self.queue.push(record)
+        self.push(record)
+
+    def delegate(self, record: TaskRecord, ts: float, peer: str, lease_s: float) -> None:
+        """A queued record leaves its queue for `peer`."""
+        self.queue_of(record).discard(record)
+        record.delegate(ts, peer, lease_s)
 
     def finished(self, record: TaskRecord) -> None:
         """Note that `record` reached a terminal state; forget the oldest beyond retention."""
@@ -277,7 +361,7 @@ class TaskBook:
 
     def cancel(self, record: TaskRecord, ts: float) -> None:
         if record.state is TaskState.QUEUED:
-            self.queue.discard(record)
+            self.queue_of(record).discard(record)
         elif record.state is TaskState.SUBMITTED:
             self.pending_submits -= 1
         record.cancel(ts)
@@ -305,7 +389,8 @@ class TaskBook:
         if kind == "task.submitted":
             if data["id"] not in self.records:
                 self.create(data["id"], str(data.get("name")), data.get("args", []),
-                            int(data.get("priority", DEFAULT_PRIORITY)), ts, TaskState.QUEUED)
+                            int(data.get("priority", DEFAULT_PRIORITY)), ts, TaskState.QUEUED,
+                            tuple(data.get("requires") or ()), _foreign_of(data))
             return
         record = self.records.get(data["id"])
         if record is None or record.state in TERMINAL:
@@ -316,12 +401,15 @@ class TaskBook:
         """After replay: queue what is queued, and decide about tasks that were running when
         the executor stopped. Returns (requeued, failed): running tasks that go back to the
         queue (their run counts as an attempt) and those out of attempts; the caller records
-        both in the ledger."""
+        both in the ledger. A delegated task whose lease is known stays delegated: its peer
+        may still hold it, and its lease, started afresh by the caller, lapses if not."""
         requeued: list[TaskRecord] = []
         failed: list[TaskRecord] = []
         for record in sorted(self.records.values(), key=lambda r: r.order):
             if record.state is TaskState.QUEUED:
-                self.queue.push(record)
+                self.push(record)
+            elif record.state is TaskState.DELEGATED and record.lease_s > 0:
+                continue
             elif record.state in ACTIVE:
                 if record.attempts >= max_attempts:
                     failed.append(record)
@@ -356,6 +444,17 @@ def _replay_delegated(book: TaskBook, record: TaskRecord, data: dict[str, Any],
     record.attempts = int(data.get("attempt", record.attempts + 1))
     record.started_ts = ts
     record.ran_on = data.get("peer")
+    lease_s = data.get("lease_s")
+    record.lease_s = float(lease_s) if isinstance(lease_s, (int, float)) else 0.0
+
+
+def _foreign_of(data: dict[str, Any]) -> Foreign | None:
+    origin = data.get("origin")
+    if not isinstance(origin, str):
+        return None
+    timeout_s = data.get("timeout")
+    return Foreign(origin, int(data.get("origin_attempt", 1)),
+                   float(timeout_s) if isinstance(timeout_s, (int, float)) else None)
 
 
 def _replay_requeued(book: TaskBook, record: TaskRecord, data: dict[str, Any],

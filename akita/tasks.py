@@ -2,8 +2,10 @@
 
 A task type is a name bound to something this node will run: a Python callable registered
 with `@akita.task("name", timeout=…)` in a module listed in ``[tasks] modules``, or a command
-line declared as ``[command:NAME]`` in the config. Nothing else runs: a submit (or, later, a
-peer) can only name a type in the node's `TaskTable`.
+line declared as ``[command:NAME]`` in the config. Nothing else runs: a submit, or a peer
+handing in a task (`task.run_for`), can only name a type in the node's `TaskTable`. A task may
+also require capabilities (`requires`), matched against the ``[tasks] capabilities`` a node
+declares.
 
 Arguments are checked at submit time against the callable's signature (count, names, and
 the plain builtin annotations int, float, str, bool, list, dict, bytes and their `| None`
@@ -30,6 +32,8 @@ from akita.errors import AkitaError
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 TASK_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+CAPABILITY = TASK_NAME
+MAX_REQUIRES = 16
 MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 5
 _PLACEHOLDER = re.compile(r"\{(\d+)\}")
 
@@ -338,19 +342,33 @@ def command_argv(template: tuple[str, ...] | list[str], args: list[Any]) -> list
 
 
 class Submission(NamedTuple):
-    """A submitted task that passed every check."""
+    """A submitted task that passed every check; `requires`: capabilities it needs, sorted."""
 
     id: str
     name: str
     args: Any
     priority: int
+    requires: tuple[str, ...] = ()
 
 
 class Refusal(NamedTuple):
     """Why a submitted task is refused: `code` for programs, `message` for people."""
 
-    code: str   # unknown_task, bad_args, bad_request (and queue_full, from the executor)
+    # unknown_task, bad_args, bad_request; and from the executor: queue_full, too_large,
+    # missing_capability
+    code: str
     message: str
+
+
+def parse_requires(value: Any) -> tuple[str, ...] | str:
+    """The sorted capability names of a task's ``requires`` (a list of names), or why not."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_REQUIRES or not all(
+            isinstance(item, str) and CAPABILITY.match(item) for item in value):
+        return (f"requires must be a list of at most {MAX_REQUIRES} capability names "
+                f"(1-64 letters, digits, '.', '_' and '-'), got {value!r}")
+    return tuple(sorted(set(value)))
 
 
 # --- the node's table -----------------------------------------------------------------------
@@ -405,7 +423,7 @@ class TaskTable:
         return f"{name}: {error}" if error else None
 
     def parse(self, spec: Any) -> Submission | Refusal:
-        """Check one submitted task, a map {id, name, args, priority}."""
+        """Check one submitted task, a map {id, name, args, priority, requires?}."""
         if not isinstance(spec, dict):
             return Refusal("bad_request", "each task is a map {id, name, args, priority}")
         task_id, name = spec.get("id"), spec.get("name")
@@ -421,7 +439,10 @@ class TaskTable:
         problem = check_args(task_type.spec, args)
         if problem:
             return Refusal("bad_args", f"{task_type.name}: {problem}")
-        return Submission(task_id, task_type.name, args, priority)
+        requires = parse_requires(spec.get("requires"))
+        if isinstance(requires, str):
+            return Refusal("bad_request", requires)
+        return Submission(task_id, task_type.name, args, priority, requires)
 
     def commands(self) -> dict[str, list[str]]:
         """name → argv template of every command type (sent to each task process)."""

@@ -11,6 +11,10 @@ its id (`akita.current_task()`) lets a handler make that harmless.
 The ledger writes in groups and `LedgerClient` batches appends while its window is full,
 so under load thousands of events share one frame and one fsync; the pool batches tasks per
 frame both ways; results go back to clients many per message.
+
+Tasks also travel between nodes: the gateway takes queued tasks for peers and hands in tasks
+peers send (workers/taskdelegation.py). A task requiring a capability this node does not
+declare never runs here: it waits for a peer that declares it.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from akita.errors import AkitaError
 from akita.ledger_client import LedgerClient
 from akita.taskqueue import TERMINAL, TaskBook, TaskRecord, TaskState
 from akita.tasks import Refusal, TaskDefinitionError, TaskTable
-from workers import taskrecovery
+from workers import taskrecovery, taskreplies
 from workers.base import Request, Worker
+from workers.taskdelegation import Delegation, result_too_large, too_large
 from workers.taskpool import Dispatch, PoolProcess, TaskPool, cpu_count, describe_exit
 from workers.taskreplies import DeferredReply, Watchers
 
@@ -68,7 +73,8 @@ class ExecutorWorker(Worker):
         self.node_id = _node_id(self.config)
         self.ledger = LedgerClient(self.ctx, self.run_dir, "executor", window=LEDGER_WINDOW)
         self.add_reader(self.ledger.sock, self._on_ledger)
-        self.book = TaskBook(self.node_id)
+        self.book = TaskBook(self.node_id, capabilities=self.settings.capabilities)
+        self.delegation = Delegation(self)
         self._waiting: dict[str, list[tuple[DeferredReply, list[str | None], int]]] = {}
         self.watchers = Watchers()
         self._dispatch_due = False
@@ -77,6 +83,7 @@ class ExecutorWorker(Worker):
         self._started_ts = time.time()
         self._catch_up_at = time.monotonic() + CATCH_UP_AFTER_S
         self._recover()
+        self.delegation.recovered()
         # Every task allocates a few objects that live until it finishes, and the book keeps
         # many thousands: with the default thresholds the cyclic collector ran every few
         # dozen tasks and rescanned them all, half the executor's CPU. Tasks make no cycles
@@ -110,6 +117,7 @@ class ExecutorWorker(Worker):
                      dispatch.record.id, dispatch.timeout_s, proc.pid)
             self.pool.kill(proc, "timeout", dispatch.record.id)
             self._lost(proc, "")
+        self.delegation.tick(time.monotonic())
         busy = bool(self.pool.holder) or self.ledger.pending() > 0
         self.tick_interval_s = BUSY_TICK_S if busy else IDLE_TICK_S
         self._settle()
@@ -138,17 +146,12 @@ class ExecutorWorker(Worker):
         after our replay: never acknowledged, so a client may resend them, but if none
         does they would otherwise wait for the next restart to run."""
         self._catch_up_at = 0.0
-        for event in taskrecovery.stragglers(ledger.db_path(self.config), self._replayed_seq,
-                                             self._started_ts,
-                                             self._started_ts + CATCH_UP_AFTER_S):
-            task_id = event.data.get("id")
-            if task_id not in self.book:
-                self.book.apply(event.kind, event.data, event.ts)
-                record = self.book.get(task_id)
-                if record is not None:
-                    self.book.queue.push(record)
-                    self._dispatch_due = True
-                    log.info("queued task %s, submitted before the restart", task_id)
+        for record in taskrecovery.catch_up(ledger.db_path(self.config), self.book,
+                                            self._replayed_seq, self._started_ts,
+                                            self._started_ts + CATCH_UP_AFTER_S):
+            self._dispatch_due = True
+            if record.foreign is not None:
+                self.delegation.held.add(record.id)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -189,15 +192,23 @@ class ExecutorWorker(Worker):
                 return Refusal("bad_request", f"task id {task.id} is taken by another task")
             self._accept_when_durable(existing, index, ids, deferred)
             return None
-        if len(self.book.queue) + self.book.pending_submits >= self.settings.max_queue:
-            return Refusal("queue_full", f"the queue is full ({self.settings.max_queue} tasks, "
-                                         "[tasks] max_queue); try again later")
-        record = self.book.create(task.id, task.name, task.args, task.priority, now)
+        refusal = too_large(task.args, self.settings.max_payload_bytes) or self.queue_full()
+        if refusal is not None:
+            return refusal
+        record = self.book.create(task.id, task.name, task.args, task.priority, now,
+                                  requires=task.requires)
         self._accept_when_durable(record, index, ids, deferred)
-        self._append("task.submitted", {"id": task.id, "name": task.name, "args": task.args,
-                                        "priority": task.priority},
-                     lambda _seq: self._submitted(record))
+        data = {"id": task.id, "name": task.name, "args": task.args, "priority": task.priority}
+        if task.requires:
+            data["requires"] = list(task.requires)
+        self._append("task.submitted", data, lambda _seq: self._submitted(record))
         return None
+
+    def queue_full(self) -> Refusal | None:
+        if self.book.queued() + self.book.pending_submits < self.settings.max_queue:
+            return None
+        return Refusal("queue_full", f"the queue is full ({self.settings.max_queue} tasks, "
+                                     "[tasks] max_queue); try again later")
 
     def _accept_when_durable(self, record: TaskRecord, index: int, ids: list[str | None],
                              deferred: DeferredReply) -> None:
@@ -229,37 +240,6 @@ class ExecutorWorker(Worker):
             else:
                 self.watchers.watch(task_id, request)
         return protocol.TaskResults(results=known)
-
-    def _on_status(self, request: Request) -> protocol.Message:
-        msg = request.message
-        assert isinstance(msg, protocol.TaskStatus)
-        views = []
-        for task_id in msg.ids:
-            record = self.book.get(task_id) if isinstance(task_id, str) else None
-            views.append(None if record is None else record.view())
-        return protocol.TaskStatusReply(tasks=views)
-
-    def _on_list(self, request: Request) -> protocol.Message:
-        msg = request.message
-        assert isinstance(msg, protocol.TaskList)
-        try:
-            state = TaskState(msg.state) if msg.state else None
-        except ValueError:
-            return protocol.Error(code="bad_request", message=f"unknown state {msg.state!r}; "
-                                  "one of: " + ", ".join(s.value for s in TaskState))
-        records = list(self.book.in_state(state))
-        shown = [r.summary() for r in records[max(0, len(records) - msg.limit):]]
-        return protocol.TaskListReply(tasks=shown, total=len(records))
-
-    def _on_types(self, request: Request) -> protocol.Message:
-        return protocol.TaskTypesReply(types=[t.describe() for _, t in
-                                              sorted(self.table.types.items())])
-
-    def _on_stats(self, request: Request) -> protocol.Message:
-        return protocol.TaskStatsReply(counts=self.book.counts(), pool=self.pool.describe(),
-                                       totals={"processes_started": self.pool.started,
-                                               "processes_lost": self.pool.lost,
-                                               "queued": len(self.book.queue)})
 
     # --- cancel -----------------------------------------------------------------------------
 
@@ -321,6 +301,8 @@ class ExecutorWorker(Worker):
                 continue  # skipped after a cancel, but it had already begun
             record = dispatch.record
             self.pool.learn(record.name, duration_s)
+            if ok and size > self.settings.max_payload_bytes:
+                ok, value = False, result_too_large(size, self.settings.max_payload_bytes)
             if record.state is TaskState.RUNNING:
                 if ok:
                     self._conclude(record, TaskState.SUCCEEDED, result=value,
@@ -375,23 +357,34 @@ class ExecutorWorker(Worker):
                                            "reason": reason})
             self._dispatch_due = True
 
-    def _retry_or_fail(self, record: TaskRecord, reason: str) -> None:
+    def _retry_or_fail(self, record: TaskRecord, reason: str, kind: str = "ProcessLost"
+                       ) -> bool:
+        """A run (or delegation) of `record` was lost: queue it again, or fail it once it has
+        had max_attempts. True if it was queued again."""
         if record.attempts >= self.settings.max_attempts:
             self._conclude(record, TaskState.FAILED, error=_error(
-                "ProcessLost", f"{reason} on attempt {record.attempts} of "
+                kind, f"{reason} on attempt {record.attempts} of "
                 f"{self.settings.max_attempts}"))
-            return
+            return False
         self.book.requeue(record, counted=True)
         self._append("task.requeued", {"id": record.id, "attempts": record.attempts,
                                        "reason": reason})
         self._dispatch_due = True
+        return True
 
     def _start(self, record: TaskRecord, pid: int) -> float:
         """The pool hands `record` to process `pid`: it is running. Returns its timeout."""
         record.start(time.time(), self.node_id)
         self._append("task.started", {"id": record.id, "attempt": record.attempts, "pid": pid})
+        return self.timeout_of(record)
+
+    def timeout_of(self, record: TaskRecord) -> float:
+        """The type's timeout here; for a task run for a peer, the origin's if shorter."""
         task_type = self.table.get(record.name)
-        return (task_type and task_type.timeout_s) or self.settings.task_timeout
+        timeout_s = (task_type and task_type.timeout_s) or self.settings.task_timeout
+        if record.foreign is not None and record.foreign.timeout_s:
+            return min(timeout_s, record.foreign.timeout_s)
+        return timeout_s
 
     def _send_or_lose(self, proc: PoolProcess, op: str, body: Any) -> None:
         try:
@@ -404,10 +397,13 @@ class ExecutorWorker(Worker):
 
     def _conclude(self, record: TaskRecord, state: TaskState, *, result: Any = None,
                   error: dict[str, Any] | None = None, duration_s: float | None = None,
-                  size: int = 64) -> None:
-        """Record a run's outcome; it becomes visible (and is pushed) once durable."""
+                  size: int = 64, then: Callable[[int], None] | None = None) -> None:
+        """Record a run's outcome; it becomes visible (and is pushed) once durable, and
+        then `then(seq)` is called."""
         record.finishing = True
         data: dict[str, Any] = {"id": record.id, "attempt": record.attempts}
+        if record.state is TaskState.DELEGATED:
+            data["ran_on"] = record.ran_on
         if state is TaskState.SUCCEEDED:
             data["result"] = result
         else:
@@ -415,13 +411,14 @@ class ExecutorWorker(Worker):
         if duration_s is not None:
             data["duration_s"] = duration_s
 
-        def durable(_seq: int) -> None:
-            if record.state in TERMINAL:
-                return  # cancelled meanwhile
-            record.finish(state, time.time(), result=result, error=error)
-            record.size = size
-            self.book.finished(record)
-            self.watchers.deliver(record)
+        def durable(seq: int) -> None:
+            if record.state not in TERMINAL:  # else it was cancelled meanwhile
+                record.finish(state, time.time(), result=result, error=error)
+                record.size = size
+                self.book.finished(record)
+                self.watchers.deliver(record)
+            if then is not None:
+                then(seq)
 
         self._append(_EVENT_KINDS[state], data, durable)
 
@@ -457,11 +454,18 @@ _EVENT_KINDS = {state: f"task.{state.value}" for state in TaskState}
 _HANDLERS: dict[type, Callable[[ExecutorWorker, Request], protocol.Message | None]] = {
     protocol.TaskSubmit: ExecutorWorker._on_submit,
     protocol.TaskWatch: ExecutorWorker._on_watch,
-    protocol.TaskStatus: ExecutorWorker._on_status,
-    protocol.TaskList: ExecutorWorker._on_list,
+    protocol.TaskStatus: taskreplies.on_status,
+    protocol.TaskList: taskreplies.on_list,
     protocol.TaskCancel: ExecutorWorker._on_cancel,
-    protocol.TaskTypes: ExecutorWorker._on_types,
-    protocol.TaskStats: ExecutorWorker._on_stats,
+    protocol.TaskTypes: taskreplies.on_types,
+    protocol.TaskStats: taskreplies.on_stats,
+    protocol.TaskTake: lambda ex, request: ex.delegation.on_take(request),
+    protocol.TaskRenew: lambda ex, request: ex.delegation.on_renew(request),
+    protocol.TaskDelegatedResult: lambda ex, request: ex.delegation.on_result(request),
+    protocol.TaskRequeue: lambda ex, request: ex.delegation.on_requeue(request),
+    protocol.TaskRunFor: lambda ex, request: ex.delegation.on_run_for(request),
+    protocol.TaskHeld: lambda ex, request: ex.delegation.on_held(request),
+    protocol.TaskDrop: lambda ex, request: ex.delegation.on_drop(request),
 }
 
 

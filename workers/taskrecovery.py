@@ -2,16 +2,20 @@
 
 The ledger is the system of record for tasks: every state change is an event of this
 node's feed. `replay` rebuilds a `TaskBook` from all of them; `stragglers` finds the submits
-a previous executor sent that the ledger committed only after the replay had read the feed.
+a previous executor sent that the ledger committed only after the replay had read the feed,
+and `catch_up` queues them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from akita import ledger
-from akita.taskqueue import TaskBook
+from akita.taskqueue import TaskBook, TaskRecord
+
+log = logging.getLogger(__name__)
 
 REPLAY_CHUNK = 5_000  # events read at once: bounds memory, and how long between heartbeats
 
@@ -56,3 +60,19 @@ def stragglers(path: Path, after_seq: int, started_ts: float, horizon_ts: float
     except ledger.LedgerNotFound:
         return []
     return [event for event in found if event.data.get("id") not in ours]
+
+
+def catch_up(path: Path, book: TaskBook, after_seq: int, started_ts: float, horizon_ts: float
+             ) -> list[TaskRecord]:
+    """Queue the `stragglers` the book does not know; returns their records."""
+    queued = []
+    for event in stragglers(path, after_seq, started_ts, horizon_ts):
+        task_id = event.data.get("id")
+        if isinstance(task_id, str) and task_id not in book:
+            book.apply(event.kind, event.data, event.ts)
+            record = book.get(task_id)
+            if record is not None:
+                book.push(record)
+                queued.append(record)
+                log.info("queued task %s, submitted before the restart", task_id)
+    return queued

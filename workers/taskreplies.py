@@ -1,14 +1,18 @@
-"""Answers the executor sends later than the request: acknowledgements held until the ledger
-has made something durable, and outcomes pushed to the clients watching tasks."""
+"""The executor's answers: to queries (status, list, types, stats), and those it sends later
+than the request: acknowledgements held until the ledger has made something durable, and
+outcomes pushed to the clients watching tasks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from akita import protocol
-from akita.taskqueue import TaskRecord
+from akita.taskqueue import TaskRecord, TaskState
 from workers.base import Request
+
+if TYPE_CHECKING:
+    from workers.executor import ExecutorWorker
 
 RESULTS_PER_MESSAGE = 1000
 
@@ -74,3 +78,48 @@ class Watchers:
     def __bool__(self) -> bool:
         """True while outcomes wait to be sent."""
         return bool(self._outbox)
+
+
+# --- queries --------------------------------------------------------------------------------
+
+
+def on_status(ex: ExecutorWorker, request: Request) -> protocol.Message:
+    msg = request.message
+    assert isinstance(msg, protocol.TaskStatus)
+    views: list[dict[str, Any] | None] = []
+    for task_id in msg.ids:
+        record = ex.book.get(task_id) if isinstance(task_id, str) else None
+        view = None if record is None else record.view()
+        reason = record and ex.book.waiting_for(record)
+        if view is not None and reason:
+            view["waiting_for"] = reason
+        views.append(view)
+    return protocol.TaskStatusReply(tasks=views)
+
+
+def on_list(ex: ExecutorWorker, request: Request) -> protocol.Message:
+    msg = request.message
+    assert isinstance(msg, protocol.TaskList)
+    try:
+        state = TaskState(msg.state) if msg.state else None
+    except ValueError:
+        return protocol.Error(code="bad_request", message=f"unknown state {msg.state!r}; "
+                              "one of: " + ", ".join(s.value for s in TaskState))
+    records = list(ex.book.in_state(state))
+    shown = [r.summary() for r in records[max(0, len(records) - msg.limit):]]
+    return protocol.TaskListReply(tasks=shown, total=len(records))
+
+
+def on_types(ex: ExecutorWorker, request: Request) -> protocol.Message:
+    return protocol.TaskTypesReply(types=[t.describe() for _, t in
+                                          sorted(ex.table.types.items())])
+
+
+def on_stats(ex: ExecutorWorker, request: Request) -> protocol.Message:
+    counts = ex.book.counts()
+    return protocol.TaskStatsReply(counts=counts, pool=ex.pool.describe(),
+                                   totals={"processes_started": ex.pool.started,
+                                           "processes_lost": ex.pool.lost,
+                                           "queued": ex.book.queued(),
+                                           **ex.delegation.totals()},
+                                   load=ex.delegation.load(counts, ex.table))

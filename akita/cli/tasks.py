@@ -15,7 +15,7 @@ from typing import Any
 from akita.cli import common
 from akita.client import Client, TaskFailed
 from akita.taskqueue import TaskState
-from akita.tasks import MAX_PRIORITY, MIN_PRIORITY
+from akita.tasks import CAPABILITY, MAX_PRIORITY, MIN_PRIORITY
 
 # The keys of `task ID --json`, in this order; "result" or "error" follows once finished.
 TASK_FIELDS = ("id", "name", "state", "priority", "attempts", "ran_on")
@@ -39,6 +39,11 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                              "default []")
     parser.add_argument("--priority", type=_priority, default=5, metavar="N",
                         help=f"{MIN_PRIORITY} (lowest) to {MAX_PRIORITY} (highest); default 5")
+    parser.add_argument("--requires", type=_capabilities, action="extend", default=[],
+                        metavar="CAP[,CAP…]",
+                        help="capabilities the node that runs it must declare ([tasks] "
+                             "capabilities), e.g. gpu; a node lacking one hands the task to "
+                             "a peer that declares it")
     parser.add_argument("--wait", action="store_true", help="wait for the result")
     parser.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
                         help="with --wait: give up after S seconds (exit 1); default: no limit")
@@ -70,6 +75,15 @@ def _priority(raw: str) -> int:
     return value
 
 
+def _capabilities(raw: str) -> list[str]:
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    bad = [name for name in names if not CAPABILITY.match(name)]
+    if not names or bad:
+        raise argparse.ArgumentTypeError("expected capability names (1-64 letters, digits, "
+                                         "'.', '_' and '-'), comma-separated")
+    return names
+
+
 def _positive_float(raw: str) -> float:
     try:
         value = float(raw)
@@ -92,7 +106,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not isinstance(task_args, (list, dict)):
         return common.usage_error("--args must be a JSON list (positional) or object (keywords)")
     with _client(args) as client:
-        task_id = client.submit(args.name, task_args, priority=args.priority)
+        task_id = client.submit(args.name, task_args, priority=args.priority,
+                                requires=args.requires)
         if not args.wait:
             if args.json:
                 common.print_json({"id": task_id})
@@ -135,6 +150,8 @@ def cmd_task(args: argparse.Namespace) -> int:
         common.print_json(task_json(view))
         return common.EXIT_OK
     rows = [[key, _show(view.get(key))] for key in (*TASK_FIELDS, "args")]
+    rows += [[key, _show(view[key])] for key in ("requires", "origin", "waiting_for")
+             if view.get(key)]
     rows += [[key, _when(view.get(key))] for key in ("submitted_ts", "started_ts",
                                                      "finished_ts")]
     if "result" in view:
