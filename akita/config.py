@@ -14,10 +14,11 @@ import configparser
 import dataclasses
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from akita.errors import ConfigError
 

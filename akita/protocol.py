@@ -119,7 +119,7 @@ def decode_frame(data: bytes) -> tuple[int | None, Message]:
         raise ProtocolError(f"frame of {len(data)} bytes exceeds the limit of {MAX_FRAME_BYTES}")
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types for bad input
         raise ProtocolError(f"not a msgpack frame ({type(exc).__name__})") from None
     if not isinstance(body, dict):
         raise ProtocolError("frame is not a msgpack map")

@@ -11,6 +11,7 @@ import itertools
 import os
 import time
 from pathlib import Path
+from typing import Self
 
 import zmq
 
@@ -84,7 +85,7 @@ class Requester:
         if self._own_ctx:
             self.ctx.term()
 
-    def __enter__(self) -> Requester:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

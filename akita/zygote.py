@@ -180,7 +180,7 @@ class _Server:
         for module in self.preload:
             try:
                 importlib.import_module(module)
-            except Exception:  # a broken module is reported when a child needs it
+            except Exception:  # noqa: BLE001 - a broken module is reported when a child needs it
                 print(f"{self.title}: cannot preload {module}:\n{traceback.format_exc()}",
                       file=sys.stderr, flush=True)
         wake_r, wake_w = os.pipe()
@@ -189,13 +189,13 @@ class _Server:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         while True:
             try:
-                ready, _, _ = select.select([self.sock, wake_r], [], [])
+                ready, _, _ = select.select([self.sock.fileno(), wake_r], [], [])
             except InterruptedError:
                 continue
             if wake_r in ready:
                 os.read(wake_r, 512)
                 self._reap()
-            if self.sock in ready and not self._serve_request(wake_r, wake_w):
+            if self.sock.fileno() in ready and not self._serve_request(wake_r, wake_w):
                 return 0
 
     def _reap(self) -> None:
@@ -261,7 +261,7 @@ class _Server:
             code = result if isinstance(result, int) else 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a child must never return into the zygote's loop
             traceback.print_exc()
         finally:
             try:
