@@ -30,9 +30,12 @@ from akita.errors import ProtocolError
 from akita.ledger_client import LedgerClient
 from akita.net import recovery, rnsconfig
 from akita.net.bridge import LoopBridge
+from akita.net.intercluster import InterCluster
+from akita.net.ledger_requests import LedgerRequests
 from akita.net.links import Links
 from akita.net.local import ExecutorWatch
 from akita.net.node import NetNode
+from akita.net.replicate import ReplicationTiming, Replicator
 from akita.net.rnsnode import InterfaceFailed, RnsNode
 from workers.base import Request, Worker
 
@@ -54,6 +57,8 @@ class GatewayWorker(Worker):
         self.net: NetNode | None = None
         self.bus: zmq.Socket | None = None
         self.executor: ExecutorWatch | None = None
+        self.replicator: Replicator | None = None
+        self.messages: InterCluster | None = None
 
     # --- start ----------------------------------------------------------------------------------
 
@@ -73,6 +78,10 @@ class GatewayWorker(Worker):
         restored = recovery.load(ledger.db_path(cfg))
         self.net = NetNode(cfg, identity, generation, self.rns, self.links, self.publish,
                            self._record, restored, self.tick_interval_s)
+        self.messages = InterCluster(self.net, self.publish, self._record)
+        self.replicator = Replicator(self.net, LedgerRequests(self.ctx, self.run_dir),
+                                     ReplicationTiming.from_config(cfg))
+        self.add_reader(self.replicator.ledger.sock, self.replicator.ledger.on_readable)
         self._subscribe_bus()
         if "executor" in cfg.supervisor.workers:
             self.executor = ExecutorWatch(self.ctx, self.run_dir,
@@ -157,6 +166,10 @@ class GatewayWorker(Worker):
     def tick(self) -> None:
         now = time.monotonic()
         self._net().tick(now)
+        if self.replicator is not None:
+            self.replicator.tick(now)
+        if self.messages is not None:
+            self.messages.tick(now)
         if self.executor is not None:
             self.executor.tick(now)
         if self.ledger is not None:
@@ -179,6 +192,9 @@ class GatewayWorker(Worker):
             return protocol.StateReply(**found)
         if isinstance(msg, protocol.StateSet):
             return self._state_set(request, msg)
+        if isinstance(msg, (protocol.MessageSend, protocol.MessageSubscribe,
+                            protocol.MessageUnsubscribe)) and self.messages is not None:
+            return self.messages.handle(msg, request.reply)
         if isinstance(msg, protocol.PeerStats):
             return protocol.PeerStatsReply(stats=self._stats())
         return super().handle(request)
@@ -197,6 +213,11 @@ class GatewayWorker(Worker):
         stats["interfaces"] = self.rns.interfaces()
         stats["callback_errors"] = self.bridge.errors
         stats["ledger_pending"] = self.ledger.pending()
+        stats["link_traffic"] = self.links.traffic() if self.links is not None else {}
+        if self.replicator is not None:
+            stats["replication"] = self.replicator.stats()
+        if self.messages is not None:
+            stats["messages"] = self.messages.stats()
         return stats
 
     # --- stop -----------------------------------------------------------------------------------
@@ -212,7 +233,7 @@ class GatewayWorker(Worker):
                 log.warning("the ledger did not confirm every event before shutdown")
         if self.rns is not None:
             self.rns.shutdown()
-        for closable in (self.executor, self.ledger, self.bridge):
+        for closable in (self.executor, self.replicator, self.ledger, self.bridge):
             if closable is not None:
                 closable.close()
         if self.bus is not None:

@@ -13,6 +13,8 @@ by `workers.gateway` alone; the rest are pure logic with no RNS import, tested d
 - `recovery`   boot generation, and what a restarted gateway reads back from the ledger
 - `views`      the JSON shapes of peers / clusters / state / services
 - `node`       `NetNode`: all of the above wired together on the gateway's loop
+- `replicate`  ledger replication among cluster mates (`replicate_plan`: its pure rules and
+               request bodies; `ledger_requests`: async requests to the own ledger worker)
 
 Building on the gateway (delegation, ledger replication, inter-cluster messages): serve a
 path with ``net.links.serve(f"{channel}/verb", handler)`` and ask a peer with
@@ -22,5 +24,6 @@ inter_cluster_channel). Who is where: ``net.formation.own_cluster()``, ``cluster
 ``net.formation.local.term``, ``net.formation.assignment`` (every cluster and its
 coordinator), ``net.table.peers`` (load, liveness), ``net.sync.store`` (every node's record:
 task_types, capabilities, queue_depth, resources). Events: ``net.peer_joined_hooks``,
-``net.peer_left_hooks`` (also called when a peer restarted), ``net.cluster_hooks``.
+``net.peer_left_hooks`` (also called when a peer restarted), ``net.peer_updated_hooks``
+(each announce of a known peer), ``net.cluster_hooks``.
 """

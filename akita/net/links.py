@@ -74,6 +74,12 @@ class IncomingRequest:
     def fail(self, reason: str) -> None:
         self._answer([1, reason])
 
+    @property
+    def link_mdu(self) -> int:
+        """Bytes one packet of the link this request came on carries: a response up to this
+        size (with its envelope) goes as a packet, a larger one as a Resource."""
+        return int(getattr(self._link, "mdu", 0) or 0)
+
     def _answer(self, envelope: list[Any]) -> None:
         if self.answered:
             return
@@ -300,6 +306,14 @@ class Links:
         for pending in out.queued:
             self._fail(pending, f"{peer_id} left")
         out.link.teardown()
+
+    def traffic(self) -> dict[str, int]:
+        """Bytes and packets sent and received on the open links, both directions (Reticulum's
+        link counters: encrypted payloads, Resource parts included, packet headers not)."""
+        links = [out.link for out in self._out.values()] + list(self._incoming.values())
+        return {name: sum(int(getattr(link, attr, 0)) for link in links)
+                for name, attr in (("tx_bytes", "txbytes"), ("rx_bytes", "rxbytes"),
+                                   ("tx_packets", "tx"), ("rx_packets", "rx"))}
 
     def ready_links(self) -> int:
         return sum(1 for out in self._out.values() if out.state is LinkState.READY)

@@ -104,6 +104,8 @@ class NetNode:
         self.peer_joined_hooks: list[Callable[[str], None]] = []
         self.peer_left_hooks: list[Callable[[str], None]] = []
         self.cluster_hooks: list[Callable[[], None]] = []
+        # ... and after each announce of a known peer (its info in net.table is fresh).
+        self.peer_updated_hooks: list[Callable[[str], None]] = []
         links.serve(self.paths.pull, self._serve_pull)
         links.serve(self.paths.push, self._serve_push)
         links.serve(self.paths.services, self._serve_services)
@@ -147,6 +149,8 @@ class NetNode:
 
     def peer_updated(self, peer: Peer) -> None:
         self._maybe_pull(peer)
+        for hook in self.peer_updated_hooks:
+            hook(peer.node_id)
 
     def peer_left(self, peer: Peer, reason: str) -> None:
         log.info("peer left: %s (%s): %s", peer.node_id, peer.name, reason)
@@ -361,6 +365,13 @@ class NetNode:
 
     def set_queue_depth(self, depth: int) -> None:
         self.load.queue(depth)
+
+    def update_own(self, changes: dict[str, Any]) -> None:
+        """Other gateway parts write node-owned keys of the own record (e.g. the topics
+        wanted here): pushed to the cluster and announced when anything changed."""
+        if self.sync.update_own(changes):
+            self._snapshot_due = True
+            self._own_changed()
 
     def state_set(self, key: str, value: Any, on_durable: Callable[[int], None]) -> None:
         """`akitactl state set`: ValueError for a bad key or value; `on_durable` once stored."""

@@ -1,0 +1,131 @@
+"""A hand-made cluster mate that serves a forged feed, for the replication tests.
+
+Never imported by the test process (RNS stays out of pytest); run as
+``python tests/rns_forger.py --dir D --connect 127.0.0.1:PORT --forge signature``.
+
+It has a valid Reticulum identity and behaves like a node as far as discovery goes: it
+announces valid app_data every second and answers probes (its destination proves every
+packet), so the nodes place it in their cluster and ask it for its ledger heads. It then
+serves its own feed, forged:
+
+- signature: five well-chained events whose checkpoint is signed by another key;
+- chain: five events and a checkpoint its own key signed, but one event altered after
+  signing, so the events no longer hash to the signed head.
+
+It prints ``READY <node_id>`` once its interface is up, ``SERVED <path> <peer>`` for each
+request it answers, and idles until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from akita import ledger, replication
+from akita.cluster import PeerView
+from akita.config import ReticulumConfig
+from akita.identity import NodeIdentity
+from akita.net import replicate_plan, rnsconfig, wire
+
+EVENTS = 5
+ANNOUNCE_EVERY_S = 1.0
+
+
+def forged_feed(author: NodeIdentity, forge: str) -> tuple[bytes, replication.Head]:
+    """The bundle served for the feed of `author` (all of it) and the head announced."""
+    events = [(1000.0 + i, "forged.event", ledger.pack_data({"i": i})) for i in range(EVENTS)]
+    _rows, _seq, head = ledger.Chain(author.node_id, 0).extend(events, 0, ledger.GENESIS_HASH)
+    signer = NodeIdentity.generate() if forge == "signature" else author
+    signature = signer.sign(ledger.checkpoint_message(author.node_id, EVENTS, head))
+    if forge == "chain":
+        events[2] = (events[2][0], events[2][1], ledger.pack_data({"i": "altered"}))
+    elif forge != "signature":
+        raise SystemExit(f"unknown forgery {forge!r}")
+    bundle = replication.Bundle(author.node_id, author.public_key, 0, ledger.GENESIS_HASH,
+                                events, [replication.Checkpoint(EVENTS, 2000.0, head, signature)])
+    return replication.encode_bundle(bundle), replication.Head(EVENTS, head)
+
+
+def app_data(node_id: str, seq: int) -> bytes:
+    return wire.encode_announce(wire.Announce(
+        name="forger", generation=1, seq=seq, report=PeerView(node_id, 1), load=wire.Load(),
+        state_version=0, digest=bytes(8), interval_s=ANNOUNCE_EVERY_S,
+        id_tag=bytes.fromhex(node_id)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--connect", required=True)
+    parser.add_argument("--forge", required=True, choices=("signature", "chain"))
+    parser.add_argument("--channel", default="akita.state")
+    parser.add_argument("--ledger-channel", default="akita.ledger")
+    args = parser.parse_args()
+    host, _, port = args.connect.rpartition(":")
+    config_dir = rnsconfig.write(ReticulumConfig(auto_interface=False,
+                                                 tcp_connect=((host, int(port)),)), args.dir)
+
+    import RNS
+
+    RNS.Reticulum(configdir=str(config_dir), loglevel=RNS.LOG_WARNING)
+    rns_identity = RNS.Identity()
+    author = NodeIdentity.from_private_bytes(rns_identity.get_private_key())
+    bundle, head = forged_feed(author, args.forge)
+    app, *aspects = args.channel.split(".")
+    destination = RNS.Destination(rns_identity, RNS.Destination.IN, RNS.Destination.SINGLE,
+                                  app, *aspects)
+    destination.set_proof_strategy(RNS.Destination.PROVE_ALL)  # answers the nodes' probes
+    serve(RNS, destination, args.ledger_channel, bundle, head, author.node_id)
+    if not wait_online(RNS):
+        print("FAILED interface did not come up", flush=True)
+        return 1
+    print(f"READY {author.node_id}", flush=True)
+    seq = 0
+    while True:
+        seq += 1
+        destination.announce(app_data=app_data(author.node_id, seq))
+        time.sleep(ANNOUNCE_EVERY_S)
+
+
+def serve(RNS: Any, destination: Any, channel: str, bundle: bytes, head: replication.Head,
+          feed: str) -> None:
+    """Answer heads and range requests the way `akita.net.links` wraps responses."""
+    lock = threading.Lock()
+
+    def served(path: str, remote: Any) -> None:
+        with lock:
+            peer = remote.hash.hex() if remote is not None else "anonymous"
+            print(f"SERVED {path} {peer}", flush=True)
+
+    def heads(path: str, data: Any, request_id: bytes, link_id: bytes, remote: Any,
+              requested_at: float) -> list[Any]:
+        served(path, remote)
+        return [0, replication.encode_heads({feed: head})]
+
+    def ranges(path: str, data: Any, request_id: bytes, link_id: bytes, remote: Any,
+               requested_at: float) -> list[Any]:
+        served(path, remote)
+        return [0, replicate_plan.encode_range_response(bundle, head.seq)]
+
+    for verb, generator in (("heads", heads), ("range", ranges)):
+        destination.register_request_handler(f"{channel}/{verb}", response_generator=generator,
+                                             allow=RNS.Destination.ALLOW_ALL)
+
+
+def wait_online(RNS: Any, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not all(getattr(i, "online", False) for i in RNS.Transport.interfaces):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

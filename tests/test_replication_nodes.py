@@ -1,0 +1,231 @@
+"""Ledger replication across a cluster of real nodes on loopback Reticulum: every member ends
+up holding every member's feed, verified and identical to the author's; a node that was down
+catches up; a hand-made mate serving forged feeds is refused, and the refusal recorded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from akita import ledger, protocol
+from akita.ledger_client import LedgerClient
+from tests.helpers import REPO, Node, NotYet, start_network, wait_for
+
+RNS_FORGER = REPO / "tests" / "rns_forger.py"
+BULK_EVENTS = 1500   # pages: far more than one link packet's worth of bundle
+# Generous: two cores shared with other test runs.
+FORM_S = 30
+REPLICATE_S = 30
+
+
+def node_id(node: Node) -> str:
+    return str(node.status()["node"]["id"])
+
+
+def db(node: Node) -> Path:
+    return ledger.db_path(node.config)
+
+
+def held(node: Node) -> dict[str, int]:
+    """feed → head seq of every feed in the node's ledger file."""
+    return {head.feed: head.seq for head in ledger.heads(db(node))}
+
+
+def stats(node: Node) -> dict[str, Any]:
+    reply = node.request(protocol.PeerStats())
+    assert isinstance(reply, protocol.PeerStatsReply)
+    return reply.stats
+
+
+def cluster_of(node: Node, members: set[str]) -> Any:
+    reply = node.request(protocol.ClusterList())
+    assert isinstance(reply, protocol.ClusterListReply)
+    found = [c for c in reply.clusters if set(c["members"]) == members]
+    return found or NotYet({"clusters": reply.clusters})
+
+
+def holds_all(nodes: list[Node], marks: dict[str, int]) -> Callable[[], Any]:
+    """A wait condition: every node holds every feed in `marks` up to at least its mark."""
+
+    def check() -> Any:
+        behind = {}
+        for node in nodes:
+            heads = held(node)
+            lacking = {feed[:8]: heads.get(feed, 0) for feed, mark in marks.items()
+                       if heads.get(feed, 0) < mark}
+            if lacking:
+                behind[node.root.name] = lacking
+        return not behind or NotYet({"behind (feed: held seq)": behind, "marks": {
+            feed[:8]: mark for feed, mark in marks.items()}})
+
+    return check
+
+
+def own_head(node: Node, of: str) -> int:
+    return held(node)[of]
+
+
+def state_set(node: Node, key: str) -> None:
+    done = node.ctl("state", "set", key, "1")
+    assert done.returncode == 0, done.stderr
+
+
+def assert_copies_match(nodes: list[Node], ids: list[str]) -> None:
+    """Each holder's copy of each feed is the author's, event for event, as far as it goes;
+    and `akitactl ledger verify --all` passes on every node."""
+    for holder in nodes:
+        for author, author_id in zip(nodes, ids):
+            if author is holder:
+                continue
+            copy = [(e.seq, e.ts, e.kind, e.data) for e in
+                    ledger.read_events(db(holder), feed=author_id)]
+            original = [(e.seq, e.ts, e.kind, e.data) for e in
+                        ledger.read_events(db(author), feed=author_id, limit=len(copy))]
+            assert copy and copy == original, (holder.root.name, author.root.name)
+        done = holder.ctl("ledger", "verify", "--all")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.count("intact") == len(nodes), done.stdout
+
+
+def append_bulk(node: Node, count: int) -> None:
+    """`count` task-sized events in the node's own feed, through its ledger worker."""
+    ctx = zmq.Context()
+    client = LedgerClient(ctx, node.run_dir, "test-bulk")
+    try:
+        for i in range(count):
+            client.append("test.bulk", {"id": f"{i:016x}", "task": "resize", "ms": 12.5})
+        assert client.flush(30), "the ledger did not acknowledge the bulk events"
+    finally:
+        client.close()
+        ctx.term()
+
+
+def test_every_member_holds_every_feed_and_a_returning_node_catches_up(
+        make_node: Callable[..., Node]) -> None:
+    nodes = start_network(make_node, 3)
+    ids = [node_id(node) for node in nodes]
+    wait_for(lambda: all(cluster_of(node, set(ids)) for node in nodes), FORM_S,
+             "one cluster of the three nodes")
+    for index, node in enumerate(nodes):
+        state_set(node, f"mark{index}")  # an event in each node's own feed
+    marks = {author: own_head(node, author) for node, author in zip(nodes, ids)}
+    wait_for(holds_all(nodes, marks), REPLICATE_S, "every member holding every member's feed")
+    assert_copies_match(nodes, ids)
+
+    away = nodes[2]
+    assert away.stop() == 0
+    append_bulk(nodes[0], BULK_EVENTS)
+    state_set(nodes[1], "while_away")
+    marks = {author: own_head(node, author) for node, author in zip(nodes[:2], ids)}
+    assert marks[ids[0]] > BULK_EVENTS
+    wait_for(holds_all(nodes[:2], marks), REPLICATE_S, "the two running nodes replicating")
+    assert ids[0] not in held(away) or held(away)[ids[0]] < marks[ids[0]]
+
+    away.start()
+    wait_for(holds_all([away], marks), REPLICATE_S, "the returning node catching up")
+    # ... and its own events since its restart reach the others.
+    marks = {ids[2]: own_head(away, ids[2])}
+    wait_for(holds_all(nodes[:2], marks), REPLICATE_S, "the others taking its new events")
+    assert_copies_match(nodes, ids)
+    caught_up = stats(away)["replication"]
+    assert caught_up["events_stored"] >= BULK_EVENTS, caught_up
+    assert caught_up["bundles_stored"] >= 3, caught_up  # paged, not one bundle
+    for node in nodes:
+        assert stats(node)["callback_errors"] == 0
+
+
+# --- forged feeds ---------------------------------------------------------------------------
+
+
+class Forger:
+    """tests/rns_forger.py in its own process; its stdout lines go to a file we poll."""
+
+    def __init__(self, root: Path, hub_port: int, forge: str) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.out = root / "forger.out"
+        with open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(RNS_FORGER), "--dir", str(root), "--connect",
+                 f"127.0.0.1:{hub_port}", "--forge", forge],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def lines(self) -> list[str]:
+        return self.out.read_text(errors="replace").splitlines()
+
+    def wait_line(self, prefix: str, timeout_s: float) -> str:
+        def found() -> Any:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"forger exited: {self.lines()[-20:]}")
+            return next((line for line in self.lines() if line.startswith(prefix)),
+                        NotYet({"lines": self.lines()[-5:]}))
+
+        return str(wait_for(found, timeout_s, f"the forger to print {prefix!r}"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def forgers(short_tmp: Path) -> Iterator[Callable[[int, str], Forger]]:
+    started: list[Forger] = []
+
+    def start(hub_port: int, forge: str) -> Forger:
+        forger = Forger(short_tmp / f"forger-{forge}", hub_port, forge)
+        started.append(forger)
+        return forger
+
+    try:
+        yield start
+    finally:
+        for forger in started:
+            forger.stop()
+
+
+def refusals(node: Node) -> dict[str, str]:
+    """Sender → reason of each `ledger.forgery_refused` event in the node's own feed."""
+    return {event.data["from"]: event.data["reason"] for event in ledger.read_events(
+        db(node), kind_prefix="ledger.forgery_refused")}
+
+
+def test_forged_feeds_from_a_handmade_mate_are_refused_and_recorded(
+        make_node: Callable[..., Node], forgers: Callable[[int, str], Forger]) -> None:
+    nodes = start_network(make_node, 2, cluster={"cluster_size": 4})
+    hub_port = int(nodes[0].sections["reticulum"]["tcp_listen"].rpartition(":")[2])
+    ids = [node_id(node) for node in nodes]
+    started = {forge: forgers(hub_port, forge) for forge in ("signature", "chain")}
+    forged = {forge: forger.wait_line("READY", 20).split()[1]
+              for forge, forger in started.items()}
+    members = set(ids) | set(forged.values())
+    wait_for(lambda: all(cluster_of(node, members) for node in nodes), FORM_S,
+             "the forgers placed in the nodes' cluster")
+
+    def both_refused(node: Node) -> Callable[[], Any]:
+        def check() -> Any:
+            seen = refusals(node)
+            return all(sender in seen for sender in forged.values()) or NotYet(seen)
+
+        return check
+
+    for node in nodes:
+        wait_for(both_refused(node), REPLICATE_S, f"{node.root.name} refusing both forgeries")
+        seen = refusals(node)
+        assert "does not verify" in seen[forged["signature"]]
+        assert "chain broken" in seen[forged["chain"]]
+        assert not set(forged.values()) & set(held(node)), held(node)
+        replication = stats(node)["replication"]
+        assert replication["refused"] >= 2, replication
+        assert node.worker("gateway")["restarts"] == 0
+    for forger in started.values():
+        assert any(line.startswith("SERVED akita.ledger/range") for line in forger.lines())
+    # The honest members still replicate each other, and what they hold verifies.
+    marks = {author: own_head(node, author) for node, author in zip(nodes, ids)}
+    wait_for(holds_all(nodes, marks), REPLICATE_S, "the two honest nodes' feeds replicating")
+    assert_copies_match(nodes, ids)
