@@ -4,9 +4,10 @@ ZeroMQ REQ/REP echo over ipc carrying the same request and reply sizes, in the s
     python bench/control.py [--requests 3000]
 
 Both sides use a REQ client in this process and a server in another process, so the
-difference is what the supervisor adds: decoding, building the status, encoding, and its
-poll loop. The two are measured in alternating blocks, so that load from other processes
-falls on both alike. Target: ratio ≤ 1.2.
+difference is what the supervisor adds: decoding, building the status, encoding, and the
+envelope handling of its ROUTER (it serves DEALER clients with requests in flight, too).
+The two are measured in alternating blocks, so that load from other processes falls on
+both alike. Target: ratio ≤ 1.2.
 """
 
 from __future__ import annotations

@@ -1,14 +1,19 @@
 """The control socket: the supervisor's own verbs, and forwarding of everything else.
 
 Clients (akitactl, the Python client, other workers) send requests to the ROUTER bound at
-run_dir/control.sock. The supervisor answers its own verbs (ping, node.*, worker.*) and
-forwards every other request, by the noun of its kind, to the worker that owns it, over one
-DEALER per worker. The forwarded copy carries a request id of ours; the reply is matched to
+run_dir/control.sock, which a thread of its own serves (`supervisor.control_thread`): it
+answers the read-only verbs (ping, node.status) itself and hands every other request to the
+main loop, here. The main loop answers the verbs that change the node (worker.*,
+node.shutdown, node.reload), replies to malformed frames with an error, and forwards every
+other request, by the noun of its kind, to the worker that owns it, over one DEALER per
+worker. The forwarded copy carries a request id of ours; the reply is matched to
 the client and re-stamped with the client's own id. Forwarded requests expire, so a worker
 that never answers costs the client a timeout error, never an unbounded table.
 
 Both DEALER clients (one frame) and REQ clients (an empty delimiter, then the frame) are
-served; the reply goes back with the same envelope.
+served; the reply goes back with the same envelope. The thread passes requests and replies
+through with their envelopes untouched, so this module sees a request exactly as a ROUTER
+would have delivered it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import zmq
 
 from akita import protocol, transport
 from akita.errors import ProtocolError
+from supervisor.control_thread import ControlThread, ReadOnlyVerb, recv_frames
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +58,6 @@ Verb = Callable[[protocol.Message], protocol.Message]
 # Plain ints: pyzmq's flag enums cost a few microseconds per operation on the hot path.
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-_RCVMORE = int(zmq.RCVMORE)
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 
@@ -66,20 +71,22 @@ class _Pending:
 
 
 class ControlServer:
-    """The ROUTER at control.sock, the supervisor's verbs, and the forwarding DEALERs."""
+    """The control thread, the supervisor's verbs, and the forwarding DEALERs."""
 
     def __init__(self, ctx: zmq.Context, run_dir: Path, verbs: dict[str, Verb],
-                 is_up: Callable[[str], bool],
+                 read_only_verbs: dict[str, ReadOnlyVerb], is_up: Callable[[str], bool],
                  watch: Callable[[zmq.Socket, Callable[[], None]], None]) -> None:
-        """`verbs` maps a kind to its handler; `is_up(worker)` says whether to forward to it;
-        `watch(sock, callback)` registers a new forwarding socket in the poll loop."""
+        """`verbs` maps a kind to its handler in the main loop; `read_only_verbs` to one the
+        control thread runs (see `ReadOnlyVerb`); `is_up(worker)` says whether to forward to
+        it; `watch(sock, callback)` registers a new forwarding socket in the poll loop."""
         self.ctx = ctx
         self.run_dir = run_dir
         self.verbs = verbs
         self.is_up = is_up
         self.watch = watch
-        self.router = transport.make_socket(ctx, zmq.ROUTER)
-        transport.bind(self.router, run_dir, transport.CONTROL)
+        self.thread = ControlThread(ctx, run_dir, read_only_verbs)
+        # The main loop's end of the control thread: requests arrive and replies leave here.
+        self.sock = self.thread.loop_sock
         self.dealers: dict[str, zmq.Socket] = {}
         self.pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
         self._next_id = 0
@@ -88,12 +95,18 @@ class ControlServer:
 
     # --- requests from clients ----------------------------------------------------------
 
+    def start(self) -> None:
+        self.thread.start()
+
+    def serving(self) -> bool:
+        return self.thread.serving()
+
     def on_request(self) -> None:
         """One request per wakeup: the poll is level-triggered, so the next one fires at once
         for any request still queued, and a lone request is answered without the extra
         readiness check (a syscall or two) that draining in a loop would cost."""
         try:
-            frames = _recv_frames(self.router)
+            frames = recv_frames(self.sock, _NOBLOCK)
         except zmq.Again:
             return
         self._dispatch(frames)
@@ -130,12 +143,13 @@ class ControlServer:
         self._send(envelope, protocol.encode(protocol.Error(code=code, message=text), rid=rid))
 
     def _send(self, envelope: list[bytes], data: bytes) -> None:
+        """Reply through the control thread, which relays it to the client."""
         try:
             for frame in envelope:
-                self.router.send(frame, _SNDMORE | _NOBLOCK)
-            self.router.send(data, _NOBLOCK)
+                self.sock.send(frame, _SNDMORE | _NOBLOCK)
+            self.sock.send(data, _NOBLOCK)
         except zmq.Again:
-            log.warning("control reply dropped: the client's queue is full")
+            log.warning("control reply dropped: the control thread's queue is full")
 
     # --- forwarding ---------------------------------------------------------------------
 
@@ -175,7 +189,7 @@ class ControlServer:
         for _ in range(_BATCH):
             if not _readable(sock):
                 return
-            body = _unpack(_recv_frames(sock)[-1])
+            body = _unpack(recv_frames(sock, _NOBLOCK)[-1])
             if body is None:
                 continue
             entry = self.pending.pop(body.get("rid"), None)  # type: ignore[arg-type]
@@ -210,24 +224,14 @@ class ControlServer:
                             "carried out"), rid=entry.client_rid))
 
     def close(self) -> None:
-        for sock in [self.router, *self.dealers.values()]:
+        """Stop the control thread (bounded wait) and close every socket."""
+        self.thread.stop()
+        for sock in self.dealers.values():
             sock.close(linger=0)
 
 
 def _readable(sock: zmq.Socket) -> bool:
     return bool(cast(int, sock.get(_EVENTS)) & _POLLIN)
-
-
-def _recv_frames(sock: zmq.Socket) -> list[bytes]:
-    """recv_multipart without blocking and without its per-frame flag-enum arithmetic.
-
-    Raises zmq.Again when nothing is waiting; the frames after the first are part of the
-    same message and are there already.
-    """
-    frames = [sock.recv(_NOBLOCK)]
-    while sock.get(_RCVMORE):
-        frames.append(sock.recv())
-    return frames
 
 
 def _unpack(data: bytes) -> dict[str, Any] | None:

@@ -1,10 +1,16 @@
 """The supervisor's event loop: one poller over every socket, pipe and signal it watches.
 
 Everything the supervisor reacts to arrives as a readable descriptor: the zygote's socket
-(a worker exited), the control socket, the bus, the forwarding sockets, the ledger client,
-each worker's output pipe, and a self-pipe that signal handlers write to (they only set a
-flag; `signal.set_wakeup_fd` makes the loop notice at once). Timers (backoff, stop
-timeouts, heartbeat deadlines) bound the poll timeout; nothing is polled on a fixed beat.
+(a worker exited), the requests the control thread hands over, the bus, the forwarding
+sockets, the ledger client, each worker's output pipe, and a self-pipe that signal handlers
+write to (they only set a flag; `signal.set_wakeup_fd` makes the loop notice at once).
+Timers (backoff, stop timeouts, heartbeat deadlines) bound the poll timeout; nothing is
+polled on a fixed beat.
+
+The control socket itself is served by a thread of its own (`supervisor.control_thread`),
+which answers ping and node.status without waking this loop. It reads the process table
+only through the `StatusSnapshot` this loop publishes whenever the table may have changed:
+after a worker changes state, after each check of the table, and after a reload.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from supervisor.control import ControlServer
 from supervisor.logs import LogFiles, OutputPipe
 from supervisor.process import WorkerProcess, WorkerState
 from supervisor.signals import SignalFlags
-from supervisor.status import ResourceView, status_reply
+from supervisor.status import ResourceView, StatusBoard, StatusSnapshot
 from supervisor.table import ProcessTable
 
 log = logging.getLogger(__name__)
@@ -55,39 +61,47 @@ class Supervisor:
         self.resources = ResourceView()
         self._table_due = 0.0
         self._ledger_due = 0.0
+        self.exit_code = 0
         self.logs = LogFiles(config.node.log_dir, config.supervisor.log_max_bytes,
                              config.supervisor.log_backups)
         run_dir = config.node.run_dir
         self.bus = Bus(self.ctx, run_dir, {"worker.heartbeat": self._on_heartbeat,
                                            "resource.sample": self.resources.on_sample})
-        self.control = ControlServer(self.ctx, run_dir, self._verbs(), self._is_up,
-                                     self._watch)
+        self.status_board = StatusBoard(
+            StatusSnapshot(identity.node_id, config.node.name, os.getpid(), self.started_at,
+                           str(config.path), str(run_dir), workers=()),
+            self.resources, self._bad_frames)
+        self.control = ControlServer(self.ctx, run_dir, self._verbs(), self._read_only_verbs(),
+                                     self._is_up, self._watch)
         self.ledger: LedgerClient | None = None
         if "ledger" in config.supervisor.workers:
             self._open_ledger()
         self.table = ProcessTable(config, zygote, self.logs, self)
+        self.status_board.publish(self.table.ordered())
         self._watch(self.bus.sub, self.bus.on_message)
-        self._watch(self.control.router, self.control.on_request)
+        self._watch(self.control.sock, self.control.on_request)
         self._watch(zygote.fileno(), self._on_zygote)
         self._watch(self.signals.fileno(), self.signals.drain)
 
     # --- the loop -----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Start the workers, serve until asked to stop, stop the workers; returns 0."""
+        """Start the workers, serve until asked to stop, stop the workers; returns the exit
+        code: 0, or 1 if the node stopped because its control socket failed."""
         self.signals.install()
         names = list(self.config.supervisor.workers)
         log.info("node %s (%s) starting workers %s", self.config.node.name,
                  self.identity.node_id, ", ".join(names) or "(none)")
         self.record("node.started", {"pid": os.getpid(), "workers": names})
         self.table.start_all()
+        self.control.start()
         try:
             while not (self.table.shutting_down and self.table.all_stopped()):
                 self._step()
         finally:
             self._close()
         log.info("node %s stopped", self.config.node.name)
-        return 0
+        return self.exit_code
 
     def _step(self) -> None:
         if self.signals.shutdown_requested and not self.table.shutting_down:
@@ -101,6 +115,7 @@ class Supervisor:
         # control request alone does neither, which keeps its round trip short.
         if self.table.dirty or now >= self._table_due:
             self._table_due = now + self.table.check()
+            self.status_board.publish(self.table.ordered())
         timeout_s = min(self._table_due - now, _IDLE_WAKEUP_S)
         if self.ledger is not None and self.ledger.pending():
             if now >= self._ledger_due:
@@ -109,6 +124,10 @@ class Supervisor:
             timeout_s = min(timeout_s, _LEDGER_TICK_S)
         if self.control.pending:
             self.control.expire(now)
+        if not self.control.serving() and not self.table.shutting_down:
+            log.error("the control thread has stopped; stopping the node")
+            self.signals.shutdown_requested = True
+            self.exit_code = 1
         if self.table.shutting_down and self.table.all_stopped():
             return
         timeout_s = max(0.0, timeout_s)
@@ -128,6 +147,9 @@ class Supervisor:
     # --- what the process table asks of us ---------------------------------------------
 
     def worker_changed(self, proc: WorkerProcess) -> None:
+        # Published before any reply to the request that caused the change leaves, so a
+        # client that was told "restart sampler" and then asks for the status sees it.
+        self.status_board.publish(self.table.ordered())
         self.bus.publish("worker.state", protocol.WorkerState(
             name=proc.name, state=proc.state.value, pid=proc.pid, exit_code=proc.exit_code,
             exit_signal=proc.exit_signal, detail=proc.last_error))
@@ -174,11 +196,18 @@ class Supervisor:
 
     # --- control verbs ------------------------------------------------------------------
 
-    def _verbs(self) -> dict[str, Callable[[Any], protocol.Message]]:
+    def _read_only_verbs(self) -> dict[str, Callable[[Any, int | None], bytes]]:
+        """Verbs the control thread answers: they read only the published status board."""
+        pid = os.getpid()
         return {
-            protocol.Ping.KIND: lambda msg: protocol.Pong(
-                name="supervisor", pid=os.getpid(), payload=msg.payload),
-            protocol.NodeStatus.KIND: lambda _msg: self.status(),
+            protocol.Ping.KIND: lambda msg, rid: protocol.encode(protocol.Pong(
+                name="supervisor", pid=pid, payload=msg.payload), rid=rid),
+            protocol.NodeStatus.KIND: lambda _msg, rid: self.status_board.encoded_reply(rid),
+        }
+
+    def _verbs(self) -> dict[str, Callable[[Any], protocol.Message]]:
+        """Verbs this loop answers: they change the process table."""
+        return {
             protocol.WorkerStart.KIND: lambda msg: self._operate("start", msg.name),
             protocol.WorkerStop.KIND: lambda msg: self._operate("stop", msg.name),
             protocol.WorkerRestart.KIND: lambda msg: self._operate("restart", msg.name),
@@ -200,14 +229,9 @@ class Supervisor:
             return protocol.Error(code=failure[0], message=failure[1])
         return protocol.Ok(detail=f"{verb} {name}")
 
-    def status(self) -> protocol.NodeStatusReply:
-        node = {
-            "id": self.identity.node_id, "name": self.config.node.name, "pid": os.getpid(),
-            "uptime_s": round(time.monotonic() - self.started_at, 3),
-            "config": str(self.config.path), "run_dir": str(self.config.node.run_dir),
-            "bad_frames": self.control.counters["bad_frames"] + self.bus.bad_frames,
-        }
-        return status_reply(node, self.table.ordered(), self.resources)
+    def _bad_frames(self) -> int:
+        """Read by the control thread: two counters this loop only ever increments."""
+        return self.control.counters["bad_frames"] + self.bus.bad_frames
 
     # --- reload -------------------------------------------------------------------------
 
@@ -227,6 +251,7 @@ class Supervisor:
         self.logs.configure(new.supervisor.log_max_bytes, new.supervisor.log_backups)
         if self.ledger is None and "ledger" in new.supervisor.workers:
             self._open_ledger()
+        self.status_board.publish(self.table.ordered(), name=new.node.name)
         log.info("config reloaded: %s", changes.describe())
         self.record("config.reloaded", changes.as_event())
         return protocol.Ok(detail=changes.describe())

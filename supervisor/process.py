@@ -217,16 +217,3 @@ class WorkerProcess:
         if returncode < 0:
             return f"killed by signal {-returncode}"
         return f"exited with code {returncode}"
-
-    def snapshot(self, now: float) -> dict[str, object]:
-        """The status fields the supervisor knows itself (CPU and RSS are added by the caller)."""
-        return {
-            "name": self.name,
-            "state": self.state.value,
-            "pid": self.pid,
-            "uptime_s": round(now - self.started_at, 3) if self.pid is not None else None,
-            "restarts": self.restarts,
-            "exit_code": self.exit_code,
-            "exit_signal": self.exit_signal,
-            "last_error": self.last_error,
-        }
