@@ -34,8 +34,10 @@ KEY_QUEUE_DEPTH = "queue_depth"
 KEY_SERVICES = "services"
 KEY_TASK_TYPES = "task_types"
 KEY_CAPABILITIES = "capabilities"
+KEY_SUBSCRIPTIONS = "subscriptions"   # topic prefixes of inter-cluster messages wanted here
+KEY_TASK_LOAD = "task_load"   # the executor's compact load: pool, free, queued… (delegation)
 RESERVED_KEYS = frozenset({KEY_RESOURCES, KEY_QUEUE_DEPTH, KEY_SERVICES, KEY_TASK_TYPES,
-                           KEY_CAPABILITIES})
+                           KEY_CAPABILITIES, KEY_SUBSCRIPTIONS, KEY_TASK_LOAD})
 MAX_KEY_CHARS = 64
 DIGEST_BYTES = 8
 # Largest encoded delta `decode_records` accepts: far above any honest record set, low

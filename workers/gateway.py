@@ -30,6 +30,7 @@ from akita.errors import ProtocolError
 from akita.ledger_client import LedgerClient
 from akita.net import recovery, rnsconfig
 from akita.net.bridge import LoopBridge
+from akita.net.delegate import Delegator
 from akita.net.intercluster import InterCluster
 from akita.net.ledger_requests import LedgerRequests
 from akita.net.links import Links
@@ -57,6 +58,7 @@ class GatewayWorker(Worker):
         self.net: NetNode | None = None
         self.bus: zmq.Socket | None = None
         self.executor: ExecutorWatch | None = None
+        self.delegator: Delegator | None = None
         self.replicator: Replicator | None = None
         self.messages: InterCluster | None = None
 
@@ -88,6 +90,9 @@ class GatewayWorker(Worker):
                                           max(1.0, cfg.cluster.announce_interval),
                                           self.net.set_task_types, self.net.set_queue_depth)
             self.add_reader(self.executor.sock, self.executor.on_readable)
+            self.delegator = Delegator(self.net, self.ctx, self.run_dir)
+            for source, callback in self.delegator.readers():
+                self.add_reader(source, callback)
         self._record("gateway.started", {"node": identity.node_id, "generation": generation,
                                          "interfaces": self.rns.interfaces(),
                                          "seat": recovery.seat_event(restored.seat,
@@ -172,6 +177,8 @@ class GatewayWorker(Worker):
             self.messages.tick(now)
         if self.executor is not None:
             self.executor.tick(now)
+        if self.delegator is not None:
+            self.delegator.tick(now)
         if self.ledger is not None:
             self.ledger.tick()
 
@@ -218,6 +225,8 @@ class GatewayWorker(Worker):
             stats["replication"] = self.replicator.stats()
         if self.messages is not None:
             stats["messages"] = self.messages.stats()
+        if self.delegator is not None:
+            stats["delegation"] = self.delegator.stats()
         return stats
 
     # --- stop -----------------------------------------------------------------------------------
@@ -233,7 +242,8 @@ class GatewayWorker(Worker):
                 log.warning("the ledger did not confirm every event before shutdown")
         if self.rns is not None:
             self.rns.shutdown()
-        for closable in (self.executor, self.replicator, self.ledger, self.bridge):
+        for closable in (self.executor, self.delegator, self.replicator, self.ledger,
+                         self.bridge):
             if closable is not None:
                 closable.close()
         if self.bus is not None:

@@ -15,6 +15,11 @@ by `workers.gateway` alone; the rest are pure logic with no RNS import, tested d
 - `node`       `NetNode`: all of the above wired together on the gateway's loop
 - `replicate`  ledger replication among cluster mates (`replicate_plan`: its pure rules and
                request bodies; `ledger_requests`: async requests to the own ledger worker)
+- `intercluster`  messages to another cluster's subscribers through its coordinator, end to
+               end acknowledged and retried (`messaging`: its pure rules and link bodies)
+- `delegate`   tasks handed to cluster mates and their outcomes brought home (`delegate_peer`:
+               the peer's side; `delegate_plan`: choice of peer, timers, link bodies;
+               `executor_requests`: async requests to the own executor)
 
 Building on the gateway (delegation, ledger replication, inter-cluster messages): serve a
 path with ``net.links.serve(f"{channel}/verb", handler)`` and ask a peer with
