@@ -188,25 +188,38 @@ class Node:
                                  + self.output()[-3000:]) from None
 
     def kill_everything(self) -> None:
-        """Last-resort cleanup: the supervisor, its whole process tree, and anything else
-        still naming our config or run directory on its command line."""
+        """SIGKILL the whole node at once, as a power cut would: nothing gets to say goodbye.
+
+        The supervisor is frozen first so it cannot restart what dies, and its descendants
+        are killed before it, since its death would send the workers a graceful SIGTERM
+        (their parent-death signal). Also the last-resort cleanup of every fixture: anything
+        still naming our config or directory on its command line goes too.
+        """
         victims: list[psutil.Process] = []
+        supervisor: psutil.Process | None = None
         if self.proc is not None and self.proc.poll() is None:
             try:
-                victims = psutil.Process(self.proc.pid).children(recursive=True)
+                supervisor = psutil.Process(self.proc.pid)
+                supervisor.suspend()
+                victims = supervisor.children(recursive=True)
             except psutil.NoSuchProcess:
-                pass
-            self.proc.kill()
-            self.proc.wait(5)
+                supervisor = None
         markers = (str(self.config_path), str(self.root))
         for proc in psutil.process_iter(["pid", "cmdline"]):
-            if any(m in " ".join(proc.info["cmdline"] or []) for m in markers):
+            if proc.pid != self.proc_pid() and any(
+                    m in " ".join(proc.info["cmdline"] or []) for m in markers):
                 victims.append(proc)
         for proc in victims:
             try:
                 proc.kill()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
+        if supervisor is not None and self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def proc_pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
 
 
 # --- networks of nodes (gateway tests) ----------------------------------------------------------
