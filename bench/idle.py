@@ -2,8 +2,9 @@
 
     python bench/idle.py [--seconds 10] [--settle 3]
 
-Starts a node with the default timers (heartbeat every 1 s, a sample every 5 s) and the
-workers that exist among ledger, sampler, executor (pool_size = 2), lets it settle, then
+Starts a node with the default timers (heartbeat every 1 s, a sample every 5 s, an announce
+every 10 s) and every worker: ledger, sampler, executor (pool_size = 2) and, unless
+--no-gateway, the gateway with one loopback TCP listener and no peers. Lets it settle, then
 measures CPU over the window and USS at its end. Baseline, in the same run: an idle Python
 interpreter that imported zmq, msgpack, psutil and apsw (USS), i.e. what any one process of
 ours costs at the least. Targets: total USS ≤ 100 MB, total CPU ≤ 1 % of one core.
@@ -12,7 +13,7 @@ ours costs at the least. Targets: total USS ≤ 100 MB, total CPU ≤ 1 % of one
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import socket
 import subprocess
 import sys
 import time
@@ -80,11 +81,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--settle", type=float, default=3.0)
+    parser.add_argument("--no-gateway", action="store_true", help="leave the gateway out")
     args = parser.parse_args()
-    workers = [name for name in ("ledger", "sampler", "executor")
-               if importlib.util.find_spec(f"workers.{name}") is not None]
+    workers = ["ledger", "sampler", "executor"] + ([] if args.no_gateway else ["gateway"])
+    with socket.socket() as probe:  # a free loopback port for the gateway's listener
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     node = BenchNode({"supervisor": {"workers": ", ".join(workers)},
-                      "tasks": {"pool_size": 2}})
+                      "tasks": {"pool_size": 2},
+                      "reticulum": {"auto_interface": "no", "tcp_listen": f"127.0.0.1:{port}"}})
     try:
         node.start(workers)
         assert node.proc is not None
