@@ -8,15 +8,20 @@ a linger, so closing never hangs and a stuck peer can slow a node but never stal
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import zmq
 
 from akita import protocol
-from akita.errors import NodeNotResponding, NodeNotRunning, RequestFailed
+from akita.errors import NodeNotResponding, NodeNotRunning, ProtocolError, RequestFailed
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HWM = 10_000
 LINGER_MS = 500
@@ -124,3 +129,89 @@ class Requester:
         if isinstance(reply, protocol.Error):
             raise RequestFailed(reply.code, reply.message)
         return reply
+
+
+ReplyCallback = Callable[[Any], None]
+ErrorCallback = Callable[[str, str], None]
+PushHandler = Callable[[protocol.Message], bool]
+
+
+@dataclass
+class _Pending:
+    expect: type[protocol.Message]
+    on_reply: ReplyCallback
+    on_error: ErrorCallback
+    deadline: float
+
+
+class AsyncRequester:
+    """Requests from a worker's loop to another local worker, answered by callbacks.
+
+    A DEALER of its own, registered on the caller's loop like any other reader, so the loop
+    never waits on the other process. Every request has a deadline, and exactly one of its
+    two callbacks runs, on the loop: the reply (of the type asked for), or an error
+    (code, text) — the worker's own error reply, a reply of the wrong kind, a full queue,
+    or no answer in time (`tick()` expires them). Messages the worker pushes unasked go to
+    `on_push`, which returns True when it took one, whatever its rid.
+    """
+
+    MAX_PER_DRAIN = 1000  # bounded, so a burst of replies cannot starve the loop
+
+    def __init__(self, ctx: zmq.Context, run_dir: Path, name: str, *,
+                 on_push: PushHandler | None = None, hwm: int = 1000) -> None:
+        self.name = name
+        self.sock = make_socket(ctx, zmq.DEALER, hwm=hwm)
+        self.sock.connect(endpoint(run_dir, name))
+        self.on_push = on_push
+        self._rids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self.timeouts = 0
+
+    def ask(self, msg: protocol.Message, expect: type[protocol.Message],
+            on_reply: ReplyCallback, on_error: ErrorCallback, timeout_s: float = 10.0) -> None:
+        """Send `msg`; `on_reply(reply)` with a reply of type `expect`, else `on_error`."""
+        rid = next(self._rids)
+        try:
+            self.sock.send(protocol.encode(msg, rid=rid), zmq.NOBLOCK)
+        except zmq.Again:
+            on_error(f"{self.name}_unavailable", f"the {self.name} worker's queue is full")
+            return
+        self._pending[rid] = _Pending(expect, on_reply, on_error, time.monotonic() + timeout_s)
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def on_readable(self) -> None:
+        for _ in range(self.MAX_PER_DRAIN):
+            try:
+                data = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                rid, reply = protocol.decode_frame(data)
+            except ProtocolError as exc:
+                log.warning("undecodable message from the %s worker: %s", self.name, exc)
+                continue
+            if self.on_push is not None and self.on_push(reply):
+                continue
+            pending = self._pending.pop(rid, None) if rid is not None else None
+            if pending is None:
+                continue  # its deadline passed already: the error callback has run
+            if isinstance(reply, pending.expect):
+                pending.on_reply(reply)
+            elif isinstance(reply, protocol.Error):
+                pending.on_error(reply.code, reply.message)
+            else:
+                pending.on_error("bad_reply", f"expected {pending.expect.KIND}, got {reply.KIND}")
+
+    def tick(self, now: float) -> None:
+        """Fail the requests whose deadline passed (a worker that died or restarted)."""
+        expired = [rid for rid, pending in self._pending.items() if now >= pending.deadline]
+        for rid in expired:
+            self.timeouts += 1
+            self._pending.pop(rid).on_error("timeout",
+                                            f"the {self.name} worker did not answer in time")
+
+    def close(self) -> None:
+        self._pending.clear()
+        self.sock.close(linger=0)
