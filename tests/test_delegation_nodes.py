@@ -98,6 +98,14 @@ def delegation_stats(node: Node) -> dict[str, Any]:
     return dict(reply.stats["delegation"])
 
 
+def spill_heads(node: Node, own: str) -> set[str]:
+    """The coordinators of the clusters `own` is not in: where its tasks may spill over to
+    when its whole cluster is saturated (`akita.net.spillover`)."""
+    reply = node.request(protocol.ClusterList())
+    assert isinstance(reply, protocol.ClusterListReply)
+    return {c["coordinator"] for c in reply.clusters if own not in c["members"]}
+
+
 def succeeded_counts(node: Node) -> collections.Counter[str]:
     """How many task.succeeded events each task id has in the node's own ledger."""
     events = ledger.read_events(ledger.db_path(node.config), kind_prefix="task.succeeded")
@@ -140,7 +148,8 @@ def test_two_hundred_tasks_run_across_the_cluster_once_each(
     results = client.wait_many(task_ids, timeout=120)
     assert len(results) == 200 and all(isinstance(r, int) for r in results)
     ran_on = collections.Counter(client.status(t)["ran_on"] for t in task_ids)
-    assert set(ran_on) <= set(ids[:3]), f"ran outside its cluster: {ran_on}"
+    allowed = set(ids[:3]) | spill_heads(nodes[0], ids[0])
+    assert set(ran_on) <= allowed, f"ran outside its cluster (nor spilled over): {ran_on}"
     assert len(ran_on) >= 2, f"every task ran on one node: {ran_on}"
     counts = succeeded_counts(nodes[0])
     assert {t: counts[t] for t in task_ids} == {t: 1 for t in task_ids}
@@ -207,7 +216,8 @@ def test_a_killed_peers_tasks_complete_elsewhere(
     assert elsewhere, f"tasks held by the killed node: {finished_on}"
     for task_id in elsewhere:
         view = client.status(task_id)
-        assert view["attempts"] >= 2 and view["ran_on"] in (ids[0], ids[2])
+        assert view["attempts"] >= 2
+        assert view["ran_on"] in {ids[0], ids[2]} | spill_heads(nodes[0], ids[0])
     counts = succeeded_counts(nodes[0])
     assert {t: counts[t] for t in task_ids} == {t: 1 for t in task_ids}
 

@@ -19,7 +19,8 @@ by `workers.gateway` alone; the rest are pure logic with no RNS import, tested d
                end acknowledged and retried (`messaging`: its pure rules and link bodies)
 - `delegate`   tasks handed to cluster mates and their outcomes brought home (`delegate_peer`:
                the peer's side; `delegate_plan`: choice of peer, timers, link bodies;
-               `executor_requests`: async requests to the own executor)
+               `executor_requests`: async requests to the own executor; `spillover`: a
+               saturated cluster's tasks to another cluster's coordinator)
 
 Building on the gateway (delegation, ledger replication, inter-cluster messages): serve a
 path with ``net.links.serve(f"{channel}/verb", handler)`` and ask a peer with

@@ -17,10 +17,12 @@ Origin side (`OriginSide`, this module)
     ``/renew`` (`task.renew`) for its mates. A mate that leaves (dropped by liveness, not
     merely restarted) has every task it held for us re-queued at once instead of waiting
     for the leases to lapse; a restarted mate's executor may still hold them, so their
-    leases decide.
+    leases decide. When no mate has room and tasks still wait here, the coordinators of the
+    other clusters are asked the same way, the /run marked spill-over (`akita.net.spillover`).
 
 Peer side (`akita.net.delegate_peer.PeerSide`)
-    Serves ``/run`` for members of its own cluster only, from the current term (`accepts`),
+    Serves ``/run`` for members of its own cluster, from the current term (`accepts`), and
+    as its cluster's coordinator for spill-over from other clusters (`akita.net.spillover`),
     through `task.run_for` (its executor refuses a type this node does not declare, a
     capability it lacks, args that do not fit); relays each pushed outcome to its origin
     (``/result``, retried until taken or stale); renews the leases of what it holds every
@@ -46,6 +48,7 @@ from akita import protocol, transport
 from akita import state as st
 from akita.errors import ProtocolError
 from akita.net import delegate_plan as plan
+from akita.net import spillover
 from akita.net.delegate_peer import PeerSide
 from akita.net.executor_requests import ExecutorRequests
 from akita.net.links import DEFER, IncomingRequest, RequestRefused
@@ -74,6 +77,7 @@ class OriginCounters:
     results: int = 0
     results_stale: int = 0
     renewals: int = 0
+    spilled: int = 0      # tasks sent to another cluster's coordinator
 
 
 @dataclass
@@ -118,11 +122,15 @@ class OriginSide:
         self._forget_lapsed(now)
 
     def round(self, now: float, retry_empty: bool = False) -> None:
-        candidates = [c for c in self._candidates(now) if c.node_id not in self.taking
+        mates = self._candidates(now)
+        candidates = [c for c in mates if c.node_id not in self.taking
                       and now >= self.paused_until.get(c.node_id, 0.0)]
         own = self.d.own_load
         ranked = plan.rank(candidates, self.d.config.tasks.capabilities,
                            own.waiting if own is not None else 0)
+        if own is not None and own.queued > KEEP_PER_PROCESS * max(1, own.pool) and \
+                plan.saturated(mates):
+            ranked += spillover.targets(self, now)   # the whole cluster is saturated
         if ranked:
             self.counters.rounds += 1
         for candidate in ranked:
@@ -201,9 +209,13 @@ class OriginSide:
         for spec in specs:
             held[spec["id"]] = _Out(spec["attempt"], now)
         self.counters.tasks_sent += len(specs)
+        spill = spillover.is_spill(self.d, peer)
+        if spill:
+            self.counters.spilled += len(specs)
         for batch in plan.split(specs, lambda spec: _payload_size(spec.get("args"))):
             self.d.links.request(
-                peer, self.d.paths["run"], plan.encode_run(term, self.d.timing.lease_s, batch),
+                peer, self.d.paths["run"],
+                plan.encode_run(term, self.d.timing.lease_s, batch, spill),
                 lambda data, b=batch: self._run_answered(peer, b, data),
                 lambda reason, b=batch: self._run_failed(peer, b, reason),
                 timeout_s=self.d.timing.request_timeout_s)
@@ -408,6 +420,8 @@ class Delegator:
     def stats(self) -> dict[str, Any]:
         return {"origin": vars(self.origin.counters).copy(),
                 "peer": vars(self.peer.counters).copy(),
+                "spill": {"accepted": self.peer.admission.spill_accepted,
+                          "refused": self.peer.admission.spill_refused},
                 "outstanding": self.origin.outstanding(),
                 "own_load": self.own_load.pack() if self.own_load is not None else None,
                 "lease_s": self.timing.lease_s, "executor_timeouts": self.exe.timeouts}

@@ -1,8 +1,10 @@
 """Task delegation, the peer's side: run tasks cluster mates hand in, send their outcomes
 home, and keep their leases alive (see `akita.net.delegate` for the whole picture).
 
-- ``{task_channel}/run``: served for live members of this node's cluster only, and only from
-  the current cluster term or a later one (`akita.cluster.accepts`), through `task.run_for`;
+- ``{task_channel}/run``: served for live members of this node's cluster, only from the
+  current cluster term or a later one (`akita.cluster.accepts`), and for spill-over from
+  other clusters when this node is its cluster's coordinator with room
+  (`akita.net.spillover.Admission`), through `task.run_for`;
   the executor refuses a type this node does not declare, a capability it lacks, args that
   do not fit. The answer carries our load right after.
 - Outcomes the executor pushes go home per origin (``/result``), one request in flight per
@@ -23,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from akita import protocol
-from akita.cluster import accepts
 from akita.net import delegate_plan as plan
+from akita.net import spillover
 from akita.net.links import DEFER, IncomingRequest, RequestRefused
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ class PeerSide:
     def __init__(self, owner: Delegator) -> None:
         self.d = owner
         self.counters = PeerCounters()
+        self.admission = spillover.Admission(owner)
         self.homes: dict[str, _Home] = {}
         self.lease_of: dict[str, float] = {}     # origin → the lease it last gave
         self._next_renew = 0.0                   # at once: re-attach outcome pushes
@@ -85,18 +88,15 @@ class PeerSide:
         origin = request.peer_id
         if origin is None:
             raise RequestRefused("identify first")
-        if origin not in net.formation.cluster_mates() or origin not in net.table:
-            self.counters.runs_refused += 1
-            raise RequestRefused(f"{origin} is not a member of this node's cluster")
         try:
             body = plan.decode_run(request.data, self.d.body_limit)
         except plan.wire.WireError as exc:
             self.counters.runs_refused += 1
             raise RequestRefused(f"malformed run request: {exc}") from None
-        term = net.formation.local.term
-        if not accepts(body.term, term):
+        refusal = self.admission.refusal(origin, body)
+        if refusal is not None:
             self.counters.runs_refused += 1
-            raise RequestRefused(f"term {body.term} is older than this cluster's term {term}")
+            raise RequestRefused(refusal)
         net.table.heard(origin, time.monotonic())
         self.lease_of[origin] = body.lease_s
         self.counters.runs_served += 1

@@ -22,6 +22,18 @@ its latest load report, which may be a little old). Other origins' tasks there a
 counted: each origin keeps its own window. The origin's executor decides which tasks may go
 (`akita.taskoffer.offer`); this only says whom to ask, in what order, for how many.
 
+Spill-over to another cluster (`akita.net.spillover`), the documented rule: when no cluster
+mate has room by the rule above (`saturated`) and this node's executor still holds more
+queued tasks than its pool keeps, the origin offers them to the coordinators of the other
+clusters, ranked by the same rule over their loads (their state records, refreshed by their
+/run answers), each for at most its `room`. The /run body then carries ``"spill": true``.
+A coordinator takes a spill-over /run from a node of another cluster only when it is its
+cluster's coordinator, the requester is a live peer admitted by ``[security]``, and its own
+backlog, all of it, leaves room for every task asked (`spill_room`); the origin's term is
+not compared with ours (clusters keep their own terms; the origin's executor fences results
+by attempt). Same leases, renewals, results and re-queues as inside a cluster; a task run
+for another node is never offered on, so spill-over tasks are never delegated further.
+
 Pure: no RNS, no sockets.
 """
 
@@ -134,6 +146,21 @@ def rank(candidates: Iterable[Candidate], own_capabilities: Iterable[str], waiti
     return sorted((c for c in candidates if room(c) > 0 and c.types), key=key)
 
 
+def saturated(mates: Iterable[Candidate]) -> bool:
+    """No cluster mate that runs anything has room for more of our tasks (none at all counts)."""
+    return not any(room(c) > 0 for c in mates if c.types)
+
+
+def spill_room(load: PeerLoad | None, taken_lately: int = 0) -> int:
+    """How many spill-over tasks a coordinator with `load` takes now: its whole backlog
+    (own tasks and those held for others) stays within the window, less what it accepted
+    since that load was read (`taken_lately`)."""
+    if load is None:
+        return 0
+    window = WINDOW_PER_PROCESS * max(1, load.pool)
+    return max(0, window - load.queued - load.running - taken_lately)
+
+
 # --- batches ----------------------------------------------------------------------------------
 
 
@@ -182,6 +209,7 @@ class RunRequest:
     term: int
     lease_s: float
     tasks: list[dict[str, Any]]
+    spill: bool = False     # spill-over from another cluster (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -197,8 +225,12 @@ class ResultRequest:
     load: PeerLoad | None
 
 
-def encode_run(term: int, lease_s: float, tasks: list[dict[str, Any]]) -> bytes:
-    return wire.pack({"term": term, "lease_s": float(lease_s), "tasks": tasks})
+def encode_run(term: int, lease_s: float, tasks: list[dict[str, Any]], spill: bool = False
+               ) -> bytes:
+    body: dict[str, Any] = {"term": term, "lease_s": float(lease_s), "tasks": tasks}
+    if spill:
+        body["spill"] = True
+    return wire.pack(body)
 
 
 def decode_run(data: bytes, max_bytes: int) -> RunRequest:
@@ -212,7 +244,10 @@ def decode_run(data: bytes, max_bytes: int) -> RunRequest:
     if type(tasks) is not list or not tasks or len(tasks) > MAX_TAKE or \
             not all(isinstance(spec, dict) for spec in tasks):
         raise wire.WireError(f"tasks: expected 1 to {MAX_TAKE} task specs")
-    return RunRequest(term, float(lease_s), tasks)
+    spill = body.get("spill", False)
+    if type(spill) is not bool:
+        raise wire.WireError("spill: expected true or false")
+    return RunRequest(term, float(lease_s), tasks, spill)
 
 
 def encode_run_response(ids: list[str | None], errors: list[list[Any]],
