@@ -120,3 +120,15 @@ def test_run_dir_too_long_for_sockets(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as failed:
         config_mod.parse(text, tmp_path / "a.ini")
     assert failed.value.key == "run_dir" and "too long" in str(failed.value)
+
+
+def test_every_config_key_is_documented_in_the_default_config_and_the_readme() -> None:
+    """The commented default config and the README's table must not drift from the schema."""
+    from tests.helpers import REPO
+
+    ini = (REPO / "etc" / "akita.ini").read_text()
+    readme = (REPO / "README.md").read_text()
+    for section, keys in config_mod.describe().items():
+        for key in keys:
+            assert f"{key} =" in ini, f"etc/akita.ini does not show [{section}] {key}"
+            assert f"`{key}`" in readme, f"README.md does not list [{section}] {key}"
