@@ -12,8 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -124,11 +125,10 @@ class Node:
         return self.config.node.log_dir
 
     def start(self, wait: bool = True, timeout_s: float = 20.0) -> None:
-        out = open(self.root / "supervisor.out", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.main", "-c", str(self.config_path)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-        out.close()
+        with open(self.root / "supervisor.out", "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.main", "-c", str(self.config_path)],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         if wait:
             self.wait_running(timeout_s)
 
@@ -167,7 +167,8 @@ class Node:
             ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "akita.cli", "-c", str(self.config_path), *args],
-            capture_output=True, text=True, timeout=timeout_s, cwd=REPO, input=input)
+            check=False, capture_output=True, text=True, timeout=timeout_s, cwd=REPO,
+            input=input)
 
     def ctl_json(self, *args: str, timeout_s: float = 30.0) -> Any:
         done = self.ctl(*args, "--json", timeout_s=timeout_s)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import zmq
@@ -179,7 +179,7 @@ class RawBus:
         self.sock.close(linger=0)
         self.ctx.term()
 
-    def __enter__(self) -> RawBus:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
