@@ -60,6 +60,27 @@ def bind(sock: zmq.Socket, run_dir: Path, name: str) -> None:
     os.chmod(path, 0o600)
 
 
+def drain_bus(sock: zmq.Socket, limit: int = 1000) -> tuple[list[protocol.Message], int]:
+    """What is waiting on a bus SUB socket, read without blocking: the decoded messages and
+    how many frames were malformed (not [topic, message], or not decodable). At most
+    `limit` frames, so a flood cannot starve the caller's loop."""
+    messages: list[protocol.Message] = []
+    bad = 0
+    for _ in range(limit):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        if len(frames) != 2:
+            bad += 1
+            continue
+        try:
+            messages.append(protocol.decode(frames[1]))
+        except ProtocolError:
+            bad += 1
+    return messages, bad
+
+
 def ensure_private_dir(path: Path) -> None:
     """Create `path` (and parents) and make it 0700: file permissions guard local clients."""
     path.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,6 @@ import zmq
 
 from akita import identity as ident
 from akita import ledger, protocol, transport
-from akita.errors import ProtocolError
 from akita.ledger_client import LedgerClient
 from akita.net import recovery, rnsconfig
 from akita.net.bridge import LoopBridge
@@ -152,17 +151,8 @@ class GatewayWorker(Worker):
 
     def _on_bus(self) -> None:
         assert self.bus is not None
-        for _ in range(100):
-            try:
-                _topic, data = self.bus.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ValueError:  # not two frames
-                continue
-            try:
-                msg = protocol.decode(data)
-            except ProtocolError:
-                continue
+        messages, _bad = transport.drain_bus(self.bus, limit=100)
+        for msg in messages:
             if isinstance(msg, protocol.ResourceSample):
                 self._net().on_resource_sample(msg)
 

@@ -21,7 +21,6 @@ import psutil
 import zmq
 
 from akita import ledger, protocol, resources, transport
-from akita.errors import ProtocolError
 from akita.ledger_client import LedgerClient
 from workers.base import Worker
 
@@ -326,19 +325,9 @@ class SamplerWorker(Worker):
         self.ledger.append(ALERT_KIND, alert.as_dict(), ack=True)
 
     def _on_bus(self) -> None:
-        for _ in range(1000):  # bounded, so a flood cannot starve the loop
-            try:
-                _topic, data = self.bus.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ValueError:  # not two frames: not from one of ours
-                self.bad_frames += 1
-                continue
-            try:
-                msg = protocol.decode(data)
-            except ProtocolError:
-                self.bad_frames += 1
-                continue
+        messages, bad = transport.drain_bus(self.bus)
+        self.bad_frames += bad
+        for msg in messages:
             self._learn(msg)
 
     def _learn(self, msg: protocol.Message) -> None:

@@ -155,3 +155,33 @@ class BusFollower:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- argument converters: argparse turns their ArgumentTypeError into a usage error (exit 2)
+
+
+def non_negative_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("expected a whole number, 0 or more")
+    return value
+
+
+def positive_int(raw: str) -> int:
+    value = non_negative_int(raw)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a whole number above 0")
+    return value
+
+
+def positive_seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("expected a number of seconds above 0")
+    return value

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     tail = verbs.add_parser("tail", parents=[parent], help="the last events of the feed",
                             description="Print the last N events of this node's feed "
                                         "(oldest first): seq, time, kind and data.")
-    tail.add_argument("-n", type=_positive_int, default=20, metavar="N",
+    tail.add_argument("-n", type=common.positive_int, default=20, metavar="N",
                       help="how many events (default 20)")
     tail.add_argument("--kind", metavar="PREFIX", help="only kinds starting with PREFIX, "
                                                        "e.g. task. or worker.exited")
@@ -136,10 +136,3 @@ def _short(data: Any) -> str:
 
 def _jsonable(value: Any) -> Any:
     return value.hex() if isinstance(value, bytes) else str(value)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                   "Show the host and every node process (supervisor, zygote, workers, tasks), "
                   "refreshed on each resource sample. Ctrl-C ends it. With --json, one JSON "
                   "object per sample and line.")
-    parser.add_argument("--count", type=_positive_int, metavar="N",
+    parser.add_argument("--count", type=common.positive_int, metavar="N",
                         help="exit after N samples (for scripts)")
     parser = verb("events", cmd_events, "follow the node's event bus",
                   "Print each message published on the node's bus, one line each: worker "
@@ -68,16 +68,16 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     parser.add_argument("--topic", action="append", metavar="PREFIX", default=[],
                         help="only topics starting with PREFIX (e.g. worker. or resource.); "
                              "repeat for several")
-    parser.add_argument("--count", type=_positive_int, metavar="N",
+    parser.add_argument("--count", type=common.positive_int, metavar="N",
                         help="exit after N messages")
-    parser.add_argument("--timeout", type=_positive_float, metavar="S",
+    parser.add_argument("--timeout", type=common.positive_seconds, metavar="S",
                         help="exit after S seconds (with --count: exit 1 if fewer came)")
     parser = verb("log", cmd_log, "show a worker's (or the supervisor's) log",
                   "Print the last lines of log_dir/WORKER.log, reading the file directly: "
                   "this works with no node running. -f keeps following it, across rotation.")
     parser.add_argument("worker", metavar="WORKER",
                         help="a worker's name, or 'supervisor'")
-    parser.add_argument("-n", "--lines", type=_non_negative_int, default=20, metavar="N",
+    parser.add_argument("-n", "--lines", type=common.non_negative_int, default=20, metavar="N",
                         help="how many of the last lines to show (default 20)")
     parser.add_argument("-f", "--follow", action="store_true",
                         help="keep printing lines as they are written; Ctrl-C ends it")
@@ -86,35 +86,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 def _add_wait(parser: argparse.ArgumentParser, default_s: float) -> None:
     parser.add_argument("--no-wait", dest="wait", action="store_false",
                         help="return once the supervisor has accepted the request")
-    parser.add_argument("--timeout", type=_positive_float, default=default_s, metavar="S",
+    parser.add_argument("--timeout", type=common.positive_seconds, default=default_s, metavar="S",
                         help=f"how long to wait (default {default_s:g} s)")
-
-
-def _positive_int(raw: str) -> int:
-    value = _non_negative_int(raw)
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected a whole number above 0")
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("expected a whole number, 0 or more")
-    return value
-
-
-def _positive_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("expected a number of seconds above 0")
-    return value
 
 
 # --- status and control ---------------------------------------------------------------------

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                              "capabilities), e.g. gpu; a node lacking one hands the task to "
                              "a peer that declares it")
     parser.add_argument("--wait", action="store_true", help="wait for the result")
-    parser.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
+    parser.add_argument("--timeout", type=common.positive_seconds, default=None, metavar="S",
                         help="with --wait: give up after S seconds (exit 1); default: no limit")
     parser = verb("task", cmd_task, "show one task",
                   "Show a task: its state, priority, attempts, the node it ran on, and its "
@@ -82,16 +82,6 @@ def _capabilities(raw: str) -> list[str]:
         raise argparse.ArgumentTypeError("expected capability names (1-64 letters, digits, "
                                          "'.', '_' and '-'), comma-separated")
     return names
-
-
-def _positive_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("expected a positive number of seconds")
-    return value
 
 
 def _client(args: argparse.Namespace) -> Client:

@@ -46,7 +46,6 @@ import zmq
 
 from akita import protocol, transport
 from akita import state as st
-from akita.errors import ProtocolError
 from akita.net import delegate_plan as plan
 from akita.net import spillover
 from akita.net.delegate_peer import PeerSide
@@ -396,23 +395,10 @@ class Delegator:
         self.peer.outcomes(outcomes)
 
     def _on_bus(self) -> None:
-        triggered = False
-        for _ in range(1000):
-            try:
-                _topic, data = self.bus.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            except ValueError:  # not two frames
-                continue
-            try:
-                msg = protocol.decode(data)
-            except ProtocolError:
-                continue
-            # A task run here for a peer is never offered on: only our own ones count.
-            if isinstance(msg, protocol.LedgerCommitted) and isinstance(msg.data, dict) and \
-                    "origin" not in msg.data:
-                triggered = True
-        if triggered:
+        messages, _bad = transport.drain_bus(self.bus)
+        # A task run here for a peer is never offered on: only our own ones count.
+        if any(isinstance(msg, protocol.LedgerCommitted) and isinstance(msg.data, dict)
+               and "origin" not in msg.data for msg in messages):
             self.origin.trigger(time.monotonic())
 
     # --- the operator's view ----------------------------------------------------------------------
