@@ -64,6 +64,7 @@ def event_data(i: int) -> dict[str, Any]:
 
 
 def start_writer(root: Path) -> subprocess.Popen[bytes]:
+    root.mkdir(parents=True, exist_ok=True)
     config_path = root / "akita.ini"
     config_path.write_text(CONFIG)
     transport.ensure_private_dir(root / "run")

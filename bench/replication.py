@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,55 +37,13 @@ import msgpack
 import zmq
 
 from akita import ledger, protocol, transport
-from akita.errors import AkitaError
 from akita.ledger_client import LedgerClient
+from bench.ledger import event_data, start_writer, stop_writer
 
 KIND = "task.succeeded"
-CONFIG = """[node]
-data_dir = data
-run_dir = run
-log_dir = log
-name = bench
-[supervisor]
-workers = ledger
-"""
-
-
-def event_data(i: int) -> dict[str, Any]:
-    """A task-sized event body (~70 bytes of msgpack), as bench/ledger.py appends."""
-    return {"id": f"{i:016x}", "task": "resize", "attempt": 1, "node": "bench", "ms": 12.5}
 
 
 # --- writers --------------------------------------------------------------------------------
-
-
-def start_writer(root: Path) -> subprocess.Popen[bytes]:
-    root.mkdir(parents=True, exist_ok=True)
-    config_path = root / "akita.ini"
-    config_path.write_text(CONFIG)
-    transport.ensure_private_dir(root / "run")
-    args = {"name": "ledger", "config_path": str(config_path), "config_text": CONFIG}
-    with open(root / "ledger.log", "ab") as log:
-        code = f"import sys; from workers.base import main; sys.exit(main({args!r}))"
-        proc = subprocess.Popen([sys.executable, "-c", code], stderr=log, cwd=REPO)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            if isinstance(ask(root, protocol.Ping(), 1.0), protocol.Pong):
-                return proc
-        except AkitaError:  # still starting: no socket yet, or no answer yet
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"the ledger worker did not start; see {root / 'ledger.log'}")
-            time.sleep(0.05)
-
-
-def stop_writer(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def ask(root: Path, msg: protocol.Message, timeout_s: float = 30.0) -> Any:
