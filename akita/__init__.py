@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from akita.tasks import TaskContext, current_task, task
+from akita.tasks.registry import TaskContext, current_task, task
 
 if TYPE_CHECKING:
     from akita.client import Client as Client

@@ -38,9 +38,10 @@ import msgpack
 import zmq
 
 from akita import config as config_mod
-from akita import protocol, subscription, transport
+from akita import subscription, transport
 from akita.errors import AkitaError, NodeNotResponding, NodeNotRunning, RequestFailed
-from akita.tasks import DEFAULT_PRIORITY
+from akita.tasks.registry import DEFAULT_PRIORITY
+from akita.wire import protocol
 
 EXECUTOR = "executor"
 RESYNC_S = 1.0          # silence while waiting after which the client re-asks for outcomes
@@ -276,8 +277,9 @@ class Client:
         """Views of `task_ids` rebuilt from the node's ledger, for tasks the executor no
         longer keeps in memory; finished ones join the collected outcomes. Raises
         `TaskNotFound` for an id the ledger does not hold either. Reads the whole feed."""
-        from akita import identity, ledger
-        from akita.taskqueue import TERMINAL, TaskBook
+        from akita import identity
+        from akita.ledger import chain
+        from akita.tasks.queue import TERMINAL, TaskBook
 
         try:
             node_id: str | None = identity.load(self.config.node.data_dir).node_id
@@ -285,10 +287,10 @@ class Client:
             node_id = None
         book = TaskBook(node_id, retain_finished=len(task_ids) + 1, retain_bytes=1 << 62)
         try:
-            for event in ledger.read_events(ledger.db_path(self.config), kind_prefix="task."):
+            for event in chain.read_events(chain.db_path(self.config), kind_prefix="task."):
                 if isinstance(event.data, dict) and event.data.get("id") in task_ids:
                     book.apply(event.kind, event.data, event.ts)
-        except ledger.LedgerNotFound:
+        except chain.LedgerNotFound:
             pass
         views = {}
         for task_id in sorted(task_ids):

@@ -21,8 +21,9 @@ from typing import Any, Self
 
 import zmq
 
-from akita import protocol, transport
+from akita import transport
 from akita.errors import NodeNotResponding, NodeNotRunning, ProtocolError, RequestFailed
+from akita.wire import protocol
 
 GATEWAY = "gateway"
 DEFAULT_LEASE_S = 30.0

@@ -18,8 +18,8 @@ from typing import Any, Self
 
 import zmq
 
-from akita import protocol
 from akita.errors import NodeNotResponding, NodeNotRunning, ProtocolError, RequestFailed
+from akita.wire import protocol
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Simulate cluster formation with many nodes, random joins, leaves, restarts and a partition.
 
-Runs the real rules of `akita.cluster` over simulated views and prints: members moved per
+Runs the real rules of `akita.mesh.cluster` over simulated views and prints: members moved per
 event (mean, max), cluster sizes, rounds to converge, property violations (must be 0), and
 the same moves for a naive sort-and-chunk baseline, with the ratio.
 
@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from akita.cluster import (
+from akita.mesh.cluster import (
     Assignment,
     Cluster,
     Grace,

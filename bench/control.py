@@ -22,7 +22,8 @@ from pathlib import Path
 import zmq
 from node_fixture import REPO, BenchNode, percentile
 
-from akita import protocol, transport
+from akita import transport
+from akita.wire import protocol
 
 # The baseline server: bind REP, answer every request with a fixed reply of the given size.
 ECHO_SERVER = """

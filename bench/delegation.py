@@ -30,8 +30,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import akita
-from akita import protocol, transport
+from akita import transport
 from akita.errors import AkitaError
+from akita.wire import protocol
 from bench.node_fixture import REPO, BenchNode, percentile
 from tests.helpers import free_port
 

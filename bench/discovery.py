@@ -32,8 +32,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from akita import config as config_mod
-from akita import demo, protocol, transport
+from akita import transport
 from akita.errors import AkitaError
+from akita.wire import protocol
+from supervisor import demo
 
 POLL_S = 0.05
 

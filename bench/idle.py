@@ -46,7 +46,7 @@ def describe(proc: psutil.Process, roles: dict[int, str]) -> str:
     cmdline = proc.cmdline()
     if "supervisor.main" in cmdline:
         return "supervisor"
-    if "akita.zygote" in cmdline and proc.parent() and "supervisor.main" in \
+    if "workers.zygote" in cmdline and proc.parent() and "supervisor.main" in \
             proc.parent().cmdline():
         return "zygote"
     return f"child of {roles.get(proc.ppid(), proc.ppid())}"

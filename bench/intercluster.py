@@ -33,10 +33,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from akita import config as config_mod
-from akita import demo, protocol, transport
+from akita import transport
 from akita.subscription import Subscription
 from akita.subscription import send as send_message
+from akita.wire import protocol
 from bench.node_fixture import percentile
+from supervisor import demo
 
 NODES = 6
 CLUSTER_SIZE = 3

@@ -39,10 +39,12 @@ sys.path.insert(0, str(REPO))
 import psutil
 import zmq
 
-from akita import ledger, protocol, transport
+from akita import transport
 from akita.errors import AkitaError
 from akita.identity import NodeIdentity
-from akita.ledger_client import LedgerClient
+from akita.ledger import chain
+from akita.ledger.client import LedgerClient
+from akita.wire import protocol
 
 KIND = "task.succeeded"
 CONFIG = """[node]
@@ -176,18 +178,18 @@ def run_senders(run_dir: Path, senders: int, count: int) -> list[dict[str, Any]]
 
 def raw_apsw(path: Path, count: int, batch: int = 1000) -> float:
     """Events/s of raw APSW writing the same rows with the same chain; one process."""
-    conn = ledger.open_writer(path)
+    conn = chain.open_writer(path)
     node = NodeIdentity.generate()
     conn.execute("INSERT INTO feeds (feed, public_key, local) VALUES (?, ?, 1)",
                  (node.node_id, node.public_key))
-    chain = ledger.Chain(node.node_id, conn.last_insert_rowid())
-    seq, prev = 0, ledger.GENESIS_HASH
+    feed_chain = chain.Chain(node.node_id, conn.last_insert_rowid())
+    seq, prev = 0, chain.GENESIS_HASH
     started = time.perf_counter()
     for low in range(0, count, batch):
         now = time.time()
-        events = [(now, KIND, ledger.pack_data(event_data(i)))
+        events = [(now, KIND, chain.pack_data(event_data(i)))
                   for i in range(low, min(low + batch, count))]
-        rows, seq, prev = chain.extend(events, seq, prev)
+        rows, seq, prev = feed_chain.extend(events, seq, prev)
         with conn:
             conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
     elapsed = time.perf_counter() - started
@@ -198,12 +200,12 @@ def raw_apsw(path: Path, count: int, batch: int = 1000) -> float:
 def raw_commit_latency(path: Path, rate: float, seconds: float) -> list[float]:
     """The floor under durable latency: one event per raw APSW commit (synchronous=FULL,
     same row, same chain), paced at `rate`; seconds per commit."""
-    conn = ledger.open_writer(path)
+    conn = chain.open_writer(path)
     node = NodeIdentity.generate()
     conn.execute("INSERT INTO feeds (feed, public_key, local) VALUES (?, ?, 1)",
                  (node.node_id, node.public_key))
-    chain = ledger.Chain(node.node_id, conn.last_insert_rowid())
-    seq, prev = 0, ledger.GENESIS_HASH
+    feed_chain = chain.Chain(node.node_id, conn.last_insert_rowid())
+    seq, prev = 0, chain.GENESIS_HASH
     latencies = []
     started = time.perf_counter()
     for i in range(int(rate * seconds)):
@@ -211,7 +213,7 @@ def raw_commit_latency(path: Path, rate: float, seconds: float) -> list[float]:
         if delay > 0:
             time.sleep(delay)
         begin = time.perf_counter()
-        rows, seq, prev = chain.extend([(time.time(), KIND, ledger.pack_data(event_data(i)))],
+        rows, seq, prev = feed_chain.extend([(time.time(), KIND, chain.pack_data(event_data(i)))],
                                        seq, prev)
         with conn:
             conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
@@ -279,7 +281,7 @@ def run(root: Path, args: argparse.Namespace) -> int:
             floors.append((floor_p50, floor_p99))
     finally:
         stop_writer(writer)
-    verified = ledger.verify(root / "data" / ledger.DB_FILE)
+    verified = chain.verify(root / "data" / chain.DB_FILE)
     print(f"median of {args.rounds} rounds, {args.senders} senders x "
           f"{args.events_per_sender:,} events:")
     print(f"  durable appends through the ledger worker: {statistics.median(rates):,.0f} "

@@ -18,8 +18,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from akita import protocol, transport
+from akita import transport
 from akita.errors import AkitaError
+from akita.wire import protocol
 
 
 def render(sections: dict[str, dict[str, Any]]) -> str:

@@ -36,8 +36,10 @@ import apsw
 import msgpack
 import zmq
 
-from akita import ledger, protocol, transport
-from akita.ledger_client import LedgerClient
+from akita import transport
+from akita.ledger import chain
+from akita.ledger.client import LedgerClient
+from akita.wire import protocol
 from bench.ledger import event_data, start_writer, stop_writer
 
 KIND = "task.succeeded"
@@ -63,7 +65,7 @@ def fill(root: Path, count: int) -> str:
         raise SystemExit("appends to A were not acknowledged within 120 s")
     client.close()
     ctx.term()
-    feed = ledger.own_feed(root / "data" / ledger.DB_FILE)
+    feed = chain.own_feed(root / "data" / chain.DB_FILE)
     assert feed is not None
     return feed
 
@@ -74,7 +76,7 @@ def fill(root: Path, count: int) -> str:
 def stored_sizes(db: Path, feed: str) -> tuple[float, float]:
     """Mean stored event size: the row's column bytes, and the events table's and index's
     pages on disk divided by the events (dbstat)."""
-    conn = ledger.open_reader(db)
+    conn = chain.open_reader(db)
     try:
         count, columns = one(conn, "SELECT count(*), sum(8 + 8 + length(CAST(kind AS BLOB)) "
                              "+ length(data) + length(prev) + length(hash)) FROM events e "
@@ -121,9 +123,9 @@ def raw_apsw(path: Path, rows: list[tuple[int, float, str, bytes, bytes, bytes]]
     conn = apsw.Connection(str(path))
     conn.execute("PRAGMA journal_mode=WAL").fetchall()
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute(ledger.SCHEMA)
+    conn.execute(chain.SCHEMA)
     started = time.perf_counter()
-    prev = ledger.GENESIS_HASH
+    prev = chain.GENESIS_HASH
     out = []
     for seq, ts, kind, data, _prev, stored_hash in rows:
         digest = hashlib.sha256(prev + msgpack_head(feed, seq, ts, kind) + data).digest()
@@ -143,7 +145,7 @@ def msgpack_head(feed: str, seq: int, ts: float, kind: str) -> bytes:
 
 
 def feed_rows(db: Path, feed: str) -> list[tuple[int, float, str, bytes, bytes, bytes]]:
-    conn = ledger.open_reader(db)
+    conn = chain.open_reader(db)
     try:
         return list(conn.execute(
             "SELECT e.seq, e.ts, e.kind, e.data, e.prev, e.hash FROM events e JOIN feeds f "
@@ -160,8 +162,8 @@ def run(root: Path, args: argparse.Namespace) -> int:
     writer_a = start_writer(a_root)
     try:
         feed = fill(a_root, args.events)
-        rows = feed_rows(a_root / "data" / ledger.DB_FILE, feed)
-        columns, on_disk = stored_sizes(a_root / "data" / ledger.DB_FILE, feed)
+        rows = feed_rows(a_root / "data" / chain.DB_FILE, feed)
+        columns, on_disk = stored_sizes(a_root / "data" / chain.DB_FILE, feed)
         print(f"A's feed: {len(rows):,} events; stored size per event: {columns:.1f} B of "
               f"columns, {on_disk:.1f} B of table and index pages")
         rates, ratios, sizes, mdu_sizes, mdu_bundles = [], [], [], [], []
@@ -192,7 +194,7 @@ def measure_round(b_root: Path, a_root: Path, feed: str, max_bytes: int
     writer_b = start_writer(b_root)
     try:
         moved = pull(a_root, b_root, feed, max_bytes)
-        results = ledger.verify(b_root / "data" / ledger.DB_FILE, feed)
+        results = chain.verify(b_root / "data" / chain.DB_FILE, feed)
         if not all(result.ok for result in results):
             raise SystemExit(f"B's copy does not verify: {results}")
         return moved

@@ -38,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from node_fixture import BenchNode
 from replication import fill, stored_sizes
 
-from akita import ledger, protocol, transport
+from akita import transport
 from akita.errors import AkitaError
+from akita.ledger import chain
+from akita.wire import protocol
 
 HEADER_BYTES = 19        # a link packet's header: flags, hops, link id (16), context
 POLL_S = 0.05
@@ -71,11 +73,11 @@ def ask(node: BenchNode, msg: protocol.Message) -> Any:
 
 
 def db(node: BenchNode) -> Path:
-    return node.root / "data" / ledger.DB_FILE
+    return node.root / "data" / chain.DB_FILE
 
 
 def held_seq(node: BenchNode, feed: str) -> int:
-    return next((h.seq for h in ledger.heads(db(node)) if h.feed == feed), 0)
+    return next((h.seq for h in chain.heads(db(node)) if h.feed == feed), 0)
 
 
 def one_cluster(nodes: list[BenchNode]) -> bool:
@@ -126,7 +128,7 @@ def run_round(args: argparse.Namespace) -> Round:
                 done = now
             time.sleep(POLL_S)
         for node in nodes[1:]:
-            results = ledger.verify(db(node), feed)
+            results = chain.verify(db(node), feed)
             if not all(result.ok for result in results):
                 raise SystemExit(f"a copy does not verify: {results}")
         time.sleep(0.5)  # the last responses' bookkeeping

@@ -26,7 +26,8 @@ import time
 import zmq
 from node_fixture import BenchNode, percentile
 
-from akita import protocol, transport
+from akita import transport
+from akita.wire import protocol
 from supervisor.process import STABLE_AFTER_S
 
 PING_EVERY_S = 0.001

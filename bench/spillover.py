@@ -24,8 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import akita
-from akita import protocol
 from akita.errors import AkitaError
+from akita.wire import protocol
 from bench.delegation import ask, node_id, sections, start, wait_ready
 from bench.node_fixture import BenchNode
 from tests.helpers import free_port

@@ -41,8 +41,10 @@ import psutil
 
 import akita
 from akita import config as config_mod
-from akita import ledger, protocol, transport
+from akita import transport
 from akita.errors import AkitaError
+from akita.ledger import chain
+from akita.wire import protocol
 
 TASK_MODULE = '''
 import akita
@@ -228,11 +230,11 @@ def main() -> int:
             for _ in range(args.rounds):
                 figures["ppe_cpu"].append(ppe_run(pool, spin, lambda i: [loops],
                                                   args.cpu_tasks))
-                head = ledger.head(ledger.db_path(node.config))
+                head = chain.head(chain.db_path(node.config))
                 figures["ak_cpu"].append(akita_run(client, "bench.spin", lambda i: [loops],
                                                    args.cpu_tasks))
-                ran_s = sum(e.data.get("duration_s", 0.0) for e in ledger.read_events(
-                    ledger.db_path(node.config), kind_prefix="task.succeeded",
+                ran_s = sum(e.data.get("duration_s", 0.0) for e in chain.read_events(
+                    chain.db_path(node.config), kind_prefix="task.succeeded",
                     after_seq=head[1] if head else 0))
                 busy.append(ran_s / (args.pool * args.cpu_tasks / figures["ak_cpu"][-1]))
                 task_ms.append(ran_s / args.cpu_tasks * 1000)
@@ -274,7 +276,7 @@ def main() -> int:
 def check_ledger(node: BenchNode, expected: int) -> str:
     """Every task's submission and success must be in the ledger."""
     counts: dict[str, int] = {}
-    for event in ledger.read_events(ledger.db_path(node.config), kind_prefix="task."):
+    for event in chain.read_events(chain.db_path(node.config), kind_prefix="task."):
         counts[event.kind] = counts.get(event.kind, 0) + 1
     submitted, succeeded = counts.get("task.submitted", 0), counts.get("task.succeeded", 0)
     verdict = "ok" if submitted == succeeded == expected else "MISSING EVENTS"

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import zmq
 
-from akita import protocol, transport
+from akita import transport
 from akita.errors import ProtocolError
+from akita.wire import protocol
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,9 @@ from typing import Any, cast
 import msgpack
 import zmq
 
-from akita import protocol, transport
+from akita import transport
 from akita.errors import ProtocolError
+from akita.wire import protocol
 from supervisor.control_thread import ControlThread, ReadOnlyVerb, recv_frames
 
 log = logging.getLogger(__name__)

@@ -77,10 +77,10 @@ def run(config: config_mod.Config) -> int:
     """Lock the run directory, start the zygote and the supervisor loop; returns the exit code."""
     # Imported here so that `--check` and `--help` stay quick and import nothing heavy.
     from akita import identity
-    from akita.zygote import Zygote
-    from supervisor.core import Supervisor
+    from supervisor.mainloop import Supervisor
     from supervisor.pidlock import PidLock
     from supervisor.table import zygote_preload
+    from workers.zygote import Zygote
 
     prepare_dirs(config)
     lock = PidLock(config.node.run_dir)

@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from akita import protocol
+from akita.wire import protocol
 from supervisor.process import WorkerProcess
 
 _RSS_CACHE_S = 1.0

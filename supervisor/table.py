@@ -16,9 +16,9 @@ import time
 from typing import Protocol
 
 from akita import config as config_mod
-from akita.zygote import Zygote, ZygoteError
 from supervisor.logs import LogFiles, OutputPipe
 from supervisor.process import ACTIVE_STATES, WorkerProcess, WorkerSpec, WorkerState
+from workers.zygote import Zygote, ZygoteError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ WORKER_ENTRY = "workers.base:main"
 BASE_PRELOAD = ["zmq", "msgpack", "psutil", "apsw", "workers.base"]
 # Worker modules the zygote imports once so a fork starts warm. The gateway is left out on
 # purpose: only the gateway process may import RNS.
-PRELOADED_WORKERS = ("workers.ledger", "workers.sampler", "workers.executor")
+PRELOADED_WORKERS = ("workers.ledger.worker", "workers.sampler", "workers.executor.worker")
 
 
 def zygote_preload() -> list[str]:

@@ -19,8 +19,9 @@ from typing import Any
 import psutil
 
 from akita import config as config_mod
-from akita import protocol, transport
+from akita import transport
 from akita.errors import AkitaError
+from akita.wire import protocol
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgpack
 
-from akita.cluster import PeerView, Seat
 from akita.config import ReticulumConfig
-from akita.net import delegate_plan as plan
-from akita.net import rnsconfig, wire
+from akita.mesh import delegation as plan
+from akita.mesh.cluster import PeerView, Seat
+from akita.wire import mesh
+from workers.gateway import rnsconfig
 
 SPACING_S = 1.2        # receivers take one announce of a destination per second
 MEMBER_WAIT_S = 25.0
@@ -94,8 +95,8 @@ class Mate:
         if identity.hash.hex() != self.target:
             return
         try:
-            info = wire.decode_announce(self.target, app_data)
-        except wire.WireError:
+            info = mesh.decode_announce(self.target, app_data)
+        except mesh.WireError:
             return
         if info.report.seat is not None:   # the node has placed itself
             self.report = info.report
@@ -106,9 +107,9 @@ class Mate:
         while True:
             seq += 1
             term = self.report.term if self.report is not None else 0
-            self.destination.announce(app_data=wire.encode_announce(wire.Announce(
+            self.destination.announce(app_data=mesh.encode_announce(mesh.Announce(
                 name="handmade-mate", generation=1, seq=seq,
-                report=PeerView(self.node_id, 1, seq, seat, term, False), load=wire.Load(),
+                report=PeerView(self.node_id, 1, seq, seat, term, False), load=mesh.Load(),
                 state_version=0, digest=bytes(8), interval_s=SPACING_S,
                 id_tag=bytes.fromhex(self.node_id))))
             time.sleep(SPACING_S)

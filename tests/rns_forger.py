@@ -27,34 +27,36 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from akita import ledger, replication
-from akita.cluster import PeerView
 from akita.config import ReticulumConfig
 from akita.identity import NodeIdentity
-from akita.net import replicate_plan, rnsconfig, wire
+from akita.ledger import bundles, chain
+from akita.mesh import replication as replicate_plan
+from akita.mesh.cluster import PeerView
+from akita.wire import mesh
+from workers.gateway import rnsconfig
 
 EVENTS = 5
 ANNOUNCE_EVERY_S = 1.0
 
 
-def forged_feed(author: NodeIdentity, forge: str) -> tuple[bytes, replication.Head]:
+def forged_feed(author: NodeIdentity, forge: str) -> tuple[bytes, bundles.Head]:
     """The bundle served for the feed of `author` (all of it) and the head announced."""
-    events = [(1000.0 + i, "forged.event", ledger.pack_data({"i": i})) for i in range(EVENTS)]
-    _rows, _seq, head = ledger.Chain(author.node_id, 0).extend(events, 0, ledger.GENESIS_HASH)
+    events = [(1000.0 + i, "forged.event", chain.pack_data({"i": i})) for i in range(EVENTS)]
+    _rows, _seq, head = chain.Chain(author.node_id, 0).extend(events, 0, chain.GENESIS_HASH)
     signer = NodeIdentity.generate() if forge == "signature" else author
-    signature = signer.sign(ledger.checkpoint_message(author.node_id, EVENTS, head))
+    signature = signer.sign(chain.checkpoint_message(author.node_id, EVENTS, head))
     if forge == "chain":
-        events[2] = (events[2][0], events[2][1], ledger.pack_data({"i": "altered"}))
+        events[2] = (events[2][0], events[2][1], chain.pack_data({"i": "altered"}))
     elif forge != "signature":
         raise SystemExit(f"unknown forgery {forge!r}")
-    bundle = replication.Bundle(author.node_id, author.public_key, 0, ledger.GENESIS_HASH,
-                                events, [replication.Checkpoint(EVENTS, 2000.0, head, signature)])
-    return replication.encode_bundle(bundle), replication.Head(EVENTS, head)
+    bundle = bundles.Bundle(author.node_id, author.public_key, 0, chain.GENESIS_HASH,
+                                events, [bundles.Checkpoint(EVENTS, 2000.0, head, signature)])
+    return bundles.encode_bundle(bundle), bundles.Head(EVENTS, head)
 
 
 def app_data(node_id: str, seq: int) -> bytes:
-    return wire.encode_announce(wire.Announce(
-        name="forger", generation=1, seq=seq, report=PeerView(node_id, 1), load=wire.Load(),
+    return mesh.encode_announce(mesh.Announce(
+        name="forger", generation=1, seq=seq, report=PeerView(node_id, 1), load=mesh.Load(),
         state_version=0, digest=bytes(8), interval_s=ANNOUNCE_EVERY_S,
         id_tag=bytes.fromhex(node_id)))
 
@@ -93,9 +95,9 @@ def main() -> int:
         time.sleep(ANNOUNCE_EVERY_S)
 
 
-def serve(RNS: Any, destination: Any, channel: str, bundle: bytes, head: replication.Head,
+def serve(RNS: Any, destination: Any, channel: str, bundle: bytes, head: bundles.Head,
           feed: str) -> None:
-    """Answer heads and range requests the way `akita.net.links` wraps responses."""
+    """Answer heads and range requests the way `workers.gateway.links` wraps responses."""
     lock = threading.Lock()
 
     def served(path: str, remote: Any) -> None:
@@ -106,7 +108,7 @@ def serve(RNS: Any, destination: Any, channel: str, bundle: bytes, head: replica
     def heads(path: str, data: Any, request_id: bytes, link_id: bytes, remote: Any,
               requested_at: float) -> list[Any]:
         served(path, remote)
-        return [0, replication.encode_heads({feed: head})]
+        return [0, bundles.encode_heads({feed: head})]
 
     def ranges(path: str, data: Any, request_id: bytes, link_id: bytes, remote: Any,
                requested_at: float) -> list[Any]:

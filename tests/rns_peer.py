@@ -32,17 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgpack
 
-from akita.cluster import PeerView
 from akita.config import ReticulumConfig
-from akita.net import rnsconfig, wire
+from akita.mesh.cluster import PeerView
+from akita.wire import mesh
+from workers.gateway import rnsconfig
 
 SPACING_S = 1.2  # receivers take one announce of a destination per second
 
 
 def valid_app_data(node_id: str, name: str, seq: int, generation: int = 1) -> bytes:
-    return wire.encode_announce(wire.Announce(
+    return mesh.encode_announce(mesh.Announce(
         name=name, generation=generation, seq=seq, report=PeerView(node_id, generation),
-        load=wire.Load(), state_version=0, digest=bytes(8), interval_s=60.0,
+        load=mesh.Load(), state_version=0, digest=bytes(8), interval_s=60.0,
         id_tag=bytes.fromhex(node_id)))
 
 

@@ -29,11 +29,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from akita.cluster import PeerView
 from akita.config import ReticulumConfig
-from akita.net import delegate_plan as plan
-from akita.net import rnsconfig, wire
+from akita.mesh import delegation as plan
+from akita.mesh.cluster import PeerView
+from akita.wire import mesh
 from tests.rns_delegate_peer import SPACING_S, Mate, say, spec
+from workers.gateway import rnsconfig
 
 KNOWN_WAIT_S = 25.0
 
@@ -58,9 +59,9 @@ class FarNode(Mate):
         seq = 0
         while True:
             seq += 1
-            self.destination.announce(app_data=wire.encode_announce(wire.Announce(
+            self.destination.announce(app_data=mesh.encode_announce(mesh.Announce(
                 name="handmade-far", generation=1, seq=seq,
-                report=PeerView(self.node_id, 1, seq, None, 0, False), load=wire.Load(),
+                report=PeerView(self.node_id, 1, seq, None, 0, False), load=mesh.Load(),
                 state_version=0, digest=bytes(8), interval_s=SPACING_S,
                 id_tag=bytes.fromhex(self.node_id))))
             time.sleep(SPACING_S)

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 import akita
-from akita import ledger, protocol, transport
+from akita import transport
 from akita.errors import NodeNotRunning
+from akita.ledger import chain
+from akita.wire import protocol
 from tests.helpers import Node, render_config, wait_for
 
 
@@ -71,7 +73,7 @@ def test_a_resent_submit_is_not_queued_twice(make_node: Callable[..., Node]) -> 
                              "task id feedfacecafebeef is taken by another task"]]
     with akita.Client(node.config_path) as client:
         assert client.wait("feedfacecafebeef", timeout=10) == 7
-    submitted = [e for e in ledger.read_events(ledger.db_path(node.config),
+    submitted = [e for e in chain.read_events(chain.db_path(node.config),
                                                kind_prefix="task.submitted")]
     assert [e.data["id"] for e in submitted] == ["feedfacecafebeef"]
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from akita import ledger, protocol
 from akita.client import Client
+from akita.ledger import chain
+from akita.wire import protocol
 from tests.helpers import NET_CLUSTER, Node, NotYet, start_network, wait_for
 
 PEER_TIMEOUT_S = NET_CLUSTER["peer_timeout"]
@@ -128,9 +129,9 @@ def test_three_nodes_form_one_cluster_and_share_state(make_node: Callable[..., N
         wait_for(forgot(node, ids[2]), PEER_TIMEOUT_S, "a cleanly stopped node dropped")
     assert time.monotonic() - stopped_at < PEER_TIMEOUT_S
     # Joined and left are in the ledger.
-    db = ledger.db_path(nodes[0].config)
-    joined = {e.data["node"] for e in ledger.read_events(db, kind_prefix="peer.joined")}
-    left = [e.data for e in ledger.read_events(db, kind_prefix="peer.left")]
+    db = chain.db_path(nodes[0].config)
+    joined = {e.data["node"] for e in chain.read_events(db, kind_prefix="peer.joined")}
+    left = [e.data for e in chain.read_events(db, kind_prefix="peer.left")]
     assert joined == {ids[1], ids[2]}
     assert [(e["node"], e["reason"]) for e in left] == [(ids[2], "left (shut down)")]
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from akita.cluster import (
+from akita.errors import ProtocolError
+from akita.mesh.cluster import (
     Assignment,
     Grace,
     Local,
@@ -24,7 +25,6 @@ from akita.cluster import (
     new_cluster_id,
     under_full,
 )
-from akita.errors import ProtocolError
 
 FAST = settings(max_examples=60, deadline=None)
 

@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 import akita
-from akita import ledger, protocol
+from akita.ledger import chain
+from akita.wire import protocol
 from tests.helpers import REPO, Node, NotYet, free_port, net_sections, wait_for
 
 WORKERS = {"workers": "ledger, executor, gateway"}
@@ -100,7 +101,7 @@ def delegation_stats(node: Node) -> dict[str, Any]:
 
 def spill_heads(node: Node, own: str) -> set[str]:
     """The coordinators of the clusters `own` is not in: where its tasks may spill over to
-    when its whole cluster is saturated (`akita.net.spillover`)."""
+    when its whole cluster is saturated (`workers.gateway.spillover`)."""
     reply = node.request(protocol.ClusterList())
     assert isinstance(reply, protocol.ClusterListReply)
     return {c["coordinator"] for c in reply.clusters if own not in c["members"]}
@@ -108,7 +109,7 @@ def spill_heads(node: Node, own: str) -> set[str]:
 
 def succeeded_counts(node: Node) -> collections.Counter[str]:
     """How many task.succeeded events each task id has in the node's own ledger."""
-    events = ledger.read_events(ledger.db_path(node.config), kind_prefix="task.succeeded")
+    events = chain.read_events(chain.db_path(node.config), kind_prefix="task.succeeded")
     return collections.Counter(e.data["id"] for e in events if e.kind == "task.succeeded")
 
 
@@ -156,7 +157,7 @@ def test_two_hundred_tasks_run_across_the_cluster_once_each(
     # What ran elsewhere is in the peer's own ledger too, with this node as its origin.
     for peer, peer_id in zip(nodes[1:3], ids[1:3]):
         if ran_on[peer_id]:
-            events = ledger.read_events(ledger.db_path(peer.config), kind_prefix="task.")
+            events = chain.read_events(chain.db_path(peer.config), kind_prefix="task.")
             origins = {e.data.get("origin") for e in events if e.kind == "task.submitted"}
             assert ids[0] in origins
 
@@ -289,7 +290,7 @@ def test_a_mate_cannot_make_a_node_run_what_it_does_not_declare(short_tmp: Path)
         # An outcome for a task the node never handed out is stale, and changes nothing.
         status, answer = mate.said("INJECT", 20)
         assert status == 0 and answer == {"accepted": [], "stale": ["aa00000000000006"]}
-        events = list(ledger.read_events(ledger.db_path(node.config), kind_prefix="task."))
+        events = list(chain.read_events(chain.db_path(node.config), kind_prefix="task."))
         submitted = [e.data["id"] for e in events if e.kind == "task.submitted"]
         assert submitted == ["aa00000000000005"]
         assert not [e for e in events if e.data.get("id") == "aa00000000000006"]

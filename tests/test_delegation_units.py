@@ -1,4 +1,4 @@
-"""Delegation's pure rules (`akita.net.delegate_plan`): whom to ask first and for how many,
+"""Delegation's pure rules (`akita.mesh.delegation`): whom to ask first and for how many,
 how batches are cut, and what a peer may send."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from akita.net import delegate_plan as plan
-from akita.net import wire
+from akita.mesh import delegation as plan
+from akita.wire import mesh
 
 
 def mate(node_id: str, *, pool: int = 1, queued: int = 0, running: int = 0, held: int = 0,
@@ -154,11 +154,11 @@ def test_run_round_trip_and_what_a_peer_may_not_send() -> None:
         [1, 2, 3],
     ]
     for body in bad:
-        with pytest.raises(wire.WireError):
+        with pytest.raises(mesh.WireError):
             plan.decode_run(msgpack.packb(body), 1 << 20)
-    with pytest.raises(wire.WireError, match="exceeds the limit"):
+    with pytest.raises(mesh.WireError, match="exceeds the limit"):
         plan.decode_run(plan.encode_run(1, 4.0, [spec()]), 16)
-    with pytest.raises(wire.WireError):
+    with pytest.raises(mesh.WireError):
         plan.decode_run(b"\xc1garbage", 1 << 20)
 
 
@@ -168,9 +168,9 @@ def test_run_response_is_checked_against_what_was_sent() -> None:
     answer = plan.decode_run_response(data, 2)
     assert answer.ids == ["x", None] and answer.errors == [(1, "unknown_task", "no such type")]
     assert answer.load == load
-    with pytest.raises(wire.WireError, match="ids"):
+    with pytest.raises(mesh.WireError, match="ids"):
         plan.decode_run_response(data, 3)
-    with pytest.raises(wire.WireError, match="errors"):
+    with pytest.raises(mesh.WireError, match="errors"):
         plan.decode_run_response(plan.encode_run_response(["x"], [[5, "c", "m"]], None), 1)
     assert plan.decode_run_response(plan.encode_run_response(["x"], [], None), 1).load is None
 
@@ -180,12 +180,12 @@ def test_results_renewals_and_answers_round_trip() -> None:
     body = plan.decode_results(plan.encode_results(results, plan.PeerLoad()), 1 << 20)
     assert body.results == results and body.load == plan.PeerLoad()
     for bad in ([], [{"id": "a", "attempt": "2", "state": "succeeded"}], [{"attempt": 1}]):
-        with pytest.raises(wire.WireError):
+        with pytest.raises(mesh.WireError):
             plan.decode_results(plan.encode_results(bad, None), 1 << 20)
     assert plan.decode_pairs(plan.encode_pairs([("a", 1), ("b", 2)])) == [("a", 1), ("b", 2)]
-    with pytest.raises(wire.WireError):
+    with pytest.raises(mesh.WireError):
         plan.decode_pairs(msgpack.packb({"tasks": [["a", "1"]]}))
     assert plan.decode_accepted(plan.encode_outcome(["a"], ["b"], "accepted")) == (["a"], ["b"])
     assert plan.decode_renewed(plan.encode_outcome(2, [["b", 1]], "renewed")) == (2, [("b", 1)])
-    with pytest.raises(wire.WireError):
+    with pytest.raises(mesh.WireError):
         plan.decode_renewed(plan.encode_outcome(-1, [], "renewed"))

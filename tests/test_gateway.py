@@ -16,7 +16,8 @@ import msgpack
 import pytest
 
 from akita import identity as ident
-from akita import ledger, protocol
+from akita.ledger import chain
+from akita.wire import protocol
 from tests.helpers import REPO, Node, NotYet, free_port, net_sections, start_network, wait_for
 
 RNS_PEER = REPO / "tests" / "rns_peer.py"
@@ -173,8 +174,8 @@ def test_a_taken_listen_port_is_reported_then_recovered(make_node: Callable[...,
         log_text = (node.log_dir / "gateway.log").read_text()
         assert f"could not start: TCP listen address 127.0.0.1:{port}: already in use" in log_text
         assert "Traceback" not in log_text
-        events = wait_for(lambda: list(ledger.read_events(
-            ledger.db_path(node.config), kind_prefix="gateway.interface_failed")), 10,
+        events = wait_for(lambda: list(chain.read_events(
+            chain.db_path(node.config), kind_prefix="gateway.interface_failed")), 10,
             "the failure in the ledger")
         assert str(port) in events[0].data["error"]
     finally:

@@ -24,7 +24,7 @@ def demo_processes() -> list[psutil.Process]:
 def test_demo_forms_clusters_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     out = tmp_path / "demo.out"
     with open(out, "wb") as sink:
-        demo = subprocess.Popen([sys.executable, "-m", "akita.demo", "--nodes", "3",
+        demo = subprocess.Popen([sys.executable, "-m", "supervisor.demo", "--nodes", "3",
                                  "--cluster-size", "2", "--duration", "90"],
                                 stdout=sink, stderr=subprocess.STDOUT, cwd=REPO)
     try:

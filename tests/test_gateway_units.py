@@ -16,16 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from akita import identity as ident
-from akita import state as st
-from akita.cluster import PeerView, Seat
 from akita.config import ReticulumConfig
-from akita.net import recovery, rnsconfig, views, wire
-from akita.net.discovery import Admission, Discovery, DiscoveryTiming
-from akita.net.formation import Formation
-from akita.net.load import LoadTracker
-from akita.net.peers import AnnounceOutcome, PeerState, PeerTable
-from akita.net.probes import DirectProbe, IndirectProbe, Prober, ProbeTiming, Suspect
-from akita.net.sync import StateSync
+from akita.mesh import state as st
+from akita.mesh.cluster import PeerView, Seat
+from akita.mesh.formation import Formation
+from akita.wire import mesh
+from workers.gateway import recovery, rnsconfig, views
+from workers.gateway.discovery import Admission, Discovery, DiscoveryTiming
+from workers.gateway.load import LoadTracker
+from workers.gateway.peers import AnnounceOutcome, PeerState, PeerTable
+from workers.gateway.probes import DirectProbe, IndirectProbe, Prober, ProbeTiming, Suspect
+from workers.gateway.sync import StateSync
 
 A = "aa" * 16
 B = "bb" * 16
@@ -33,11 +34,11 @@ C = "cc" * 16
 
 
 def announce(node: str = A, seq: int = 1, generation: int = 1, name: str = "n",
-             interval_s: float = 1.0, seat: Seat | None = None) -> wire.Announce:
-    return wire.Announce(name=name, generation=generation, seq=seq,
-                         report=PeerView(node, generation, seat=seat), load=wire.Load(1, 2, 3),
+             interval_s: float = 1.0, seat: Seat | None = None) -> mesh.Announce:
+    return mesh.Announce(name=name, generation=generation, seq=seq,
+                         report=PeerView(node, generation, seat=seat), load=mesh.Load(1, 2, 3),
                          state_version=4, digest=b"12345678", interval_s=interval_s,
-                         id_tag=bytes.fromhex(node)[:wire.ID_TAG_BYTES])
+                         id_tag=bytes.fromhex(node)[:mesh.ID_TAG_BYTES])
 
 
 # --- wire -----------------------------------------------------------------------------------
@@ -45,14 +46,14 @@ def announce(node: str = A, seq: int = 1, generation: int = 1, name: str = "n",
 
 def test_announce_round_trip_and_size_limit() -> None:
     info = announce(name="n" * 32, seat=Seat("0a0b0c0d", 2**40, 2**40))
-    data = wire.encode_announce(info)
-    assert len(data) <= wire.MAX_APP_DATA_BYTES
-    assert wire.decode_announce(A, data) == info
+    data = mesh.encode_announce(info)
+    assert len(data) <= mesh.MAX_APP_DATA_BYTES
+    assert mesh.decode_announce(A, data) == info
 
 
 def test_name_is_truncated_to_32_bytes_on_a_character_boundary() -> None:
-    data = wire.encode_announce(announce(name="é" * 40))
-    assert wire.decode_announce(A, data).name == "é" * 16
+    data = mesh.encode_announce(announce(name="é" * 40))
+    assert mesh.decode_announce(A, data).name == "é" * 16
 
 
 @pytest.mark.parametrize("data", [
@@ -60,44 +61,44 @@ def test_name_is_truncated_to_32_bytes_on_a_character_boundary() -> None:
     msgpack.packb({"p": 99}), b"x" * 201,
 ])
 def test_garbage_app_data_is_a_wire_error(data: bytes | None) -> None:
-    with pytest.raises(wire.WireError):
-        wire.decode_announce(A, data)
+    with pytest.raises(mesh.WireError):
+        mesh.decode_announce(A, data)
 
 
 def test_each_field_is_checked() -> None:
-    body = msgpack.unpackb(wire.encode_announce(announce()))
+    body = msgpack.unpackb(mesh.encode_announce(announce()))
     for key, bad in [("g", "1"), ("s", -1), ("l", [1, 2]), ("l", [1, True, 3]), ("i", 0),
                      ("r", [1]), ("d", "text"), ("n", 5), ("g", 2)]:
         broken = dict(body, **{key: bad})
-        with pytest.raises(wire.WireError):
-            wire.decode_announce(A, msgpack.packb(broken, use_bin_type=True))
+        with pytest.raises(mesh.WireError):
+            mesh.decode_announce(A, msgpack.packb(broken, use_bin_type=True))
 
 
 def test_app_data_of_another_identity_is_impersonation() -> None:
-    data = wire.encode_announce(announce(node=B))
-    with pytest.raises(wire.Impersonation):
-        wire.decode_announce(A, data)
+    data = mesh.encode_announce(announce(node=B))
+    with pytest.raises(mesh.Impersonation):
+        mesh.decode_announce(A, data)
 
 
 @settings(max_examples=300, deadline=None)
 @given(hs.binary(max_size=260))
 def test_arbitrary_bytes_never_crash_the_decoders(data: bytes) -> None:
-    for decode in (lambda d: wire.decode_announce(A, d), wire.decode_probe):
+    for decode in (lambda d: mesh.decode_announce(A, d), mesh.decode_probe):
         try:
             decode(data)
-        except wire.WireError:
+        except mesh.WireError:
             pass
 
 
 def test_probe_packets_round_trip() -> None:
-    for packet in [wire.ProbePacket(wire.ProbeKind.PING, bytes(16), 7),
-                   wire.ProbePacket(wire.ProbeKind.PING_REQ, bytes(16), 8, b"\1" * 16),
-                   wire.ProbePacket(wire.ProbeKind.ACK, bytes(16), 9, b"\2" * 16),
-                   wire.ProbePacket(wire.ProbeKind.LEAVE, bytes(16), 1, generation=3, seq=4,
+    for packet in [mesh.ProbePacket(mesh.ProbeKind.PING, bytes(16), 7),
+                   mesh.ProbePacket(mesh.ProbeKind.PING_REQ, bytes(16), 8, b"\1" * 16),
+                   mesh.ProbePacket(mesh.ProbeKind.ACK, bytes(16), 9, b"\2" * 16),
+                   mesh.ProbePacket(mesh.ProbeKind.LEAVE, bytes(16), 1, generation=3, seq=4,
                                     signature=b"s" * 64)]:
-        assert wire.decode_probe(wire.encode_probe(packet)) == packet
-    with pytest.raises(wire.WireError):
-        wire.decode_probe(msgpack.packb({"k": "ping-req", "f": bytes(16), "n": 1}))
+        assert mesh.decode_probe(mesh.encode_probe(packet)) == packet
+    with pytest.raises(mesh.WireError):
+        mesh.decode_probe(msgpack.packb({"k": "ping-req", "f": bytes(16), "n": 1}))
 
 
 # --- peer table -------------------------------------------------------------------------------
@@ -367,13 +368,13 @@ def test_discovery_counts_what_it_ignores_and_reannounces_for_newcomers() -> Non
     assert rns.sent == [b"seq1"]
     discovery.on_announce(A, None, b"\x00garbage", 0.1)
     discovery.on_announce(A, None, b"x" * 300, 0.1)
-    discovery.on_announce(A, None, wire.encode_announce(announce(node=B)), 0.1)
-    discovery.on_announce(C, None, wire.encode_announce(announce(node=C)), 0.1)
+    discovery.on_announce(A, None, mesh.encode_announce(announce(node=B)), 0.1)
+    discovery.on_announce(C, None, mesh.encode_announce(announce(node=C)), 0.1)
     counters = discovery.counters
     assert (counters.garbage, counters.oversized, counters.impersonating,
             counters.own_echo) == (1, 1, 1, 1)
     assert events.log == [] and len(discovery.table) == 0
-    discovery.on_announce(A, None, wire.encode_announce(announce(node=A)), 0.2)
+    discovery.on_announce(A, None, mesh.encode_announce(announce(node=A)), 0.2)
     assert events.log == [("joined", A)] and rns.known == {A}
     discovery.tick(0.3)
     assert len(rns.sent) == 1  # spaced: not within a second of the last one
@@ -383,8 +384,8 @@ def test_discovery_counts_what_it_ignores_and_reannounces_for_newcomers() -> Non
 
 def test_allowlist_keeps_unknown_identities_out() -> None:
     discovery, _rns, events = make_discovery(admission=Admission("allowlist", (B,)))
-    discovery.on_announce(A, None, wire.encode_announce(announce(node=A)), 0.1)
-    discovery.on_announce(B, None, wire.encode_announce(announce(node=B)), 0.1)
+    discovery.on_announce(A, None, mesh.encode_announce(announce(node=A)), 0.1)
+    discovery.on_announce(B, None, mesh.encode_announce(announce(node=B)), 0.1)
     assert discovery.counters.not_admitted == 1
     assert events.log == [("joined", B)]
 
@@ -393,7 +394,7 @@ def test_first_round_waits_for_the_settle_time_then_forms_one_cluster() -> None:
     discovery, _rns, events = make_discovery()
     discovery.interface_up(0.0)
     for node in (A, B):
-        discovery.on_announce(node, None, wire.encode_announce(announce(node=node)), 0.5)
+        discovery.on_announce(node, None, mesh.encode_announce(announce(node=node)), 0.5)
     discovery.tick(1.0)
     assert ("round", "") not in events.log and discovery.formation.assignment is None
     discovery.tick(2.0)
@@ -432,7 +433,7 @@ def test_load_goes_into_the_record_now_and_then_not_on_every_sample() -> None:
     assert tracker.due(0.0) is None  # nothing sampled yet
     tracker.sample({"cpu_percent": 10.0, "memory": {"percent": 20.0}, "disk": {"percent": 5}})
     tracker.queue(3)
-    assert tracker.summary == wire.Load(10, 20, 3)
+    assert tracker.summary == mesh.Load(10, 20, 3)
     first = tracker.due(0.0)
     assert first is not None and first[st.KEY_QUEUE_DEPTH] == 3
     tracker.sample({"cpu_percent": 12.0, "memory": {"percent": 20.0}})

@@ -27,10 +27,12 @@ from typing import Any, Self
 import pytest
 import zmq
 
-from akita import ledger, protocol, transport
+from akita import transport
 from akita.client import Client
 from akita.errors import RequestFailed
+from akita.ledger import chain
 from akita.subscription import MessageUndeliverable, Subscription
+from akita.wire import protocol
 from tests.helpers import REPO, Node, NotYet, free_port, net_sections, wait_for
 
 NODES = 6
@@ -155,7 +157,7 @@ def wait_advertised(net: Net, index: int, prefix: str) -> None:
 
 
 def events(node: Node, kind: str) -> list[dict[str, Any]]:
-    return [e.data for e in ledger.read_events(ledger.db_path(node.config),
+    return [e.data for e in chain.read_events(chain.db_path(node.config),
                                                kind_prefix=kind)]
 
 

@@ -1,5 +1,5 @@
-"""Inter-cluster messages without a network: the pure rules (`akita.net.messaging`) and the
-gateway component (`akita.net.intercluster`) driven through stand-ins for the links, the
+"""Inter-cluster messages without a network: the pure rules (`akita.mesh.messaging`) and the
+gateway component (`workers.gateway.intercluster`) driven through stand-ins for the links, the
 formation and the state store, on a clock the test moves."""
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as hs
 
 from akita import config as config_mod
-from akita import protocol
-from akita import state as st
-from akita.cluster import Assignment, Cluster, Seat
-from akita.net import messaging as msgs
-from akita.net import wire
-from akita.net.intercluster import InterCluster
-from akita.net.links import DEFER, RequestRefused
+from akita.mesh import messaging as msgs
+from akita.mesh import state as st
+from akita.mesh.cluster import Assignment, Cluster, Seat
+from akita.wire import mesh, protocol
+from workers.gateway.intercluster import InterCluster
+from workers.gateway.links import DEFER, RequestRefused
 
 # --- the pure rules ---------------------------------------------------------------------------
 
@@ -69,8 +68,8 @@ def test_bodies_round_trip() -> None:
     [1, 2, 3],
 ])
 def test_malformed_send_bodies_are_refused(body: Any) -> None:
-    with pytest.raises(wire.WireError):
-        msgs.decode_send(wire.pack(body), 1000)
+    with pytest.raises(mesh.WireError):
+        msgs.decode_send(mesh.pack(body), 1000)
 
 
 @given(hs.binary(max_size=300))
@@ -79,7 +78,7 @@ def test_garbage_never_raises_anything_but_wire_error(data: bytes) -> None:
                    msgs.decode_outcome):
         try:
             decode(data)
-        except wire.WireError:
+        except mesh.WireError:
             pass
 
 

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from akita import ledger
 from akita.identity import NodeIdentity
-from akita.ledger_store import Append, LedgerStore, Verdict, admit, parse_events
+from akita.ledger import chain
+from workers.ledger.store import Append, LedgerStore, Verdict, admit, parse_events
 
 CHECKPOINT_EVERY = 4
 
@@ -26,7 +26,7 @@ def build_feed(path: Path, count: int, *, node: NodeIdentity | None = None,
     """A feed of `count` events committed one per transaction, checkpoints every 4 events
     and at the end (as the worker does at shutdown)."""
     node = node or NodeIdentity.generate()
-    conn = ledger.open_writer(path)
+    conn = chain.open_writer(path)
     store = LedgerStore(conn, node)
     for i in range(count):
         kind = kinds[i % len(kinds)]
@@ -58,8 +58,8 @@ def swap_rows(path: Path, a: int, b: int, columns: str) -> None:
     conn.close()
 
 
-def only_result(path: Path) -> ledger.VerifyResult:
-    results = ledger.verify(path)
+def only_result(path: Path) -> chain.VerifyResult:
+    results = chain.verify(path)
     assert len(results) == 1, results
     return results[0]
 
@@ -86,16 +86,16 @@ def test_admit_rules() -> None:
 
 
 def test_chain_matches_the_documented_formula() -> None:
-    chain = ledger.Chain("ab" * 16, 1)
-    blob = ledger.pack_data({"x": [1, 2]})
-    rows, seq, head = chain.extend([(5.5, "a.b", blob), (6.0, "c", blob)], 0, ledger.GENESIS_HASH)
+    feed_chain = chain.Chain("ab" * 16, 1)
+    blob = chain.pack_data({"x": [1, 2]})
+    rows, seq, head = feed_chain.extend([(5.5, "a.b", blob), (6.0, "c", blob)], 0, chain.GENESIS_HASH)
     assert seq == 2 and head == rows[1][6]
     import hashlib
     first = hashlib.sha256(bytes(32) + msgpack.packb(["ab" * 16, 1, 5.5, "a.b", {"x": [1, 2]}],
                                                      use_bin_type=True)).digest()
     assert rows[0][5] == bytes(32) and rows[0][6] == first
     assert rows[1][5] == first
-    assert ledger.event_hash(first, "ab" * 16, 2, 6.0, "c", blob) == head
+    assert chain.event_hash(first, "ab" * 16, 2, 6.0, "c", blob) == head
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -123,19 +123,19 @@ def test_parse_events_accepts_integer_ts() -> None:
 def test_intact_feed_verifies_and_reads_back(feed_db: Path) -> None:
     result = only_result(feed_db)
     assert result.ok and result.events == 10 and result.first_bad_seq is None
-    events = list(ledger.read_events(feed_db))
+    events = list(chain.read_events(feed_db))
     assert [e.seq for e in events] == list(range(1, 11))
     assert events[3].data == {"i": 3} and events[3].ts == 1003.0
-    tasks = list(ledger.read_events(feed_db, kind_prefix="task.", after_seq=4, limit=2))
+    tasks = list(chain.read_events(feed_db, kind_prefix="task.", after_seq=4, limit=2))
     assert [(e.seq, e.kind) for e in tasks] == [(5, "task.submitted"), (7, "task.submitted")]
-    assert [e.seq for e in ledger.tail(feed_db, 3)] == [8, 9, 10]
-    assert [e.seq for e in ledger.tail(feed_db, 2, kind_prefix="worker.")] == [8, 10]
-    feed, seq, _ = ledger.head(feed_db)  # type: ignore[misc]
-    assert seq == 10 and ledger.own_feed(feed_db) == feed
+    assert [e.seq for e in chain.tail(feed_db, 3)] == [8, 9, 10]
+    assert [e.seq for e in chain.tail(feed_db, 2, kind_prefix="worker.")] == [8, 10]
+    feed, seq, _ = chain.head(feed_db)  # type: ignore[misc]
+    assert seq == 10 and chain.own_feed(feed_db) == feed
 
 
 def test_checkpoints_are_batched(feed_db: Path) -> None:
-    conn = ledger.open_reader(feed_db)
+    conn = chain.open_reader(feed_db)
     seqs = [row[0] for row in conn.execute("SELECT seq FROM checkpoints ORDER BY seq")]
     conn.close()
     assert seqs == [4, 8, 10]
@@ -144,7 +144,7 @@ def test_checkpoints_are_batched(feed_db: Path) -> None:
 def test_restart_recovers_the_head_and_continues_the_chain(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     node = build_feed(path, 5)
-    conn = ledger.open_writer(path)
+    conn = chain.open_writer(path)
     store = LedgerStore(conn, node)
     assert store.chain.seq == 5 and store.checkpoint_seq == 5
     resend = Append("builder", 5, 1, parse_events([{"kind": "x", "ts": 1.0, "data": 0}]), True)
@@ -158,15 +158,15 @@ def test_restart_recovers_the_head_and_continues_the_chain(tmp_path: Path) -> No
 
 
 def test_reader_on_missing_file_says_so(tmp_path: Path) -> None:
-    with pytest.raises(ledger.LedgerNotFound, match="no ledger at"):
-        ledger.tail(tmp_path / "ledger.db", 5)
+    with pytest.raises(chain.LedgerNotFound, match="no ledger at"):
+        chain.tail(tmp_path / "ledger.db", 5)
 
 
 # --- tampering ------------------------------------------------------------------------------
 
 
 def test_edited_row_is_detected(feed_db: Path) -> None:
-    tamper(feed_db, "UPDATE events SET data = ? WHERE seq = 5", ledger.pack_data({"i": 99}))
+    tamper(feed_db, "UPDATE events SET data = ? WHERE seq = 5", chain.pack_data({"i": 99}))
     result = only_result(feed_db)
     assert not result.ok and result.first_bad_seq == 5 and result.events == 4
     assert "hash" in result.reason
@@ -181,7 +181,7 @@ def test_deleted_row_is_detected(feed_db: Path) -> None:
 def test_reordered_rows_are_detected(feed_db: Path) -> None:
     # Swap the whole contents of rows 3 and 7, keeping their sequence numbers.
     swap_rows(feed_db, 3, 7, "ts, kind, data, prev, hash")
-    assert [e.data["i"] for e in ledger.read_events(feed_db)][2:7] == [6, 3, 4, 5, 2]
+    assert [e.data["i"] for e in chain.read_events(feed_db)][2:7] == [6, 3, 4, 5, 2]
     result = only_result(feed_db)
     assert not result.ok and result.first_bad_seq == 3
 
@@ -200,7 +200,7 @@ def test_truncation_past_a_checkpoint_is_detected(feed_db: Path) -> None:
 
 
 def test_forged_checkpoint_signature_is_detected(feed_db: Path) -> None:
-    conn = ledger.open_reader(feed_db)
+    conn = chain.open_reader(feed_db)
     signature = bytes(conn.execute("SELECT signature FROM checkpoints WHERE seq = 8")
                       .fetchall()[0][0])  # type: ignore[arg-type]
     conn.close()
@@ -215,14 +215,14 @@ def test_rewritten_chain_is_caught_by_the_signed_checkpoint(feed_db: Path) -> No
     first checkpoint after the edit: they cannot sign its new head."""
     conn = apsw.Connection(str(feed_db))
     rows = list(conn.execute("SELECT seq, ts, kind, data FROM events ORDER BY seq"))
-    feed = ledger.own_feed(feed_db)
+    feed = chain.own_feed(feed_db)
     assert feed is not None
-    prev = ledger.GENESIS_HASH
+    prev = chain.GENESIS_HASH
     with conn:
         for seq, ts, kind, data in rows:
             if seq == 5:
-                data = ledger.pack_data({"i": "forged"})
-            digest = ledger.event_hash(prev, feed, seq, ts, kind, data)
+                data = chain.pack_data({"i": "forged"})
+            digest = chain.event_hash(prev, feed, seq, ts, kind, data)
             conn.execute("UPDATE events SET data = ?, prev = ?, hash = ? WHERE seq = ?",
                          (data, prev, digest, seq))
             prev = digest

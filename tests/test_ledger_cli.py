@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from akita import ledger
+from akita.ledger import chain
 from tests.helpers import REPO, TEST_DEFAULTS, render_config
 from tests.test_ledger_chain import build_feed, tamper
 
@@ -27,7 +27,7 @@ def akitactl(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_tail_prints_the_last_events(node_dir: Path) -> None:
-    build_feed(node_dir / "data" / ledger.DB_FILE, 10)
+    build_feed(node_dir / "data" / chain.DB_FILE, 10)
     done = akitactl(node_dir, "tail", "-n", "3")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -37,7 +37,7 @@ def test_tail_prints_the_last_events(node_dir: Path) -> None:
 
 
 def test_tail_json_with_kind_filter(node_dir: Path) -> None:
-    build_feed(node_dir / "data" / ledger.DB_FILE, 10)
+    build_feed(node_dir / "data" / chain.DB_FILE, 10)
     done = akitactl(node_dir, "tail", "-n", "2", "--kind", "task.", "--json")
     assert done.returncode == 0, done.stderr
     events = json.loads(done.stdout)
@@ -47,14 +47,14 @@ def test_tail_json_with_kind_filter(node_dir: Path) -> None:
 
 
 def test_verify_intact_and_tampered(node_dir: Path) -> None:
-    db = node_dir / "data" / ledger.DB_FILE
+    db = node_dir / "data" / chain.DB_FILE
     build_feed(db, 10)
     done = akitactl(node_dir, "verify")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "intact, 10 events" in done.stdout
     tamper(db, "UPDATE events SET kind = 'task.forged' WHERE seq = 5")
     done = akitactl(node_dir, "verify")
-    feed = ledger.own_feed(db)
+    feed = chain.own_feed(db)
     assert done.returncode == 1
     assert f"feed {feed}: BROKEN at seq 5" in done.stdout
     report = json.loads(akitactl(node_dir, "verify", "--json").stdout)
@@ -63,7 +63,7 @@ def test_verify_intact_and_tampered(node_dir: Path) -> None:
 
 
 def test_verify_all_feeds(node_dir: Path) -> None:
-    db = node_dir / "data" / ledger.DB_FILE
+    db = node_dir / "data" / chain.DB_FILE
     build_feed(db, 3)
     done = akitactl(node_dir, "verify", "--all", "--json")
     assert done.returncode == 0, done.stderr

@@ -18,11 +18,13 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from akita import identity, ledger, protocol, replication, transport
+from akita import identity, transport
 from akita.errors import ProtocolError
 from akita.identity import NodeIdentity
-from akita.ledger_client import LedgerClient
-from akita.replication import Bundle, Checkpoint, Head, Held, Outcome
+from akita.ledger import bundles, chain
+from akita.ledger.bundles import Bundle, Checkpoint, Head, Held, Outcome
+from akita.ledger.client import LedgerClient
+from akita.wire import protocol
 from tests.helpers import REPO, wait_for
 from tests.test_ledger_worker import LedgerProcess
 
@@ -30,25 +32,25 @@ from tests.test_ledger_worker import LedgerProcess
 
 
 def events(first: int, count: int, kind: str = "test.rep") -> list[tuple[float, str, bytes]]:
-    return [(1000.0 + i, kind, ledger.pack_data({"i": i})) for i in range(first, first + count)]
+    return [(1000.0 + i, kind, chain.pack_data({"i": i})) for i in range(first, first + count)]
 
 
 def chain_of(feed: str, evs: list[tuple[float, str, bytes]], after_seq: int = 0,
-             prev: bytes = ledger.GENESIS_HASH) -> list[bytes]:
+             prev: bytes = chain.GENESIS_HASH) -> list[bytes]:
     """The hash of each event, as the author's writer computes it."""
-    rows, _seq, _head = ledger.Chain(feed, 0).extend(evs, after_seq, prev)
+    rows, _seq, _head = chain.Chain(feed, 0).extend(evs, after_seq, prev)
     return [row[6] for row in rows]
 
 
 def signed_bundle(author: NodeIdentity, evs: list[tuple[float, str, bytes]], *,
-                  after_seq: int = 0, prev: bytes = ledger.GENESIS_HASH,
+                  after_seq: int = 0, prev: bytes = chain.GENESIS_HASH,
                   signer: NodeIdentity | None = None, feed: str | None = None,
                   with_key: bool = True) -> Bundle:
     """A bundle of `evs` after `after_seq`, its head signed by `signer` (default: author)."""
     feed = feed or author.node_id
     head = chain_of(feed, evs, after_seq, prev)[-1]
     seq = after_seq + len(evs)
-    signature = (signer or author).sign(ledger.checkpoint_message(feed, seq, head))
+    signature = (signer or author).sign(chain.checkpoint_message(feed, seq, head))
     return Bundle(feed, author.public_key if with_key else None, after_seq, prev, evs,
                   [Checkpoint(seq, 2000.0, head, signature)])
 
@@ -56,10 +58,10 @@ def signed_bundle(author: NodeIdentity, evs: list[tuple[float, str, bytes]], *,
 def held_of(author: NodeIdentity, evs: list[tuple[float, str, bytes]]) -> Held:
     hashes = chain_of(author.node_id, evs)
     return Held(author.public_key, len(evs),
-                {0: ledger.GENESIS_HASH, **{i + 1: h for i, h in enumerate(hashes)}})
+                {0: chain.GENESIS_HASH, **{i + 1: h for i, h in enumerate(hashes)}})
 
 
-NOTHING = Held(None, 0, {0: ledger.GENESIS_HASH})
+NOTHING = Held(None, 0, {0: chain.GENESIS_HASH})
 ME = "f" * 32
 
 
@@ -73,15 +75,15 @@ def author() -> NodeIdentity:
 
 def test_bundle_round_trip_and_size(author: NodeIdentity) -> None:
     bundle = signed_bundle(author, events(1, 20))
-    data = replication.encode_bundle(bundle)
-    assert replication.decode_bundle(data) == bundle
+    data = bundles.encode_bundle(bundle)
+    assert bundles.decode_bundle(data) == bundle
     # Per event: [ts, kind index, data] only; the kind is spelled once.
-    extra = len(data) - len(replication.encode_bundle(signed_bundle(author, events(1, 1))))
+    extra = len(data) - len(bundles.encode_bundle(signed_bundle(author, events(1, 1))))
     # 19 more events of 17 bytes each, and the events array's header grows by 2 past 15.
-    assert extra == 19 * (1 + 9 + 1 + 2 + len(ledger.pack_data({"i": 10}))) + 2
+    assert extra == 19 * (1 + 9 + 1 + 2 + len(chain.pack_data({"i": 10}))) + 2
     later = signed_bundle(author, events(21, 5), after_seq=20,
                           prev=chain_of(author.node_id, events(1, 20))[-1], with_key=False)
-    assert replication.decode_bundle(replication.encode_bundle(later)) == later
+    assert bundles.decode_bundle(bundles.encode_bundle(later)) == later
 
 
 @settings(max_examples=200, deadline=None)
@@ -90,14 +92,14 @@ def test_bundle_round_trip_and_size(author: NodeIdentity) -> None:
        st.sampled_from([0, 1, 127, 128, 255, 65_530, 2**32 - 3, 2**40]), st.booleans())
 def test_bundle_size_is_exact(author: NodeIdentity, evs: list[tuple[str, bytes]],
                               after_seq: int, with_key: bool) -> None:
-    size = replication.BundleSize(with_key, after_seq)
-    prev = bytes(32) if after_seq else ledger.GENESIS_HASH
+    size = bundles.BundleSize(with_key, after_seq)
+    prev = bytes(32) if after_seq else chain.GENESIS_HASH
     for n, (kind, data) in enumerate(evs, 1):
         predicted = size.add(kind, data)
         bundle = Bundle(author.node_id, author.public_key if with_key else None, after_seq, prev,
                         [(1.5, k, d) for k, d in evs[:n]],
                         [Checkpoint(after_seq + n, 2.5, bytes(32), bytes(64))])
-        assert predicted == len(replication.encode_bundle(bundle))
+        assert predicted == len(bundles.encode_bundle(bundle))
 
 
 @pytest.mark.parametrize("mangle, field", [
@@ -117,20 +119,20 @@ def test_bundle_size_is_exact(author: NodeIdentity, evs: list[tuple[str, bytes]]
 ])
 def test_malformed_bundles_raise_protocol_error(author: NodeIdentity, mangle: Callable, field: str
                                                 ) -> None:
-    body = msgpack.unpackb(replication.encode_bundle(signed_bundle(author, events(1, 2))))
+    body = msgpack.unpackb(bundles.encode_bundle(signed_bundle(author, events(1, 2))))
     with pytest.raises(ProtocolError, match=field):
-        replication.decode_bundle(msgpack.packb(mangle(body), use_bin_type=True))
+        bundles.decode_bundle(msgpack.packb(mangle(body), use_bin_type=True))
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_garbage_never_raises_anything_but_protocol_error(data: bytes) -> None:
     try:
-        replication.decode_bundle(data)
+        bundles.decode_bundle(data)
     except ProtocolError:
         pass
     try:
-        replication.decode_heads(data)
+        bundles.decode_heads(data)
     except ProtocolError:
         pass
 
@@ -140,14 +142,14 @@ def test_garbage_never_raises_anything_but_protocol_error(data: bytes) -> None:
 def test_a_flipped_byte_never_stores_altered_events(author: NodeIdentity, data: st.DataObject
                                                     ) -> None:
     good = signed_bundle(author, events(1, 4))
-    encoded = bytearray(replication.encode_bundle(good))
+    encoded = bytearray(bundles.encode_bundle(good))
     at = data.draw(st.integers(0, len(encoded) - 1))
     encoded[at] ^= data.draw(st.integers(1, 255))
     try:
-        bundle = replication.decode_bundle(bytes(encoded))
+        bundle = bundles.decode_bundle(bytes(encoded))
     except ProtocolError:
         return
-    plan = replication.check_bundle(bundle, NOTHING, own_feed=ME)
+    plan = bundles.check_bundle(bundle, NOTHING, own_feed=ME)
     if plan.outcome is Outcome.STORED:
         assert [row[2:5] for row in plan.rows] == good.events
         assert bundle.feed == good.feed
@@ -159,16 +161,16 @@ def test_a_flipped_byte_never_stores_altered_events(author: NodeIdentity, data: 
 def test_check_stores_only_signed_extensions(author: NodeIdentity) -> None:
     held = held_of(author, events(1, 5))
     prev = held.hashes[5]
-    plan = replication.check_bundle(signed_bundle(author, events(6, 3), after_seq=5, prev=prev),
+    plan = bundles.check_bundle(signed_bundle(author, events(6, 3), after_seq=5, prev=prev),
                                     held, own_feed=ME, feed_id=7)
     assert plan.outcome is Outcome.STORED
     assert [(row[0], row[1]) for row in plan.rows] == [(7, 6), (7, 7), (7, 8)]
     # Overlapping what is held, with an unsigned tail: only the signed new part is taken.
     bundle = signed_bundle(author, events(3, 5), after_seq=2, prev=held.hashes[2])
     tail = Bundle(bundle.feed, None, 2, held.hashes[2], events(3, 7), bundle.checkpoints)
-    plan = replication.check_bundle(tail, held, own_feed=ME)
+    plan = bundles.check_bundle(tail, held, own_feed=ME)
     assert plan.outcome is Outcome.STORED and [row[1] for row in plan.rows] == [6, 7]
-    assert replication.check_bundle(signed_bundle(author, events(1, 5)), held,
+    assert bundles.check_bundle(signed_bundle(author, events(1, 5)), held,
                                     own_feed=ME).outcome is Outcome.DUPLICATE
 
 
@@ -200,7 +202,7 @@ def test_check_refusals(author: NodeIdentity, case: str, outcome: Outcome, detai
                         events(1, 2) + events(9, 1), bundle.checkpoints)
     elif case == "other_key":
         bundle = signed_bundle(intruder, events(1, 3), feed=author.node_id)
-    plan = replication.check_bundle(bundle, NOTHING, own_feed=own)
+    plan = bundles.check_bundle(bundle, NOTHING, own_feed=own)
     assert plan.outcome is outcome and detail in plan.detail and not plan.rows
 
 
@@ -208,29 +210,29 @@ def test_check_detects_forks_as_signed_proof(author: NodeIdentity) -> None:
     held = held_of(author, events(1, 6))
     other = events(4, 2, kind="test.other")
     fork = signed_bundle(author, other, after_seq=3, prev=held.hashes[3])
-    plan = replication.check_bundle(fork, held, own_feed=ME)
+    plan = bundles.check_bundle(fork, held, own_feed=ME)
     assert (plan.outcome, plan.fork_seq) == (Outcome.FORK, 4)
     # A chain that differs before the bundle starts: its signature commits to another prev.
     alt_prev = chain_of(author.node_id, events(1, 2) + other)[-1]
     later = signed_bundle(author, events(7, 1), after_seq=4, prev=alt_prev)
-    assert replication.check_bundle(later, held, own_feed=ME).fork_seq == 4
+    assert bundles.check_bundle(later, held, own_feed=ME).fork_seq == 4
     # The same divergence without a valid signature proves nothing: a forgery.
     forged = signed_bundle(author, other, after_seq=3, prev=held.hashes[3],
                            signer=NodeIdentity.generate())
-    assert replication.check_bundle(forged, held, own_feed=ME).outcome is Outcome.FORGERY
+    assert bundles.check_bundle(forged, held, own_feed=ME).outcome is Outcome.FORGERY
 
 
 def test_fork_evidence_verifies_alone(author: NodeIdentity) -> None:
     mine = events(1, 6)
     theirs = events(1, 3) + events(4, 3, kind="test.other")
-    a = replication.encode_bundle(signed_bundle(author, mine))
-    b = replication.encode_bundle(signed_bundle(author, theirs))
-    assert replication.verify_fork_evidence(replication.fork_evidence(a, b)) == (author.node_id, 4)
-    assert replication.verify_fork_evidence(replication.fork_evidence(a, a)) is None
-    forged = replication.encode_bundle(signed_bundle(author, theirs,
+    a = bundles.encode_bundle(signed_bundle(author, mine))
+    b = bundles.encode_bundle(signed_bundle(author, theirs))
+    assert bundles.verify_fork_evidence(bundles.fork_evidence(a, b)) == (author.node_id, 4)
+    assert bundles.verify_fork_evidence(bundles.fork_evidence(a, a)) is None
+    forged = bundles.encode_bundle(signed_bundle(author, theirs,
                                                      signer=NodeIdentity.generate()))
-    assert replication.verify_fork_evidence(replication.fork_evidence(a, forged)) is None
-    assert replication.verify_fork_evidence(b"\x93garbage") is None
+    assert bundles.verify_fork_evidence(bundles.fork_evidence(a, forged)) is None
+    assert bundles.verify_fork_evidence(b"\x93garbage") is None
 
 
 def test_missing_and_compact_heads() -> None:
@@ -238,19 +240,19 @@ def test_missing_and_compact_heads() -> None:
     mine = {a: Head(5, b"\x01" * 32), b: Head(9, b"\x02" * 32), c: Head(3, b"\x03" * 32)}
     theirs = {a: Head(7, b"\x09" * 32), b: Head(4, b"\x00" * 32), c: Head(3, b"\x07" * 32),
               d: Head(2, b"\x04" * 32), ME: Head(50, b"\x05" * 32)}
-    assert replication.missing(mine, theirs, skip=[ME]) == [(a, 5), (c, 2), (d, 0)]
-    compact = replication.encode_heads(theirs)
+    assert bundles.missing(mine, theirs, skip=[ME]) == [(a, 5), (c, 2), (d, 0)]
+    compact = bundles.encode_heads(theirs)
     assert len(compact) == 1 + 5 * (1 + (2 + 16) + 1 + (2 + 8))  # 30 bytes a feed
-    decoded = replication.decode_heads(compact)
+    decoded = bundles.decode_heads(compact)
     assert {feed: head.seq for feed, head in decoded.items()} == {
         feed: head.seq for feed, head in theirs.items()}
-    assert replication.missing(mine, decoded, skip=[ME]) == [(a, 5), (c, 2), (d, 0)]
+    assert bundles.missing(mine, decoded, skip=[ME]) == [(a, 5), (c, 2), (d, 0)]
     with pytest.raises(ProtocolError):
-        replication.decode_heads(msgpack.packb([[b"short", 1, b""]]))
+        bundles.decode_heads(msgpack.packb([[b"short", 1, b""]]))
 
 
 def test_refusal_limiter() -> None:
-    limiter = replication.RefusalLimiter(per_sender=2, total=3, window_s=10.0)
+    limiter = bundles.RefusalLimiter(per_sender=2, total=3, window_s=10.0)
     assert [limiter.allow("p", t)[0] for t in (0, 1, 2)] == [True, True, False]
     assert limiter.allow("q", 3) == (True, 1)     # says one refusal went unrecorded
     assert limiter.allow("r", 4)[0] is False      # the total cap
@@ -289,7 +291,7 @@ def ask(worker: LedgerProcess, msg: protocol.Message) -> Any:
 def heads_of(worker: LedgerProcess) -> tuple[str, dict[str, Head], list[str]]:
     reply = ask(worker, protocol.LedgerHeads())
     assert isinstance(reply, protocol.LedgerHeadsReply), reply
-    return reply.own, replication.heads_from_reply(reply.feeds), reply.forked
+    return reply.own, bundles.heads_from_reply(reply.feeds), reply.forked
 
 
 def anti_entropy(source: LedgerProcess, target: LedgerProcess, max_bytes: int = 0) -> int:
@@ -299,7 +301,7 @@ def anti_entropy(source: LedgerProcess, target: LedgerProcess, max_bytes: int = 
     source_id = heads_of(source)[0]
     for _round in range(1000):
         own, mine, forked = heads_of(target)
-        wanted = replication.missing(mine, heads_of(source)[1], skip=[own, *forked])
+        wanted = bundles.missing(mine, heads_of(source)[1], skip=[own, *forked])
         if not wanted:
             return moved
         for feed, after_seq in wanted:
@@ -328,7 +330,7 @@ def append(worker: LedgerProcess, count: int, start: int = 0) -> None:
 
 
 def rows_of(db: Path, feed: str) -> list[tuple[Any, ...]]:
-    conn = ledger.open_reader(db)
+    conn = chain.open_reader(db)
     try:
         return list(conn.execute(
             "SELECT e.seq, e.ts, e.kind, e.data, e.prev, e.hash FROM events e JOIN feeds f "
@@ -338,7 +340,7 @@ def rows_of(db: Path, feed: str) -> list[tuple[Any, ...]]:
 
 
 def own_events(worker: LedgerProcess, kind: str) -> list[dict[str, Any]]:
-    return [event.data for event in ledger.read_events(worker.db, kind_prefix=kind)]
+    return [event.data for event in chain.read_events(worker.db, kind_prefix=kind)]
 
 
 def akitactl(worker: LedgerProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -350,11 +352,11 @@ def akitactl(worker: LedgerProcess, *args: str) -> subprocess.CompletedProcess[s
 def test_replicate_verify_restart_and_catch_up(writers: Callable[[str], LedgerProcess]) -> None:
     a, b = writers("a"), writers("b")
     append(a, 300)
-    feed_a = ledger.own_feed(a.db)
+    feed_a = chain.own_feed(a.db)
     assert feed_a is not None
     assert anti_entropy(a, b) == 1
     assert rows_of(b.db, feed_a) == rows_of(a.db, feed_a)  # byte for byte, prev and hash too
-    assert all(result.ok for result in ledger.verify(b.db)), ledger.verify(b.db)
+    assert all(result.ok for result in chain.verify(b.db)), chain.verify(b.db)
     assert anti_entropy(a, b) == 0  # nothing left to pull
 
     # B goes away while A goes on; B's copy survives its restart, and it catches up.
@@ -413,11 +415,11 @@ def test_forgeries_are_refused_and_recorded(writers: Callable[[str], LedgerProce
     author = identity.load(a.data_dir)
     intruder = NodeIdentity.generate()
     served = ask(a, protocol.LedgerRange(feed=author.node_id, after_seq=30))
-    good = replication.decode_bundle(served.bundle)
+    good = bundles.decode_bundle(served.bundle)
     cp = good.checkpoints[0]
-    altered = [*good.events[:4], (good.events[4][0], "test.rep", ledger.pack_data("forged")),
+    altered = [*good.events[:4], (good.events[4][0], "test.rep", chain.pack_data("forged")),
                *good.events[5:]]
-    bad_signature = intruder.sign(ledger.checkpoint_message(good.feed, cp.seq, cp.hash))
+    bad_signature = intruder.sign(chain.checkpoint_message(good.feed, cp.seq, cp.hash))
     forgeries = {
         "wrong-signature": Bundle(good.feed, good.public_key, 30, good.prev, good.events,
                                   [Checkpoint(cp.seq, cp.ts, cp.hash, bad_signature)]),
@@ -427,7 +429,7 @@ def test_forgeries_are_refused_and_recorded(writers: Callable[[str], LedgerProce
     }
     before = rows_of(b.db, good.feed)
     for sender, bundle in forgeries.items():
-        got = ask(b, protocol.LedgerIngest(bundle=replication.encode_bundle(bundle),
+        got = ask(b, protocol.LedgerIngest(bundle=bundles.encode_bundle(bundle),
                                            sender=sender))
         assert (got.outcome, got.stored, got.head_seq) == ("forgery", 0, 30), got
     assert rows_of(b.db, good.feed) == before
@@ -457,13 +459,13 @@ def test_forgeries_are_refused_and_recorded(writers: Callable[[str], LedgerProce
     assert "signature" in reasons["wrong-signature"]
     assert "chain broken" in reasons["broken-chain"]
     assert "does not hash to the feed id" in reasons["other-identity"]
-    assert all(result.ok for result in ledger.verify(b.db))
+    assert all(result.ok for result in chain.verify(b.db))
 
 
 def test_a_hostile_peer_cannot_flood_the_ledger(writers: Callable[[str], LedgerProcess]) -> None:
     b = writers("b")
     intruder, victim = NodeIdentity.generate(), NodeIdentity.generate()
-    forged = replication.encode_bundle(signed_bundle(victim, events(1, 2), signer=intruder))
+    forged = bundles.encode_bundle(signed_bundle(victim, events(1, 2), signer=intruder))
     for _ in range(25):
         got = ask(b, protocol.LedgerIngest(bundle=forged, sender="hostile"))
         assert got.outcome == "forgery"
@@ -480,22 +482,22 @@ def test_fork_is_stored_as_proof_and_refused(writers: Callable[[str], LedgerProc
     author = identity.load(a.data_dir)  # the author itself signs a second history
     held = rows_of(a.db, author.node_id)
     fork = signed_bundle(author, events(11, 6, kind="test.fork"), after_seq=10, prev=held[9][5])
-    got = ask(b, protocol.LedgerIngest(bundle=replication.encode_bundle(fork), sender="c" * 32))
+    got = ask(b, protocol.LedgerIngest(bundle=bundles.encode_bundle(fork), sender="c" * 32))
     assert (got.outcome, got.stored, got.head_seq) == ("fork", 0, 20), got
     assert "seq 11" in got.detail
-    proofs = ledger.misbehaviour(b.db, author.node_id)
+    proofs = chain.misbehaviour(b.db, author.node_id)
     assert [(p.seq, p.kind, p.reporter) for p in proofs] == [(11, "fork", "c" * 32)]
-    assert replication.verify_fork_evidence(proofs[0].evidence) == (author.node_id, 11)
+    assert bundles.verify_fork_evidence(proofs[0].evidence) == (author.node_id, 11)
     assert rows_of(b.db, author.node_id) == held  # nothing overwritten
 
     # Seen again (from anyone): refused, no second proof, no second record.
-    again = ask(b, protocol.LedgerIngest(bundle=replication.encode_bundle(fork), sender="d" * 32))
+    again = ask(b, protocol.LedgerIngest(bundle=bundles.encode_bundle(fork), sender="d" * 32))
     assert again.outcome == "fork"
     assert heads_of(b)[2] == [author.node_id]
     seen = wait_for(lambda: own_events(b, "ledger.fork_detected"), 10,
                     "ledger.fork_detected in B's own feed")
     assert seen == [{"feed": author.node_id, "seq": 11, "from": "c" * 32}]
-    assert len(ledger.misbehaviour(b.db)) == 1
+    assert len(chain.misbehaviour(b.db)) == 1
     heads = json.loads(akitactl(b, "heads", "--json").stdout)["feeds"]
     assert [h["forks"] for h in heads if h["feed"] == author.node_id] == [1]
 

@@ -21,8 +21,10 @@ import msgpack
 import pytest
 import zmq
 
-from akita import ledger, protocol, transport
-from akita.ledger_client import LedgerClient
+from akita import transport
+from akita.ledger import chain
+from akita.ledger.client import LedgerClient
+from akita.wire import protocol
 from tests.helpers import REPO, TEST_DEFAULTS, merge_sections, render_config, wait_for
 
 
@@ -37,7 +39,7 @@ class LedgerProcess:
         self.run_dir = root / "run"
         self.data_dir = root / "data"
         transport.ensure_private_dir(self.run_dir)
-        self.db = self.data_dir / ledger.DB_FILE
+        self.db = self.data_dir / chain.DB_FILE
         self.log_path = root / "ledger.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -127,7 +129,7 @@ class RawSender:
 
 
 def stored_refs(db: Path) -> list[int]:
-    return [e.data["ref"] for e in ledger.read_events(db, kind_prefix="test.raw")]
+    return [e.data["ref"] for e in chain.read_events(db, kind_prefix="test.raw")]
 
 
 class TestContext(zmq.Context):
@@ -178,7 +180,7 @@ def test_resend_is_acknowledged_but_not_written_twice(ledger_worker: Callable[..
     sender.append("s1", 2, 2)
     assert sender.acked() == (2, 3)
     assert stored_refs(worker.db) == [1, 1, 2]
-    assert all(result.ok for result in ledger.verify(worker.db))
+    assert all(result.ok for result in chain.verify(worker.db))
 
 
 def test_frame_beyond_a_gap_waits_for_the_gap(ledger_worker: Callable[..., LedgerProcess],
@@ -213,7 +215,7 @@ def test_head_request_and_fire_and_forget(ledger_worker: Callable[..., LedgerPro
     with transport.Requester(worker.run_dir, "ledger", ctx=ctx) as req:
         reply = req.request(protocol.LedgerHead())
     assert isinstance(reply, protocol.LedgerHeadReply)
-    feed, _seq, head_hash = ledger.head(worker.db)  # type: ignore[misc]
+    feed, _seq, head_hash = chain.head(worker.db)  # type: ignore[misc]
     assert (reply.feed, reply.seq, reply.hash) == (feed, 4, head_hash)
 
 
@@ -272,7 +274,7 @@ def test_client_durable_seqs_and_bus_events(ledger_worker: Callable[..., LedgerP
     first = committed[0]
     assert isinstance(first, protocol.LedgerCommitted)
     assert (first.seq, first.event_kind, first.data) == (1, "test.client", {"i": 0})
-    assert first.feed == ledger.own_feed(worker.db)
+    assert first.feed == chain.own_feed(worker.db)
     wait_for(lambda: _checkpoint_seqs(worker.db)[-1:] == [500], 10, "a checkpoint of the head")
     client.close()
 
@@ -290,7 +292,7 @@ def test_client_waits_for_a_writer_that_starts_late(short_tmp: Path, ctx: zmq.Co
         worker.start()
         assert client.flush(10), "events appended before the writer started never became durable"
         assert durable == list(range(1, 21))
-        stored = [e.data["i"] for e in ledger.read_events(worker.db, kind_prefix="test.early")]
+        stored = [e.data["i"] for e in chain.read_events(worker.db, kind_prefix="test.early")]
         assert stored == list(range(20)) + ["no ack"]
         assert worker.stop() == 0
         # The shutdown checkpoint covers the head.
@@ -302,7 +304,7 @@ def test_client_waits_for_a_writer_that_starts_late(short_tmp: Path, ctx: zmq.Co
 
 
 def _checkpoint_seqs(db: Path) -> list[int]:
-    conn = ledger.open_reader(db)
+    conn = chain.open_reader(db)
     try:
         return [row[0] for row in conn.execute("SELECT seq FROM checkpoints ORDER BY seq")]
     finally:
@@ -335,7 +337,7 @@ def sender_main(run_dir: str, name: str, count: int, out_path: str) -> None:
 
 
 def _feed_reaches(db: Path, target: int) -> Callable[[], bool]:
-    return lambda: (ledger.head(db) or ("", 0, b""))[1] >= target
+    return lambda: (chain.head(db) or ("", 0, b""))[1] >= target
 
 
 def test_kill9_writer_loses_no_acknowledged_event(ledger_worker: Callable[..., LedgerProcess]
@@ -355,7 +357,7 @@ def test_kill9_writer_loses_no_acknowledged_event(ledger_worker: Callable[..., L
     for proc, _out in senders:
         assert proc.wait(90) == 0
     stored = Counter((e.data["sender"], e.data["i"])
-                     for e in ledger.read_events(worker.db, kind_prefix="test.kill"))
+                     for e in chain.read_events(worker.db, kind_prefix="test.kill"))
     duplicates = [key for key, n in stored.items() if n > 1]
     assert not duplicates, f"{len(duplicates)} events written twice, e.g. {duplicates[:3]}"
     resends = 0
@@ -368,7 +370,7 @@ def test_kill9_writer_loses_no_acknowledged_event(ledger_worker: Callable[..., L
         resends += result["resends"]
     assert resends > 0, "no sender had to resend: the kill did not land mid-stream"
     assert len(stored) == 3 * SENDER_EVENTS
-    assert all(result.ok for result in ledger.verify(worker.db)), ledger.verify(worker.db)
+    assert all(result.ok for result in chain.verify(worker.db)), chain.verify(worker.db)
     os.kill(worker.proc.pid, 0)  # type: ignore[union-attr]
 
 
@@ -387,5 +389,5 @@ def test_client_drops_what_cannot_be_stored_and_splits_large_frames(
     assert client.flush(30), "flush did not finish"
     assert client.dropped == 1 and client.pending() == 0
     assert durable == list(range(1, 22))
-    stored = [e.data["n"] for e in ledger.read_events(worker.db, kind_prefix="test.odd")]
+    stored = [e.data["n"] for e in chain.read_events(worker.db, kind_prefix="test.odd")]
     assert stored == list(range(21))

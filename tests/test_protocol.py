@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from akita import protocol
 from akita.errors import ProtocolError
+from akita.wire import protocol
 
 # A sample value for each field annotation the messages use.
 _SAMPLES: dict[Any, Any] = {str: "x", int: 7, float: 1.5, bool: True, bytes: b"\x00\xff",

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import zmq
 
-from akita import ledger, protocol
-from akita.ledger_client import LedgerClient
+from akita.ledger import chain
+from akita.ledger.client import LedgerClient
+from akita.wire import protocol
 from tests.helpers import REPO, Node, NotYet, start_network, wait_for
 
 RNS_FORGER = REPO / "tests" / "rns_forger.py"
@@ -29,12 +30,12 @@ def node_id(node: Node) -> str:
 
 
 def db(node: Node) -> Path:
-    return ledger.db_path(node.config)
+    return chain.db_path(node.config)
 
 
 def held(node: Node) -> dict[str, int]:
     """feed → head seq of every feed in the node's ledger file."""
-    return {head.feed: head.seq for head in ledger.heads(db(node))}
+    return {head.feed: head.seq for head in chain.heads(db(node))}
 
 
 def stats(node: Node) -> dict[str, Any]:
@@ -84,9 +85,9 @@ def assert_copies_match(nodes: list[Node], ids: list[str]) -> None:
             if author is holder:
                 continue
             copy = [(e.seq, e.ts, e.kind, e.data) for e in
-                    ledger.read_events(db(holder), feed=author_id)]
+                    chain.read_events(db(holder), feed=author_id)]
             original = [(e.seq, e.ts, e.kind, e.data) for e in
-                        ledger.read_events(db(author), feed=author_id, limit=len(copy))]
+                        chain.read_events(db(author), feed=author_id, limit=len(copy))]
             assert copy and copy == original, (holder.root.name, author.root.name)
         done = holder.ctl("ledger", "verify", "--all")
         assert done.returncode == 0, done.stdout + done.stderr
@@ -191,7 +192,7 @@ def forgers(short_tmp: Path) -> Iterator[Callable[[int, str], Forger]]:
 
 def refusals(node: Node) -> dict[str, str]:
     """Sender → reason of each `ledger.forgery_refused` event in the node's own feed."""
-    return {event.data["from"]: event.data["reason"] for event in ledger.read_events(
+    return {event.data["from"]: event.data["reason"] for event in chain.read_events(
         db(node), kind_prefix="ledger.forgery_refused")}
 
 

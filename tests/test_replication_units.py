@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as hs
 
-from akita import protocol, replication
 from akita.identity import NodeIdentity
-from akita.net import replicate_plan as plan
-from akita.net import wire
-from akita.net.links import DEFER, RequestRefused
-from akita.net.replicate import MAX_SERVING_PER_MATE, ReplicationTiming, Replicator
-from akita.replication import Head
+from akita.ledger import bundles
+from akita.ledger.bundles import Head
+from akita.mesh import replication as plan
+from akita.wire import mesh, protocol
+from workers.gateway.links import DEFER, RequestRefused
+from workers.gateway.replicate import MAX_SERVING_PER_MATE, ReplicationTiming, Replicator
 
 ME = "00" * 16
 A = "aa" * 16
@@ -38,14 +38,14 @@ def test_range_request_round_trip_and_garbage() -> None:
     for bad in (b"", b"\xc1", msgpack.packb([1, 2, 3]), msgpack.packb([b"x" * 16, -1, True]),
                 msgpack.packb([b"x" * 15, 1, True]), msgpack.packb([b"x" * 16, 1, 1]),
                 b"\x93" + b"\xc4\x10" + bytes(16) + b"\x01" * 100):
-        with pytest.raises(wire.WireError):
+        with pytest.raises(mesh.WireError):
             plan.decode_range_request(bad)
 
 
 def test_range_response_round_trip_and_garbage() -> None:
     assert plan.decode_range_response(plan.encode_range_response(b"bundle", 7)) == (b"bundle", 7)
     for bad in (msgpack.packb([b"x"]), msgpack.packb(["x", 1]), msgpack.packb([b"x", -1])):
-        with pytest.raises(wire.WireError):
+        with pytest.raises(mesh.WireError):
             plan.decode_range_response(bad)
 
 
@@ -53,16 +53,16 @@ def test_range_response_round_trip_and_garbage() -> None:
 def test_garbage_heads_and_bundles_raise_only_wire_errors(data: bytes) -> None:
     try:
         plan.decode_peer_heads(data)
-    except wire.WireError:
+    except mesh.WireError:
         pass
     assert plan.bundle_feed(data) in (None, *([data[4:20].hex()] if len(data) >= 20 else []))
 
 
 def test_bundle_feed_reads_the_claimed_feed_only() -> None:
     author = NodeIdentity.generate()
-    bundle = replication.encode_bundle(replication.Bundle(
+    bundle = bundles.encode_bundle(bundles.Bundle(
         author.node_id, None, 0, bytes(32), [(1.0, "k", msgpack.packb(1))],
-        [replication.Checkpoint(1, 1.0, bytes(32), bytes(64))]))
+        [bundles.Checkpoint(1, 1.0, bytes(32), bytes(64))]))
     assert plan.bundle_feed(bundle) == author.node_id
     assert plan.bundle_feed(msgpack.packb([2, bytes(16)] + [0] * 6)) is None
 
@@ -187,7 +187,7 @@ class Rig:
         """The mate's heads at these seqs (hash = seq as bytes, unless salted)."""
         (sent,) = [s for s in self.links.sent if s.path.endswith("/heads") and s.peer == peer]
         self.links.sent.remove(sent)
-        sent.on_response(replication.encode_heads({f: Head(s, salt + _hash(s)) for f, s in
+        sent.on_response(bundles.encode_heads({f: Head(s, salt + _hash(s)) for f, s in
                                                    theirs.items()}))
 
     def ranges(self) -> dict[str, plan.RangeRequest]:
@@ -200,9 +200,9 @@ def _hash(seq: int) -> bytes:
 
 
 def _bundle(feed: str, after: int, count: int) -> bytes:
-    return replication.encode_bundle(replication.Bundle(
+    return bundles.encode_bundle(bundles.Bundle(
         feed, None, after, _hash(after), [(1.0, "k", msgpack.packb(i)) for i in range(count)],
-        [replication.Checkpoint(after + count, 1.0, bytes(32), bytes(64))]))
+        [bundles.Checkpoint(after + count, 1.0, bytes(32), bytes(64))]))
 
 
 def _range_answer(rig: Rig, peer: str, bundle: bytes, head: int) -> None:
@@ -221,7 +221,7 @@ def _ingested(rig: Rig, outcome: str, feed: str, head: int, stored: int = 0) -> 
 def test_a_round_tells_every_live_mate_and_pulls_members_feeds_only() -> None:
     rig = Rig()
     rig.round({ME: 4})
-    told = {s.peer: replication.decode_heads(s.data) for s in rig.links.sent}
+    told = {s.peer: bundles.decode_heads(s.data) for s in rig.links.sent}
     assert set(told) == {A, B} and told[A] == {ME: Head(4, _hash(4)[:8])}
     rig.answer_heads(A, {A: 10, STRANGER: 50})
     rig.answer_heads(B, {})
@@ -291,7 +291,7 @@ def test_a_pull_that_brings_nothing_stalls_until_the_mates_head_moves() -> None:
     assert rig.rep.counters.stalled == 1
     # It serves our heads back (its request carries its own): its head moved, ask again.
     handler = rig.links.handlers["akita.ledger/heads"]
-    request = SimpleNamespace(peer_id=A, data=replication.encode_heads({A: Head(6, b"x")}),
+    request = SimpleNamespace(peer_id=A, data=bundles.encode_heads({A: Head(6, b"x")}),
                               respond=lambda body: None, fail=lambda text: None)
     assert handler(request) is DEFER
     (asked,) = rig.ledger.take(protocol.LedgerHeads)

@@ -15,10 +15,11 @@ import psutil
 import pytest
 import zmq
 
-from akita import protocol, transport
-from akita.zygote import Zygote
+from akita import transport
+from akita.wire import protocol
 from tests.helpers import Node, wait_for
 from workers.sampler import HostSampler, ProcessSampler, find_supervisor
+from workers.zygote import Zygote
 
 # --- measuring parts, on processes this test starts ------------------------------------------
 
@@ -241,7 +242,7 @@ def test_task_processes_are_sampled_under_the_executor(make_node: Callable[..., 
 
 
 def _alert_events(node: Node) -> list[Any]:
-    from akita.ledger import read_events
+    from akita.ledger.chain import read_events
 
     return [event for event in read_events(node.data_dir / "ledger.db",
                                            kind_prefix="resource.")
@@ -278,7 +279,7 @@ def test_low_thresholds_raise_each_alert_once_on_the_bus_and_in_the_ledger(
         node.wait_running()
         alerts = _collect(listener, 4)
         zygote = next(p for p in psutil.Process(node.proc.pid).children()  # type: ignore[union-attr]
-                      if "akita.zygote" in p.cmdline())
+                      if "workers.zygote" in p.cmdline())
         expected = [("memory_percent", "host", 0.1)] + [
             ("rss_bytes", subject, 4096) for subject in
             sorted(["supervisor", f"zygote[{zygote.pid}]", "ledger", "sampler"])]

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 import akita
-from akita import ledger, protocol
+from akita.ledger import chain
+from akita.wire import protocol
 from tests.helpers import REPO, Node, NotYet, free_port, wait_for
 from tests.test_delegation_nodes import (
     delegation_stats,
@@ -110,7 +111,7 @@ def test_a_saturated_cluster_spills_over_to_the_other_clusters_coordinator(
     for node, count in in_b.items():
         b_node = nodes[ids.index(node)]
         assert delegation_stats(b_node)["spill"]["accepted"] >= count
-        events = ledger.read_events(ledger.db_path(b_node.config), kind_prefix="task.")
+        events = chain.read_events(chain.db_path(b_node.config), kind_prefix="task.")
         origins = {e.data.get("origin") for e in events if e.kind == "task.submitted"}
         assert origins == {ids[0]}, origins
     for member in set(ids[3:]) - set(in_b):
@@ -181,7 +182,7 @@ def test_only_a_coordinator_takes_spill_over_from_another_cluster(short_tmp: Pat
         member_node, head_node = nodes[ids.index(member)], nodes[ids.index(head)]
         assert delegation_stats(member_node)["spill"] == {"accepted": 0, "refused": 1}
         assert delegation_stats(head_node)["spill"]["accepted"] == 1
-        events = ledger.read_events(ledger.db_path(member_node.config), kind_prefix="task.")
+        events = chain.read_events(chain.db_path(member_node.config), kind_prefix="task.")
         assert not [e for e in events if e.data.get("id") == "bb00000000000001"]
     finally:
         if far is not None:

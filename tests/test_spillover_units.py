@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from akita.net import delegate_plan as plan
-from akita.net import spillover
-from akita.net.peers import PeerState
+from akita.mesh import delegation as plan
+from workers.gateway import spillover
+from workers.gateway.peers import PeerState
 
 SPEC = {"id": "t1", "name": "akita.sleep", "args": [0.1], "attempt": 1}
 IDLE = plan.PeerLoad(pool=1)
@@ -45,8 +45,8 @@ def test_the_spill_mark_travels_in_the_run_body() -> None:
     plain = plan.decode_run(plan.encode_run(3, 5.0, [SPEC]), 1 << 20)
     assert plain.spill is False and plain.term == 3
     assert plan.decode_run(plan.encode_run(3, 5.0, [SPEC], spill=True), 1 << 20).spill
-    bad = plan.wire.pack({"term": 1, "lease_s": 5.0, "tasks": [SPEC], "spill": 1})
-    with pytest.raises(plan.wire.WireError, match="spill"):
+    bad = plan.mesh.pack({"term": 1, "lease_s": 5.0, "tasks": [SPEC], "spill": 1})
+    with pytest.raises(plan.mesh.WireError, match="spill"):
         plan.decode_run(bad, 1 << 20)
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from akita.errors import ProtocolError
-from akita.state import (
+from akita.mesh.state import (
     KEY_RESOURCES,
     Record,
     StateStore,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import psutil
 
-from akita import protocol, transport
+from akita import transport
+from akita.wire import protocol
 from tests.helpers import REPO, Node, pid_alive, wait_for
 
 MakeNode = Callable[..., Node]

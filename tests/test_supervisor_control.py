@@ -11,8 +11,9 @@ import msgpack
 import pytest
 import zmq
 
-from akita import protocol, transport
+from akita import transport
 from akita.errors import RequestFailed
+from akita.wire import protocol
 from tests.helpers import Node, pid_alive, wait_for
 
 MakeNode = Callable[..., Node]

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from akita import protocol
 from akita.errors import RequestFailed
+from akita.wire import protocol
 from tests.helpers import Node, NotYet, pid_alive, wait_for
 
 MakeNode = Callable[..., Node]

@@ -12,8 +12,9 @@ from typing import Any
 import psutil
 import pytest
 
-from akita import ledger, protocol
 from akita.errors import RequestFailed
+from akita.ledger import chain
+from akita.wire import protocol
 from supervisor.logs import RotatingLog
 from tests.helpers import Node, NotYet, pid_alive, wait_for
 
@@ -24,8 +25,8 @@ def pids(node: Node) -> dict[str, int]:
     return {name: w["pid"] for name, w in node.status()["workers"].items()}
 
 
-def events(node: Node, prefix: str = "") -> list[ledger.Event]:
-    return list(ledger.read_events(node.data_dir / ledger.DB_FILE, kind_prefix=prefix or None))
+def events(node: Node, prefix: str = "") -> list[chain.Event]:
+    return list(chain.read_events(node.data_dir / chain.DB_FILE, kind_prefix=prefix or None))
 
 
 def test_sighup_restarts_only_the_worker_whose_settings_changed(make_node: MakeNode) -> None:
@@ -115,7 +116,7 @@ def test_zygote_loss_is_survived(make_node: MakeNode) -> None:
     assert node.proc is not None
     before = pids(node)
     zygotes = [p for p in psutil.Process(node.proc.pid).children()
-               if "akita.zygote" in " ".join(p.cmdline())]
+               if "workers.zygote" in " ".join(p.cmdline())]
     assert len(zygotes) == 1, zygotes
     zygotes[0].kill()
 

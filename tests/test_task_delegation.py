@@ -25,10 +25,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import akita
-from akita import ledger, protocol, transport
-from akita.taskoffer import offer
-from akita.taskqueue import Foreign, TaskBook, TaskState
-from akita.tasks import Submission, TaskTable
+from akita import transport
+from akita.ledger import chain
+from akita.tasks.offer import offer
+from akita.tasks.queue import Foreign, TaskBook, TaskState
+from akita.tasks.registry import Submission, TaskTable
+from akita.wire import protocol
 from tests.helpers import Node, wait_for
 
 # --- pure logic -------------------------------------------------------------------------------
@@ -256,7 +258,7 @@ def node_id(node: Node) -> str:
 
 
 def events_of(node: Node, task_id: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(e.kind, e.data) for e in ledger.read_events(ledger.db_path(node.config),
+    return [(e.kind, e.data) for e in chain.read_events(chain.db_path(node.config),
                                                          kind_prefix="task.")
             if e.data.get("id") == task_id]
 

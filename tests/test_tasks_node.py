@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import akita
-from akita import ledger
+from akita.ledger import chain
 from tests.helpers import Node, pid_alive, wait_for
 
 SECTIONS: dict[str, dict[str, Any]] = {
@@ -50,7 +50,7 @@ def client(node: Node) -> Iterator[akita.Client]:
 
 
 def task_events(node: Node, task_id: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(e.kind, e.data) for e in ledger.read_events(ledger.db_path(node.config),
+    return [(e.kind, e.data) for e in chain.read_events(chain.db_path(node.config),
                                                          kind_prefix="task.")
             if e.data.get("id") == task_id]
 

@@ -13,19 +13,21 @@ from typing import Any
 import pytest
 
 import akita
-from akita import ledger, protocol, transport
+from akita import transport
+from akita.ledger import chain
+from akita.wire import protocol
 from tests.helpers import Node, pid_alive, wait_for
 
 
 def started_order(node: Node) -> list[str]:
     """Task ids in the order of their task.started events in the ledger."""
-    return [e.data["id"] for e in ledger.read_events(ledger.db_path(node.config),
+    return [e.data["id"] for e in chain.read_events(chain.db_path(node.config),
                                                      kind_prefix="task.started")]
 
 
 def outcomes_in_ledger(node: Node) -> dict[str, list[str]]:
     seen: dict[str, list[str]] = {}
-    for event in ledger.read_events(ledger.db_path(node.config), kind_prefix="task."):
+    for event in chain.read_events(chain.db_path(node.config), kind_prefix="task."):
         if event.kind in ("task.succeeded", "task.failed", "task.timed_out", "task.cancelled"):
             seen.setdefault(event.data["id"], []).append(event.kind)
     return seen
@@ -90,7 +92,7 @@ def test_killed_executor_loses_no_acknowledged_task(make_node: Callable[..., Nod
     outcomes = outcomes_in_ledger(node)
     assert all(outcomes.get(task_id) == ["task.succeeded"] for task_id in ids), \
         [task_id for task_id in ids if outcomes.get(task_id) != ["task.succeeded"]][:5]
-    requeued = [e.data for e in ledger.read_events(ledger.db_path(node.config),
+    requeued = [e.data for e in chain.read_events(chain.db_path(node.config),
                                                    kind_prefix="task.requeued")]
     assert {r["id"] for r in requeued} == set(blockers)
     assert all(r["reason"] == "the executor restarted while it ran" for r in requeued)
@@ -109,7 +111,7 @@ def test_stopped_executor_resumes_a_running_task(make_node: Callable[..., Node])
         # Stopped by us, not by a fault: the cut-short run does not count as an attempt.
         assert client.status(task_id)["attempts"] == 1
     kinds = [(e.kind, e.data.get("reason")) for e in
-             ledger.read_events(ledger.db_path(node.config), kind_prefix="task.")
+             chain.read_events(chain.db_path(node.config), kind_prefix="task.")
              if e.data["id"] == task_id]
     assert kinds == [("task.submitted", None), ("task.started", None),
                      ("task.requeued", "the executor stopped"), ("task.started", None),
@@ -154,9 +156,9 @@ def test_a_submit_committed_after_the_replay_still_runs(
         assert client.wait_many(ids, timeout=60) == list(range(11_000))
         wait_for(lambda: client.status("5eed5eed5eed5eed"), 20, "the executor to find the task")
         assert client.wait("5eed5eed5eed5eed", timeout=20) == 42
-    submitted = [e.data["id"] for e in ledger.read_events(ledger.db_path(node.config),
+    submitted = [e.data["id"] for e in chain.read_events(chain.db_path(node.config),
                                                           kind_prefix="task.submitted")]
-    succeeded = [e.data["id"] for e in ledger.read_events(ledger.db_path(node.config),
+    succeeded = [e.data["id"] for e in chain.read_events(chain.db_path(node.config),
                                                           kind_prefix="task.succeeded")]
     assert sorted(succeeded) == sorted(submitted)
 

@@ -18,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from akita import config as config_mod
-from akita import taskproc, tasks
-from akita.taskqueue import InvalidTransition, TaskBook, TaskQueue, TaskRecord, TaskState
-from akita.zygote import Zygote
+from akita.tasks import registry as tasks
+from akita.tasks.queue import InvalidTransition, TaskBook, TaskQueue, TaskRecord, TaskState
+from workers.executor import taskproc
+from workers.zygote import Zygote
 
 # --- argument checks ------------------------------------------------------------------------
 
@@ -315,13 +316,13 @@ def _read_frames(sock: socket.socket, count: int, timeout_s: float) -> list[Any]
 
 
 def test_task_process_runs_batches_skips_and_reports_its_slot() -> None:
-    zygote = Zygote.start(["akita.taskproc", "tests.sample_tasks"], title="unit-zygote")
+    zygote = Zygote.start(["workers.executor.taskproc", "tests.sample_tasks"], title="unit-zygote")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     memfd = os.memfd_create("unit-slot")
     os.ftruncate(memfd, taskproc.SLOT_BYTES)
     slot = mmap.mmap(memfd, taskproc.SLOT_BYTES)
     try:
-        pid = zygote.spawn("akita.taskproc:main", {"max_result_bytes": 4096,
+        pid = zygote.spawn("workers.executor.taskproc:main", {"max_result_bytes": 4096,
                                                    "commands": {"say": ["echo", "{0}"]}},
                            fds={taskproc.TASK_FD: theirs.fileno(), taskproc.SLOT_FD: memfd})
         theirs.close()

@@ -28,17 +28,18 @@ from typing import Any
 import zmq
 
 from akita import config as config_mod
-from akita import protocol, transport
+from akita import transport
 from akita.errors import ProtocolError
+from akita.wire import protocol
 
 log = logging.getLogger(__name__)
 
 # Where each worker's class lives; the gateway is imported only in its own process.
 WORKER_CLASSES = {
-    "ledger": "workers.ledger:LedgerWorker",
+    "ledger": "workers.ledger.worker:LedgerWorker",
     "sampler": "workers.sampler:SamplerWorker",
-    "executor": "workers.executor:ExecutorWorker",
-    "gateway": "workers.gateway:GatewayWorker",
+    "executor": "workers.executor.worker:ExecutorWorker",
+    "gateway": "workers.gateway.worker:GatewayWorker",
 }
 
 

@@ -20,8 +20,10 @@ import apsw
 import psutil
 import zmq
 
-from akita import ledger, protocol, resources, transport
-from akita.ledger_client import LedgerClient
+from akita import resources, transport
+from akita.ledger import chain
+from akita.ledger.client import LedgerClient
+from akita.wire import protocol
 from workers.base import Worker
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 SUPERVISOR_PID_FILE = "supervisor.pid"
 ALERT_KIND = protocol.ResourceAlert.KIND  # also the kind of its ledger event
 # The module a fork server runs: its command line tells a zygote from the children it forks.
-_ZYGOTE_MODULE = "akita.zygote"
+_ZYGOTE_MODULE = "workers.zygote"
 # Worker states after which its pid no longer names that worker.
 _GONE_STATES = {"stopped", "exited", "fatal", "backoff"}
 
@@ -261,11 +263,11 @@ class SamplerWorker(Worker):
 
     def _raised_before(self) -> set[tuple[str, str]]:
         """Alerts a previous incarnation raised and did not clear, from the ledger."""
-        path = ledger.db_path(self.config)
+        path = chain.db_path(self.config)
         try:
-            history = [event.data for event in ledger.read_events(path, kind_prefix=ALERT_KIND)
+            history = [event.data for event in chain.read_events(path, kind_prefix=ALERT_KIND)
                        if event.kind == ALERT_KIND and isinstance(event.data, dict)]
-        except (ledger.LedgerNotFound, apsw.Error) as exc:
+        except (chain.LedgerNotFound, apsw.Error) as exc:
             log.warning("alerts raised before this start are unknown: %s", exc)
             return set()
         raised = resources.raised_in_history(history)

@@ -11,8 +11,8 @@ import argparse
 import json
 from typing import Any
 
-from akita import protocol
 from akita.cli import common
+from akita.wire import protocol
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:

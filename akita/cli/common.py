@@ -13,8 +13,9 @@ from typing import Any, Self
 import zmq
 
 from akita import config as config_mod
-from akita import protocol, transport
+from akita import transport
 from akita.errors import NodeNotRunning, ProtocolError
+from akita.wire import protocol
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -12,8 +12,8 @@ import sys
 import time
 from typing import Any
 
-from akita import ledger
 from akita.cli import common
+from akita.ledger import chain
 
 MAX_DATA_CHARS = 100  # the table shortens longer data; --json prints it whole
 
@@ -56,10 +56,10 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    path = ledger.db_path(common.load_config(args))
+    path = chain.db_path(common.load_config(args))
     try:
-        events = ledger.tail(path, args.n, kind_prefix=args.kind, feed=args.feed)
-    except ledger.LedgerNotFound as exc:
+        events = chain.tail(path, args.n, kind_prefix=args.kind, feed=args.feed)
+    except chain.LedgerNotFound as exc:
         return _not_found(exc)
     if args.json:
         common.print_json([_event_dict(event) for event in events])
@@ -70,11 +70,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    path = ledger.db_path(common.load_config(args))
+    path = chain.db_path(common.load_config(args))
     try:
-        feed = None if args.all else ledger.own_feed(path)
-        results = ledger.verify(path, feed) if args.all or feed else []
-    except ledger.LedgerNotFound as exc:
+        feed = None if args.all else chain.own_feed(path)
+        results = chain.verify(path, feed) if args.all or feed else []
+    except chain.LedgerNotFound as exc:
         return _not_found(exc)
     intact = all(result.ok for result in results)
     if args.json:
@@ -91,10 +91,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_heads(args: argparse.Namespace) -> int:
-    path = ledger.db_path(common.load_config(args))
+    path = chain.db_path(common.load_config(args))
     try:
-        held = ledger.heads(path)
-    except ledger.LedgerNotFound as exc:
+        held = chain.heads(path)
+    except chain.LedgerNotFound as exc:
         return _not_found(exc)
     if args.json:
         common.print_json({"feeds": [_head_dict(head) for head in held]})
@@ -105,22 +105,22 @@ def cmd_heads(args: argparse.Namespace) -> int:
     return common.EXIT_OK
 
 
-def _not_found(exc: ledger.LedgerNotFound) -> int:
+def _not_found(exc: chain.LedgerNotFound) -> int:
     print(f"akitactl: {exc}", file=sys.stderr)
     return common.EXIT_NOT_RUNNING
 
 
-def _event_dict(event: ledger.Event) -> dict[str, Any]:
+def _event_dict(event: chain.Event) -> dict[str, Any]:
     return {"feed": event.feed, "seq": event.seq, "ts": event.ts, "kind": event.kind,
             "data": event.data}
 
 
-def _head_dict(head: ledger.FeedHead) -> dict[str, Any]:
+def _head_dict(head: chain.FeedHead) -> dict[str, Any]:
     return {"feed": head.feed, "own": head.local, "seq": head.seq, "hash": head.hash.hex(),
             "signed_seq": head.signed_seq, "forks": head.forks}
 
 
-def _result_dict(result: ledger.VerifyResult) -> dict[str, Any]:
+def _result_dict(result: chain.VerifyResult) -> dict[str, Any]:
     return {"feed": result.feed, "ok": result.ok, "events": result.events,
             "first_bad_seq": result.first_bad_seq, "reason": result.reason}
 

@@ -19,9 +19,10 @@ from typing import Any, BinaryIO
 import psutil
 
 from akita import config as config_mod
-from akita import protocol, resources
+from akita import resources
 from akita.cli import common
 from akita.errors import AkitaError, NodeNotResponding
+from akita.wire import protocol
 
 # Fields `status --json` always carries for each worker, in this order.
 STATUS_FIELDS = ("name", "state", "pid", "uptime_s", "restarts", "cpu_percent", "rss_bytes")

@@ -14,8 +14,8 @@ from typing import Any
 
 from akita.cli import common
 from akita.client import Client, TaskFailed
-from akita.taskqueue import TaskState
-from akita.tasks import CAPABILITY, MAX_PRIORITY, MIN_PRIORITY
+from akita.tasks.queue import TaskState
+from akita.tasks.registry import CAPABILITY, MAX_PRIORITY, MIN_PRIORITY
 
 # The keys of `task ID --json`, in this order; "result" or "error" follows once finished.
 TASK_FIELDS = ("id", "name", "state", "priority", "attempts", "ran_on")

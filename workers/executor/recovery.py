@@ -1,0 +1,78 @@
+"""Reading the executor's memory back from the ledger after a restart.
+
+The ledger is the system of record for tasks: every state change is an event of this
+node's feed. `replay` rebuilds a `TaskBook` from all of them; `stragglers` finds the submits
+a previous executor sent that the ledger committed only after the replay had read the feed,
+and `catch_up` queues them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from akita.ledger import chain
+from akita.tasks.queue import TaskBook, TaskRecord
+
+log = logging.getLogger(__name__)
+
+REPLAY_CHUNK = 5_000  # events read at once: bounds memory, and how long between heartbeats
+
+
+def replay(path: Path, book: TaskBook, heartbeat: Callable[[], None]) -> tuple[int, int]:
+    """Apply every ``task.*`` event of the node's own feed to `book`, oldest first, calling
+    `heartbeat` between chunks (a long history must not look like a hung worker). Returns
+    (events applied, seq of the last one)."""
+    count = last_seq = 0
+    try:
+        while True:
+            chunk = list(chain.read_events(path, kind_prefix="task.", after_seq=last_seq,
+                                            limit=REPLAY_CHUNK))
+            for event in chunk:
+                book.apply(event.kind, event.data, event.ts)
+            count += len(chunk)
+            if chunk:
+                last_seq = chunk[-1].seq
+            if len(chunk) < REPLAY_CHUNK:
+                return count, last_seq
+            heartbeat()
+    except chain.LedgerNotFound:
+        return count, last_seq
+
+
+def stragglers(path: Path, after_seq: int, started_ts: float, horizon_ts: float
+               ) -> list[chain.Event]:
+    """``task.submitted`` events after `after_seq` that a previous executor stamped before
+    this one started (`started_ts`), except for ids this one appended itself since (a
+    client's resend). Reads up to events stamped `horizon_ts`."""
+    ours: set[object] = set()
+    found: list[chain.Event] = []
+    try:
+        for event in chain.read_events(path, kind_prefix="task.submitted",
+                                        after_seq=after_seq, limit=REPLAY_CHUNK):
+            if event.ts > horizon_ts or not isinstance(event.data, dict):
+                continue
+            if event.ts >= started_ts:
+                ours.add(event.data.get("id"))
+            else:
+                found.append(event)
+    except chain.LedgerNotFound:
+        return []
+    return [event for event in found if event.data.get("id") not in ours]
+
+
+def catch_up(path: Path, book: TaskBook, after_seq: int, started_ts: float, horizon_ts: float
+             ) -> list[TaskRecord]:
+    """Queue the `stragglers` the book does not know; returns their records."""
+    queued = []
+    for event in stragglers(path, after_seq, started_ts, horizon_ts):
+        task_id = event.data.get("id")
+        if isinstance(task_id, str) and task_id not in book:
+            book.apply(event.kind, event.data, event.ts)
+            record = book.get(task_id)
+            if record is not None:
+                book.push(record)
+                queued.append(record)
+                log.info("queued task %s, submitted before the restart", task_id)
+    return queued

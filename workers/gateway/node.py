@@ -1,0 +1,435 @@
+"""The gateway's network node: discovery, liveness probes, cluster formation and state sync,
+wired together on the gateway's loop.
+
+`NetNode` holds no Reticulum object itself: it drives the node's `RnsNode` (announces,
+packets) and `Links` (requests) through the small surfaces they offer, and reports to the
+rest of the node through two callables, `publish` (the bus) and `record` (the ledger).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from akita import identity as ident
+from akita.config import Config
+from akita.mesh import state as st
+from akita.mesh.formation import Formation, RoundResult
+from akita.wire import mesh, protocol
+from workers.gateway import recovery, views
+from workers.gateway.discovery import Admission, Discovery, DiscoveryTiming
+from workers.gateway.links import IncomingRequest, Links, RequestRefused
+from workers.gateway.load import LoadTracker
+from workers.gateway.peers import Peer, PeerTable
+from workers.gateway.probes import DirectProbe, IndirectProbe, Prober, ProbeTiming, Suspect
+from workers.gateway.sync import StateSync
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_INTERVAL_S = 10.0        # least time between two merged-view snapshots in the ledger
+
+Publish = Callable[[str, protocol.Message], None]
+Record = Callable[..., None]      # record(kind, data, *, ack=True, on_durable=None)
+
+
+@dataclass
+class Paths:
+    """Link request paths; named after the channels, so differently configured networks
+    never answer each other."""
+
+    pull: str          # state: our summary in, the records we lack out
+    push: str          # state: a changed record of the requester's own
+    services: str      # what this node offers, straight from it
+
+    @classmethod
+    def from_config(cls, config: Config) -> Paths:
+        state = config.channels.state_channel
+        return cls(pull=f"{state}/pull", push=f"{state}/push",
+                   services=f"{config.channels.service_channel}/list")
+
+
+class NetNode:
+    """One node's view of the network and its part in it; every method runs on the loop.
+
+    Driven by the gateway worker: `tick()` about every `tick_interval_s`, `on_announce()` /
+    `on_packet()` for what Reticulum delivers, `on_resource_sample()` / `set_task_types()`
+    / `set_queue_depth()` for what the node itself reports, and the operator's queries.
+    """
+
+    def __init__(self, config: Config, identity: ident.NodeIdentity, generation: int,
+                 rns: Any, links: Links, publish: Publish, record: Record,
+                 restored: recovery.Restored, tick_interval_s: float = 0.1) -> None:
+        cl = config.cluster
+        self.config = config
+        self.node_id = identity.node_id
+        self.identity = identity
+        self.name = config.node.name
+        self.generation = generation
+        self.rns = rns
+        self.links = links
+        self.publish = publish
+        self.record = record
+        self.paths = Paths.from_config(config)
+        self.formation = Formation(self.node_id, generation, cl.cluster_size,
+                                   grace_s=cl.peer_timeout + cl.discovery_interval,
+                                   seat=restored.seat, term=restored.term)
+        self.table = PeerTable(cl.peer_timeout)
+        self.prober = Prober(ProbeTiming.derive(cl.peer_timeout, cl.probe_interval,
+                                                cl.probe_timeout))
+        self.sync = StateSync.create(identity, generation, restored.own_record)
+        if restored.view:
+            log.info("restored %d state records from the ledger", self.sync.restore(restored.view))
+        self.sync.update_own({st.KEY_TASK_TYPES: [],
+                              st.KEY_SERVICES: sorted(cl.services),
+                              st.KEY_CAPABILITIES: sorted(config.tasks.capabilities)})
+        self.discovery = Discovery(
+            node_id=self.node_id,
+            timing=DiscoveryTiming(cl.announce_interval, cl.discovery_interval),
+            table=self.table, formation=self.formation,
+            admission=Admission(config.security.admission, config.security.allowed_identities),
+            rns=rns, events=self, build_app_data=self._app_data)
+        self.load = LoadTracker()
+        self._id_bytes = bytes.fromhex(self.node_id)
+        self._pulling: set[str] = set()
+        self._last_pull: dict[str, float] = {}
+        self._snapshot_due = False
+        self._last_snapshot = 0.0
+        self._last_tick = time.monotonic()
+        self._tick_interval_s = tick_interval_s
+        # Other parts of the gateway (delegation, replication, inter-cluster messages) hook in
+        # here: called on the loop with the peer's id / after the clusters changed.
+        self.peer_joined_hooks: list[Callable[[str], None]] = []
+        self.peer_left_hooks: list[Callable[[str], None]] = []
+        self.cluster_hooks: list[Callable[[], None]] = []
+        # ... and after each announce of a known peer (its info in net.table is fresh).
+        self.peer_updated_hooks: list[Callable[[str], None]] = []
+        links.serve(self.paths.pull, self._serve_pull)
+        links.serve(self.paths.push, self._serve_push)
+        links.serve(self.paths.services, self._serve_services)
+        self.discovery.start(time.monotonic())
+
+    # --- announces --------------------------------------------------------------------------
+
+    def _app_data(self, seq: int) -> bytes:
+        return mesh.encode_announce(mesh.Announce(
+            name=self.name, generation=self.generation, seq=seq,
+            report=self.formation.report(), load=self.load.summary,
+            state_version=self.sync.own.version, digest=self.sync.store.digest(),
+            interval_s=self.config.cluster.announce_interval, id_tag=self._id_bytes))
+
+    def on_announce(self, node_id: str, identity: Any, app_data: bytes | None) -> None:
+        self.discovery.on_announce(node_id, identity, app_data, time.monotonic())
+
+    # --- discovery events ---------------------------------------------------------------------
+
+    def peer_joined(self, peer: Peer) -> None:
+        log.info("peer joined: %s (%s) generation %d", peer.node_id, peer.name,
+                 peer.info.generation)
+        self.publish("peer.joined", protocol.PeerJoined(node=peer.node_id, name=peer.name,
+                                                        generation=peer.info.generation))
+        self.record("peer.joined", {"node": peer.node_id, "name": peer.name,
+                                    "generation": peer.info.generation})
+        self._maybe_pull(peer)
+        for hook in self.peer_joined_hooks:
+            hook(peer.node_id)
+
+    def peer_restarted(self, peer: Peer) -> None:
+        log.info("peer restarted: %s (%s) generation %d", peer.node_id, peer.name,
+                 peer.info.generation)
+        self.links.close_peer(peer.node_id)  # its old link died with its old process
+        self.record("peer.restarted", {"node": peer.node_id, "name": peer.name,
+                                       "generation": peer.info.generation})
+        self._maybe_pull(peer)
+        # A restarted peer lost whatever it held for us (leases, links): as if it left.
+        for hook in self.peer_left_hooks:
+            hook(peer.node_id)
+
+    def peer_updated(self, peer: Peer) -> None:
+        self._maybe_pull(peer)
+        for hook in self.peer_updated_hooks:
+            hook(peer.node_id)
+
+    def peer_left(self, peer: Peer, reason: str) -> None:
+        log.info("peer left: %s (%s): %s", peer.node_id, peer.name, reason)
+        self.links.close_peer(peer.node_id)
+        self._pulling.discard(peer.node_id)
+        self.sync.forget_except(self.table.alive_ids())
+        self.publish("peer.left", protocol.PeerLeft(node=peer.node_id, name=peer.name,
+                                                    reason=reason))
+        self.record("peer.left", {"node": peer.node_id, "name": peer.name, "reason": reason})
+        for hook in self.peer_left_hooks:
+            hook(peer.node_id)
+
+    def round_done(self, result: RoundResult) -> None:
+        local = self.formation.local
+        if result.seat_changed:
+            self.record(recovery.SEAT_EVENT, recovery.seat_event(local.seat, local.term))
+        if result.view_changed:
+            own = self.formation.own_cluster()
+            clusters = self.clusters()
+            log.info("clusters: %s; own %s, coordinator %s, term %d",
+                     [(c["id"], len(c["members"])) for c in clusters],
+                     own.id if own else None, own.coordinator if own else None, local.term)
+            change = protocol.ClusterChanged(
+                clusters=clusters, own_cluster=own.id if own else "",
+                coordinator=own.coordinator if own else "", term=local.term)
+            self.publish("cluster.changed", change)
+            self.record("cluster.changed", {"clusters": clusters, "term": local.term})
+            for hook in self.cluster_hooks:
+                hook()
+
+    # --- the timer ------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        lag = max(0.0, now - self._last_tick - self._tick_interval_s)
+        self._last_tick = now
+        self.prober.note_lag(lag)
+        if self.rns.new_interfaces_online():
+            self.discovery.interface_up(now)
+        self.discovery.tick(now, self.prober.health)
+        live_mates = self.formation.cluster_mates() & self.table.alive_ids()
+        for action in self.prober.step(now, live_mates):
+            self._probe(action, now)
+        self.links.tick(now)
+        changes = self.load.due(now)
+        if changes is not None and self.sync.update_own(changes):
+            self.discovery.announce_soon(now)
+        if now - self._last_snapshot >= SNAPSHOT_INTERVAL_S and self.discovery.settled:
+            self._last_snapshot = now
+            # Records of nodes gone while we were down (restored from the ledger) go too.
+            self.sync.forget_except(self.table.alive_ids())
+            if self._snapshot_due:
+                self._snapshot_due = False
+                self.record(recovery.VIEW_EVENT, self.sync.snapshot())
+
+    # --- probes ---------------------------------------------------------------------------------
+
+    def _probe(self, action: DirectProbe | IndirectProbe | Suspect, now: float) -> None:
+        timeout = self.prober.timing.timeout_s * self.prober.health
+        if isinstance(action, DirectProbe):
+            ping = mesh.ProbePacket(mesh.ProbeKind.PING, self._id_bytes, action.nonce)
+            self.rns.send_packet(action.target, mesh.encode_probe(ping), timeout,
+                                 on_proof=lambda: self._answered(action.target, action.nonce))
+        elif isinstance(action, IndirectProbe):
+            ask = mesh.ProbePacket(mesh.ProbeKind.PING_REQ, self._id_bytes, action.nonce,
+                                   bytes.fromhex(action.target))
+            self.rns.send_packet(action.helper, mesh.encode_probe(ask))
+        elif self.table.suspect(action.target, now):
+            log.info("peer %s is suspect: no answer to direct or indirect probes",
+                     action.target)
+
+    def _answered(self, target: str, nonce: int) -> None:
+        now = time.monotonic()
+        if self.prober.answered(target, nonce, now):
+            self.table.heard(target, now)
+
+    def on_packet(self, data: bytes) -> None:
+        """A packet to our destination (Reticulum has already sent the proof)."""
+        try:
+            packet = mesh.decode_probe(data)
+        except mesh.WireError:
+            self.discovery.counters.garbage += 1
+            return
+        sender = packet.sender.hex()
+        if sender not in self.table:
+            return
+        if packet.kind is mesh.ProbeKind.LEAVE:
+            self._on_leave(sender, packet)
+        elif packet.kind is mesh.ProbeKind.PING_REQ:
+            self._probe_for(sender, packet.target.hex(), packet.nonce)
+        elif packet.kind is mesh.ProbeKind.ACK:
+            self._answered(packet.target.hex(), packet.nonce)
+
+    def say_goodbye(self) -> None:
+        """Shutting down: tell every peer, so they drop us now rather than after
+        peer_timeout. Signed, and bound to our generation and last announce."""
+        seq = self.discovery.seq
+        signature = self.identity.sign(mesh.leave_message(self._id_bytes, self.generation, seq))
+        leave = mesh.encode_probe(mesh.ProbePacket(
+            mesh.ProbeKind.LEAVE, self._id_bytes, mesh.new_nonce(), generation=self.generation,
+            seq=seq, signature=signature))
+        for peer in list(self.table.peers):
+            self.rns.send_packet(peer, leave)
+
+    def _on_leave(self, sender: str, packet: mesh.ProbePacket) -> None:
+        peer = self.table.get(sender)
+        public_key = self.rns.public_key(sender)
+        if peer is None or public_key is None:
+            return
+        message = mesh.leave_message(packet.sender, packet.generation, packet.seq)
+        if (packet.generation, packet.seq) < peer.info.order or \
+                not ident.verify(public_key, packet.signature, message):
+            self.discovery.counters.garbage += 1
+            return
+        self.discovery.drop(sender, "left (shut down)",
+                            order=(packet.generation, packet.seq))
+
+    def _probe_for(self, asker: str, target: str, nonce: int) -> None:
+        """Probe `target` on behalf of `asker` and tell it if the target answered."""
+        if target not in self.table:
+            return
+        ack = mesh.encode_probe(mesh.ProbePacket(mesh.ProbeKind.ACK, self._id_bytes, nonce,
+                                                 bytes.fromhex(target)))
+        ping = mesh.ProbePacket(mesh.ProbeKind.PING, self._id_bytes, mesh.new_nonce())
+        self.rns.send_packet(target, mesh.encode_probe(ping), self.prober.timing.timeout_s,
+                             on_proof=lambda: self.rns.send_packet(asker, ack))
+
+    # --- state sync -----------------------------------------------------------------------------
+
+    def _maybe_pull(self, peer: Peer) -> None:
+        own_stamp = (peer.info.generation, peer.info.state_version)
+        behind = self.sync.behind(peer.node_id, own_stamp)
+        mate = peer.node_id in self.formation.cluster_mates()
+        differs = mate and peer.info.digest != self.sync.store.digest()
+        recently = time.monotonic() - self._last_pull.get(peer.node_id, float("-inf")) \
+            < self.config.cluster.announce_interval
+        if behind or (differs and not recently):
+            self._pull(peer.node_id)
+
+    def _pull(self, node_id: str) -> None:
+        if node_id in self._pulling:
+            return
+        self._pulling.add(node_id)
+        self._last_pull[node_id] = time.monotonic()
+        self.sync.counters.pulls += 1
+
+        def done(data: bytes) -> None:
+            self._pulling.discard(node_id)
+            self._took(self.sync.take(data, self._live))
+
+        def failed(reason: str) -> None:
+            self._pulling.discard(node_id)
+            log.debug("state pull from %s failed: %s", node_id, reason)
+
+        self.links.request(node_id, self.paths.pull, self.sync.encode_summary(), done, failed,
+                           timeout_s=self._request_timeout())
+
+    def _serve_pull(self, request: IncomingRequest) -> bytes:
+        try:
+            summary = st.decode_summary(request.data)
+        except mesh.BAD_INPUT as exc:
+            raise RequestRefused(str(exc)) from None
+        if request.peer_id is not None:
+            self.table.heard(request.peer_id, time.monotonic())
+        return self.sync.encode_delta(summary, self.table.alive_ids())
+
+    def _serve_push(self, request: IncomingRequest) -> bytes:
+        pusher = request.peer_id
+        if pusher is None or pusher not in self.table:
+            raise RequestRefused("unknown peer")
+        self.table.heard(pusher, time.monotonic())
+        self._took(self.sync.take(request.data, lambda origin: origin == pusher))
+        return b""
+
+    def _serve_services(self, _request: IncomingRequest) -> bytes:
+        """service_channel: the task types, named services and capabilities we offer."""
+        own = self.sync.own
+        return mesh.pack({key: own.get(key) or [] for key in
+                          (st.KEY_TASK_TYPES, st.KEY_SERVICES, st.KEY_CAPABILITIES)})
+
+    def _push_own(self) -> None:
+        """Send our changed record to every cluster mate now (they would pull it anyway)."""
+        data = self.sync.encode_own()
+        for mate in self.formation.cluster_mates() & self.table.alive_ids():
+            self.sync.counters.pushes += 1
+            self.links.request(mate, self.paths.push, data, _ignore, _log_failure(mate),
+                               timeout_s=self._request_timeout())
+
+    def _took(self, changed: list[str]) -> None:
+        if changed:
+            self._snapshot_due = True
+
+    def _live(self, origin: str) -> bool:
+        return origin in self.table
+
+    def _request_timeout(self) -> float:
+        return max(2.0, self.config.cluster.peer_timeout)
+
+    def _own_changed(self) -> None:
+        self._push_own()
+        self.discovery.announce_soon(time.monotonic())
+
+    # --- local inputs ---------------------------------------------------------------------------
+
+    def on_resource_sample(self, sample: protocol.ResourceSample) -> None:
+        self.load.sample(sample.host)
+
+    def set_task_types(self, names: list[str]) -> None:
+        """The task types the executor runs (asked at start and now and then)."""
+        if self.sync.update_own({st.KEY_TASK_TYPES: sorted(set(names))}):
+            self._snapshot_due = True
+            self._own_changed()
+
+    def set_queue_depth(self, depth: int) -> None:
+        self.load.queue(depth)
+
+    def update_own(self, changes: dict[str, Any]) -> None:
+        """Other gateway parts write node-owned keys of the own record (e.g. the topics
+        wanted here): pushed to the cluster and announced when anything changed."""
+        if self.sync.update_own(changes):
+            self._snapshot_due = True
+            self._own_changed()
+
+    def state_set(self, key: str, value: Any, on_durable: Callable[[int], None]) -> None:
+        """`akitactl state set`: ValueError for a bad key or value; `on_durable` once stored."""
+        self.sync.set_custom(key, value)
+        self.record(recovery.OWN_STATE_EVENT, {"record": self.sync.own.pack()},
+                    on_durable=on_durable)
+        self._own_changed()
+
+    # --- the operator's view -------------------------------------------------------------------
+
+    def clusters(self) -> list[dict[str, Any]]:
+        return self.formation.clusters(self.discovery.terms())
+
+    def peers(self) -> list[dict[str, Any]]:
+        return views.peers(self.node_id, self.table, self.formation, time.monotonic())
+
+    def services(self) -> list[dict[str, Any]]:
+        return views.services(self.sync.store, self.table.alive_ids())
+
+    def state_of(self, query: str) -> dict[str, Any] | None:
+        node = views.resolve_node(query, self.node_id, self.table)
+        if node is None and query == self.name:
+            node = self.node_id
+        record = self.sync.store.get(node) if node is not None else None
+        return views.state(record) if record is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        own = self.formation.own_cluster()
+        return {
+            "node": self.node_id, "generation": self.generation,
+            "peers": len(self.table), "cluster": own.id if own else None,
+            "term": self.formation.local.term, "rounds": self.formation.rounds,
+            "reports": {node: _report(report) for node, report in
+                        [(self.node_id, self.formation.report())]
+                        + [(p.node_id, p.info.report) for p in self.table.peers.values()]},
+            "announces": vars(self.discovery.counters).copy(),
+            "peer_table": vars(self.table.counters).copy(),
+            "probes": {"direct": self.prober.sent_direct, "indirect": self.prober.sent_indirect,
+                       "health": self.prober.health},
+            "links": vars(self.links.stats).copy(),
+            "state": {**vars(self.sync.counters), "version": self.sync.own.version,
+                      "records": len(self.sync.store.records)},
+        }
+
+
+def _ignore(_response: bytes) -> None:
+    pass
+
+
+def _log_failure(peer: str) -> Callable[[str], None]:
+    def failed(reason: str) -> None:
+        log.debug("push to %s failed: %s", peer, reason)
+
+    return failed
+
+
+def _report(report: Any) -> dict[str, Any]:
+    seat = report.seat
+    return {"generation": report.generation, "version": report.version, "term": report.term,
+            "coordinator": report.coordinator,
+            "seat": None if seat is None else [seat.cluster, seat.number, seat.high]}

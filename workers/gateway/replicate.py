@@ -1,0 +1,465 @@
+"""Ledger replication across the cluster: anti-entropy over Links between cluster mates.
+
+Every node holds a copy of the feed of each member of its cluster. The ledger worker does
+the ledger side (`workers.ledger.replicas`: heads, self-verifying ranges, verified ingest);
+this module carries the bytes between nodes, on the gateway's loop:
+
+- Heads exchange (``{ledger_channel}/heads``): a node sends a mate its heads for the feeds of
+  its cluster's members and gets the mate's back. Each side then pulls what it lacks from
+  the other — the requester from the response, the responder from the request — so one
+  round trip repairs both directions. A node exchanges with each live mate when the mate
+  joins or the clusters change, when the mate announces a changed state, whenever its own
+  member heads changed since it last told that mate (so a new event reaches the mates
+  within a round), and every `refresh_s` anyway.
+- Pull (``{ledger_channel}/range``): the next missing range of one feed
+  (`replicate_plan.next_pull`); the serving mate asks its ledger worker for a bundle that
+  fits the Link (`replicate_plan.bundle_budget` of the link MDU; a larger one, such as the
+  first signed piece of a copy, rides as a Resource), and the puller hands it to its own
+  ledger worker (`ledger.ingest`) with the mate's authenticated node id as sender. It pages
+  on while the mate holds more.
+
+Rules: only feeds whose author is a member of our cluster are pulled (a peer cannot fill our
+disk with arbitrary valid feeds); never our own, never a forked one; one request in flight
+per mate, and one mate at a time sending any one feed; a pull that brings nothing new stops
+until the mate's head moves. Failures are retried `max_retries` times with a doubling delay,
+then left to the next refresh. A mate that sent a forged or malformed bundle (refused, and
+recorded by the ledger writer) is not pulled from for `quarantine_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from akita.config import Config
+from akita.ledger import bundles
+from akita.ledger.bundles import Head, Outcome
+from akita.mesh import replication as plan
+from akita.wire import mesh, protocol
+from workers.gateway.ledger_requests import LedgerRequests
+from workers.gateway.links import DEFER, IncomingRequest, RequestRefused
+
+log = logging.getLogger(__name__)
+
+_REFUSED = (Outcome.FORGERY, Outcome.MALFORMED)
+# A mate asks one thing at a time (see `MateSync.busy`); more in flight at once is a flood,
+# refused before it reaches the ledger worker.
+MAX_SERVING_PER_MATE = 4
+
+
+@dataclass(frozen=True)
+class ReplicationTiming:
+    round_s: float            # how often the own heads are read and changes told to mates
+    refresh_s: float          # a full exchange with every mate at least this often
+    request_timeout_s: float  # a heads request; a range request gets twice this
+    retry_s: float            # first delay after a failure, doubling
+    max_retries: int
+    quarantine_s: float       # no pulls from a mate that sent a forgery, for this long
+
+    @classmethod
+    def from_config(cls, config: Config) -> ReplicationTiming:
+        """Timers follow the announce interval: seconds on a LAN, minutes on radio."""
+        cl = config.cluster
+        round_s = max(1.0, cl.announce_interval)
+        return cls(round_s=round_s, refresh_s=6 * round_s,
+                   request_timeout_s=max(5.0, cl.peer_timeout), retry_s=round_s,
+                   max_retries=3, quarantine_s=max(60.0, 6 * round_s))
+
+
+@dataclass
+class ReplicationCounters:
+    exchanges: int = 0          # heads requests sent
+    heads_served: int = 0
+    ranges_served: int = 0
+    pulls: int = 0              # range requests sent
+    bundles_stored: int = 0
+    events_stored: int = 0
+    duplicates: int = 0
+    stalled: int = 0            # pulls that brought nothing new
+    refused: int = 0            # forged or malformed bundles (recorded by the ledger writer)
+    forks: int = 0
+    failures: int = 0           # link or ledger failures
+    refused_requests: int = 0   # requests from non-mates or malformed
+    bytes_sent: int = 0         # request and response bodies this node sent
+    bytes_received: int = 0     # request and response bodies this node received
+
+
+@dataclass
+class MateSync:
+    """Where replication with one cluster mate stands."""
+
+    peer: str
+    theirs: dict[str, Head] | None = None   # its member heads, as last heard
+    busy: str = ""                          # "", "heads", "range" or "ingest"
+    feed: str = ""                          # the feed being pulled
+    told: dict[str, Head] | None = None     # our member heads as last sent to it
+    last_exchange: float = float("-inf")
+    due: bool = True                        # exchange on the next round, whatever changed
+    announced: tuple[int, int] | None = None  # its (generation, state version), announced
+    failures: int = 0
+    retry_at: float = 0.0
+    quarantined_until: float = 0.0
+    stalled: dict[str, Head] = field(default_factory=dict)
+    want_key: set[str] = field(default_factory=set)
+
+
+class Replicator:
+    """Keeps this node's copies of its cluster mates' feeds up to date, and serves its own."""
+
+    def __init__(self, net: Any, ledger: LedgerRequests, timing: ReplicationTiming) -> None:
+        """`net`: the gateway's `NetNode` (links, formation, peer table, hooks)."""
+        self.net = net
+        self.links = net.links
+        self.ledger = ledger
+        self.timing = timing
+        self.node_id: str = net.node_id
+        channel = net.config.channels.ledger_channel
+        self.heads_path = f"{channel}/heads"
+        self.range_path = f"{channel}/range"
+        self.mine: dict[str, Head] = {}
+        self.forked: set[str] = set()
+        self.mates: dict[str, MateSync] = {}
+        self.sending: dict[str, str] = {}     # feed → the mate it is being pulled from
+        self._serving: Counter[str] = Counter()  # mate → its requests we are answering
+        self.counters = ReplicationCounters()
+        self._next_round = 0.0
+        self._reading_heads = False
+        self.links.serve(self.heads_path, self._serve_heads)
+        self.links.serve(self.range_path, self._serve_range)
+        net.peer_joined_hooks.append(self._peer_changed)
+        net.peer_left_hooks.append(self._peer_left)
+        net.peer_updated_hooks.append(self._peer_announced)
+        net.cluster_hooks.append(self._clusters_changed)
+
+    # --- membership -------------------------------------------------------------------------
+
+    def members(self) -> set[str]:
+        own = self.net.formation.own_cluster()
+        return set(own.members) if own is not None else {self.node_id}
+
+    def live_mates(self) -> set[str]:
+        return set(self.net.formation.cluster_mates()) & set(self.net.table.alive_ids())
+
+    def _peer_changed(self, peer: str) -> None:
+        if peer in self.mates:
+            self.mates[peer].due = True
+        self._next_round = 0.0
+
+    def _peer_announced(self, peer: str) -> None:
+        """A mate announced: if its own state changed (an `akitactl state set`, new task
+        types: each also an event in its feed), exchange heads with it now."""
+        sync = self.mates.get(peer)
+        found = self.net.table.get(peer)
+        if sync is None or found is None:
+            return
+        stamp = (found.info.generation, found.info.state_version)
+        if sync.announced is not None and stamp != sync.announced:
+            sync.due = True
+            self._next_round = 0.0
+        sync.announced = stamp
+
+    def _peer_left(self, peer: str) -> None:
+        """Gone or restarted: forget where we stood; its callbacks still on the way are
+        dropped (they find another `MateSync`, or none)."""
+        self._forget(peer)
+        self._next_round = 0.0
+
+    def _clusters_changed(self) -> None:
+        self._next_round = 0.0
+
+    def _forget(self, peer: str) -> None:
+        self.mates.pop(peer, None)
+        for feed in [f for f, p in self.sending.items() if p == peer]:
+            del self.sending[feed]
+
+    # --- the round --------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        self.ledger.tick(now)
+        if now >= self._next_round and not self._reading_heads:
+            self._next_round = now + self.timing.round_s
+            self._reading_heads = True
+            self.ledger.ask(protocol.LedgerHeads(), protocol.LedgerHeadsReply,
+                            self._round, self._heads_unavailable,
+                            timeout_s=self.timing.request_timeout_s)
+        for sync in list(self.mates.values()):
+            if sync.retry_at and now >= sync.retry_at and not sync.busy:
+                sync.retry_at = 0.0
+                self._exchange(sync, now, retry=True)
+
+    def _heads_unavailable(self, code: str, text: str) -> None:
+        self._reading_heads = False
+        log.debug("own heads unavailable (%s): %s", code, text)
+
+    def _round(self, reply: protocol.LedgerHeadsReply) -> None:
+        """Our heads are fresh: tell each live mate that needs it (see the module docstring)."""
+        self._reading_heads = False
+        self._take_heads(reply)
+        now = time.monotonic()
+        mates = self.live_mates()
+        for peer in [p for p in self.mates if p not in mates]:
+            self._forget(peer)
+        told = plan.member_heads(self.mine, self.members())
+        for peer in sorted(mates):
+            sync = self.mates.setdefault(peer, MateSync(peer))
+            if sync.busy or sync.retry_at or now < sync.quarantined_until:
+                continue
+            if sync.due or sync.told != told or now - sync.last_exchange >= self.timing.refresh_s:
+                self._exchange(sync, now)
+
+    def _take_heads(self, reply: protocol.LedgerHeadsReply) -> None:
+        self.mine = bundles.heads_from_reply(reply.feeds)
+        self.forked = set(reply.forked)
+
+    # --- asking a mate ----------------------------------------------------------------------
+
+    def _exchange(self, sync: MateSync, now: float, retry: bool = False) -> None:
+        if not retry:
+            sync.failures = 0  # a new attempt (a round found a reason): its own retries
+        told = plan.member_heads(self.mine, self.members())
+        body = bundles.encode_heads(told)
+        sync.busy, sync.due, sync.told, sync.last_exchange = "heads", False, told, now
+        self.counters.exchanges += 1
+        self.counters.bytes_sent += len(body)
+        self.links.request(sync.peer, self.heads_path, body,
+                           self._guard(sync, self._exchanged), self._guard(sync, self._failed),
+                           timeout_s=self.timing.request_timeout_s,
+                           max_response_bytes=plan.HEADS_MAX_BYTES)
+
+    def _guard(self, sync: MateSync, callback: Callable[..., None]) -> Callable[..., None]:
+        """`callback` for `sync`, dropped if the mate was forgotten meanwhile (it left)."""
+        def call(*args: Any) -> None:
+            if self.mates.get(sync.peer) is sync:
+                callback(sync, *args)
+
+        return call
+
+    def _exchanged(self, sync: MateSync, data: bytes) -> None:
+        self.counters.bytes_received += len(data)
+        try:
+            theirs = plan.decode_peer_heads(data)
+        except mesh.WireError as exc:
+            self._failed(sync, f"heads: {exc}")
+            return
+        sync.busy = ""
+        sync.failures = 0
+        self._learn(sync, theirs)
+
+    def _learn(self, sync: MateSync, theirs: dict[str, Head]) -> None:
+        for feed, head in list(sync.stalled.items()):
+            if theirs.get(feed) != head:
+                del sync.stalled[feed]  # its head moved: worth asking again
+        sync.theirs = theirs
+        self._advance(sync)
+
+    def _advance(self, sync: MateSync) -> None:
+        """Start the next pull from this mate, if it has anything we lack and is free."""
+        if sync.busy or sync.theirs is None or time.monotonic() < sync.quarantined_until:
+            return
+        others = {feed for feed, peer in self.sending.items() if peer != sync.peer}
+        nxt = plan.next_pull(self.mine, sync.theirs, members=self.members(),
+                             skip={self.node_id} | self.forked | others, stalled=sync.stalled)
+        if nxt is not None:
+            self._pull(sync, *nxt)
+
+    def _pull(self, sync: MateSync, feed: str, after_seq: int) -> None:
+        with_key = feed not in self.mine or feed in sync.want_key
+        body = plan.encode_range_request(plan.RangeRequest(feed, after_seq, with_key))
+        sync.busy, sync.feed = "range", feed
+        self.sending[feed] = sync.peer
+        self.counters.pulls += 1
+        self.counters.bytes_sent += len(body)
+        self.links.request(sync.peer, self.range_path, body,
+                           self._guard(sync, self._ranged), self._guard(sync, self._failed),
+                           timeout_s=2 * self.timing.request_timeout_s,
+                           max_response_bytes=plan.RANGE_RESPONSE_MAX_BYTES)
+
+    def _ranged(self, sync: MateSync, data: bytes) -> None:
+        self.counters.bytes_received += len(data)
+        try:
+            bundle, head_seq = plan.decode_range_response(data)
+        except mesh.WireError as exc:
+            self._failed(sync, f"range: {exc}")
+            return
+        if not bundle:
+            self._done(sync, progress=False)
+            return
+        if plan.bundle_feed(bundle) != sync.feed:
+            # Checked before the ledger sees it: a bundle of another feed would be stored
+            # if valid, and we asked for a member's feed only.
+            self._refused(sync, "a bundle of another feed than the one asked for")
+            self._done(sync, progress=False)
+            return
+        theirs = sync.theirs or {}
+        if head_seq > theirs.get(sync.feed, Head(0, b"")).seq:
+            theirs[sync.feed] = Head(head_seq, b"")  # it holds more now: page on to there
+        sync.busy = "ingest"
+        self.ledger.ask(protocol.LedgerIngest(bundle=bundle, sender=sync.peer),
+                        protocol.LedgerIngestReply, self._guard(sync, self._ingested),
+                        self._guard(sync, self._ledger_failed),
+                        timeout_s=2 * self.timing.request_timeout_s)
+
+    def _ingested(self, sync: MateSync, reply: protocol.LedgerIngestReply) -> None:
+        feed = sync.feed
+        before = self.mine.get(feed)
+        if reply.head_seq:
+            self.mine[feed] = Head(reply.head_seq, reply.head_hash, reply.head_seq)
+        outcome = _outcome(reply.outcome)
+        if outcome is Outcome.STORED:
+            self.counters.bundles_stored += 1
+            self.counters.events_stored += reply.stored
+        elif outcome is Outcome.DUPLICATE:
+            self.counters.duplicates += 1
+        elif outcome is Outcome.NEED_KEY and feed not in sync.want_key:
+            sync.want_key.add(feed)
+            self._done(sync, progress=True)  # asked again, with the key this time
+            return
+        elif outcome in _REFUSED:
+            self._refused(sync, f"{reply.outcome}: {reply.detail}")
+        elif outcome is Outcome.FORK:
+            self.counters.forks += 1
+            self.forked.add(feed)
+        self._done(sync, progress=self.mine.get(feed) != before)
+
+    def _refused(self, sync: MateSync, reason: str) -> None:
+        self.counters.refused += 1
+        sync.quarantined_until = time.monotonic() + self.timing.quarantine_s
+        log.warning("mate %s sent a bundle of feed %s that was refused (%s); no pulls from it "
+                    "for %g s", sync.peer, sync.feed, reason, self.timing.quarantine_s)
+
+    def _done(self, sync: MateSync, progress: bool) -> None:
+        """The pull of `sync.feed` ended; start the next one (maybe the next page)."""
+        feed = sync.feed
+        if not progress and sync.theirs is not None and feed in sync.theirs:
+            self.counters.stalled += 1
+            sync.stalled[feed] = sync.theirs[feed]
+        sync.busy, sync.feed = "", ""
+        if self.sending.get(feed) == sync.peer:
+            del self.sending[feed]
+        self._advance(sync)
+        for other in list(self.mates.values()):
+            if other is not sync:
+                self._advance(other)  # one may have waited for this feed
+
+    def _ledger_failed(self, sync: MateSync, code: str, text: str = "") -> None:
+        self._failed(sync, f"ledger {code}: {text}")
+
+    def _failed(self, sync: MateSync, reason: str) -> None:
+        self.counters.failures += 1
+        sync.failures += 1
+        feed = sync.feed
+        if feed and self.sending.get(feed) == sync.peer:
+            del self.sending[feed]
+        sync.busy, sync.feed = "", ""
+        if sync.failures <= self.timing.max_retries:
+            delay = self.timing.retry_s * 2 ** (sync.failures - 1)
+            sync.retry_at = time.monotonic() + delay
+            log.debug("replication with %s failed (%s); retry in %g s", sync.peer, reason, delay)
+        else:
+            sync.retry_at = 0.0
+            log.info("replication with %s failed %d times (%s); next try in %g s", sync.peer,
+                     sync.failures, reason, self.timing.refresh_s)
+
+    # --- serving a mate ---------------------------------------------------------------------
+
+    def _mate(self, request: IncomingRequest) -> str:
+        peer = request.peer_id
+        if peer is None or peer not in self.net.formation.cluster_mates():
+            self.counters.refused_requests += 1
+            raise RequestRefused("not a member of this cluster")
+        if self._serving[peer] >= MAX_SERVING_PER_MATE:
+            self.counters.refused_requests += 1
+            raise RequestRefused("too many requests in flight")
+        self.counters.bytes_received += len(request.data)
+        return peer
+
+    def _ask_then_answer(self, request: IncomingRequest, peer: str, msg: protocol.Message,
+                         expect: type[protocol.Message], answer: Callable[[Any], None]) -> Any:
+        """Ask our ledger worker `msg`; `answer(reply)` responds, an error fails the request."""
+        self._serving[peer] += 1
+
+        def settled() -> None:
+            self._serving[peer] -= 1
+            if self._serving[peer] <= 0:
+                del self._serving[peer]
+
+        def replied(reply: Any) -> None:
+            settled()
+            answer(reply)
+
+        def failed(code: str, text: str) -> None:
+            settled()
+            request.fail(f"ledger {code}: {text}")
+
+        self.ledger.ask(msg, expect, replied, failed, timeout_s=self.timing.request_timeout_s)
+        return DEFER
+
+    def _serve_heads(self, request: IncomingRequest) -> Any:
+        peer = self._mate(request)
+        try:
+            theirs = plan.decode_peer_heads(request.data)
+        except mesh.WireError as exc:
+            self.counters.refused_requests += 1
+            raise RequestRefused(f"heads: {exc}") from None
+
+        def answer(reply: protocol.LedgerHeadsReply) -> None:
+            self._take_heads(reply)
+            self._respond(request, bundles.encode_heads(
+                plan.member_heads(self.mine, self.members())))
+            self.counters.heads_served += 1
+            sync = self.mates.get(peer)
+            if sync is None and peer in self.live_mates():
+                sync = self.mates[peer] = MateSync(peer, due=False)
+            if sync is not None:
+                self._learn(sync, theirs)  # it may hold what we lack: pull it from there
+
+        return self._ask_then_answer(request, peer, protocol.LedgerHeads(),
+                                     protocol.LedgerHeadsReply, answer)
+
+    def _serve_range(self, request: IncomingRequest) -> Any:
+        peer = self._mate(request)
+        try:
+            wanted = plan.decode_range_request(request.data)
+        except mesh.WireError as exc:
+            self.counters.refused_requests += 1
+            raise RequestRefused(f"range: {exc}") from None
+
+        def answer(reply: protocol.LedgerRangeReply) -> None:
+            self.counters.ranges_served += 1
+            self._respond(request, plan.encode_range_response(reply.bundle, reply.head_seq))
+
+        return self._ask_then_answer(request, peer, protocol.LedgerRange(
+            feed=wanted.feed, after_seq=wanted.after_seq,
+            max_bytes=plan.bundle_budget(request.link_mdu), with_key=wanted.with_key),
+            protocol.LedgerRangeReply, answer)
+
+    def _respond(self, request: IncomingRequest, body: bytes) -> None:
+        self.counters.bytes_sent += len(body)
+        request.respond(body)
+
+    # --- the operator's view ----------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {**vars(self.counters),
+                "feeds": {feed: head.seq for feed, head in self.mine.items()},
+                "forked": sorted(self.forked),
+                "mates": {peer: {"busy": sync.busy, "feed": sync.feed, "failures": sync.failures,
+                                 "quarantined": now < sync.quarantined_until,
+                                 "stalled": sorted(sync.stalled)}
+                          for peer, sync in self.mates.items()},
+                "ledger_timeouts": self.ledger.timeouts}
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def _outcome(value: str) -> Outcome | None:
+    try:
+        return Outcome(value)
+    except ValueError:
+        return None
