@@ -34,7 +34,7 @@ from akita import transport
 from akita.errors import AkitaError
 from akita.wire import protocol
 from bench.node_fixture import REPO, BenchNode, percentile
-from tests.helpers import free_port
+from supervisor.demo import free_port
 
 WORKERS = ["ledger", "executor", "gateway"]
 SPIN = "tests.sample_tasks.spin"

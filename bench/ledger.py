@@ -45,6 +45,7 @@ from akita.identity import NodeIdentity
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
 from akita.wire import protocol
+from workers.ledger import store
 
 KIND = "task.succeeded"
 CONFIG = """[node]
@@ -178,7 +179,7 @@ def run_senders(run_dir: Path, senders: int, count: int) -> list[dict[str, Any]]
 
 def raw_apsw(path: Path, count: int, batch: int = 1000) -> float:
     """Events/s of raw APSW writing the same rows with the same chain; one process."""
-    conn = chain.open_writer(path)
+    conn = store.open_writer(path)
     node = NodeIdentity.generate()
     conn.execute("INSERT INTO feeds (feed, public_key, local) VALUES (?, ?, 1)",
                  (node.node_id, node.public_key))
@@ -200,7 +201,7 @@ def raw_apsw(path: Path, count: int, batch: int = 1000) -> float:
 def raw_commit_latency(path: Path, rate: float, seconds: float) -> list[float]:
     """The floor under durable latency: one event per raw APSW commit (synchronous=FULL,
     same row, same chain), paced at `rate`; seconds per commit."""
-    conn = chain.open_writer(path)
+    conn = store.open_writer(path)
     node = NodeIdentity.generate()
     conn.execute("INSERT INTO feeds (feed, public_key, local) VALUES (?, ?, 1)",
                  (node.node_id, node.public_key))

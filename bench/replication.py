@@ -41,6 +41,7 @@ from akita.ledger import chain
 from akita.ledger.client import LedgerClient
 from akita.wire import protocol
 from bench.ledger import event_data, start_writer, stop_writer
+from workers.ledger import store
 
 KIND = "task.succeeded"
 
@@ -120,10 +121,7 @@ def pull(source: Path, target: Path, feed: str, max_bytes: int) -> tuple[int, in
 def raw_apsw(path: Path, rows: list[tuple[int, float, str, bytes, bytes, bytes]],
              feed: str) -> float:
     """Events/s storing `rows` with the chain recomputed: the floor of any verifying ingest."""
-    conn = apsw.Connection(str(path))
-    conn.execute("PRAGMA journal_mode=WAL").fetchall()
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute(chain.SCHEMA)
+    conn = store.open_writer(path)
     started = time.perf_counter()
     prev = chain.GENESIS_HASH
     out = []

@@ -42,6 +42,7 @@ from akita import transport
 from akita.errors import AkitaError
 from akita.ledger import chain
 from akita.wire import protocol
+from supervisor.demo import free_port
 
 HEADER_BYTES = 19        # a link packet's header: flags, hops, link id (16), context
 POLL_S = 0.05
@@ -57,14 +58,6 @@ def sections(name: str, port: int, hub: bool) -> dict[str, dict[str, Any]]:
         "reticulum": {"auto_interface": "no",
                       "tcp_listen" if hub else "tcp_connect": f"127.0.0.1:{port}"},
     }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ask(node: BenchNode, msg: protocol.Message) -> Any:

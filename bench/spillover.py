@@ -28,7 +28,7 @@ from akita.errors import AkitaError
 from akita.wire import protocol
 from bench.delegation import ask, node_id, sections, start, wait_ready
 from bench.node_fixture import BenchNode
-from tests.helpers import free_port
+from supervisor.demo import free_port
 
 
 def wait_two_clusters(nodes: list[BenchNode], timeout_s: float = 90.0) -> tuple[list[str], str]:

@@ -47,6 +47,7 @@ class DemoNode:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for loopback meshes)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

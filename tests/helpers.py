@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from akita import config as config_mod
 from akita import transport
 from akita.errors import AkitaError
 from akita.wire import protocol
+from supervisor.demo import free_port  # re-exported for the tests: one home for it
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,13 +43,6 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str,
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}; "
                                  f"last saw: {last!r}")
         time.sleep(interval_s)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pid_alive(pid: int) -> bool:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from akita.identity import NodeIdentity
 from akita.ledger import chain
-from workers.ledger.store import Append, LedgerStore, Verdict, admit, parse_events
+from workers.ledger.store import Append, LedgerStore, Verdict, admit, open_writer, parse_events
 
 CHECKPOINT_EVERY = 4
 
@@ -26,7 +26,7 @@ def build_feed(path: Path, count: int, *, node: NodeIdentity | None = None,
     """A feed of `count` events committed one per transaction, checkpoints every 4 events
     and at the end (as the worker does at shutdown)."""
     node = node or NodeIdentity.generate()
-    conn = chain.open_writer(path)
+    conn = open_writer(path)
     store = LedgerStore(conn, node)
     for i in range(count):
         kind = kinds[i % len(kinds)]
@@ -144,7 +144,7 @@ def test_checkpoints_are_batched(feed_db: Path) -> None:
 def test_restart_recovers_the_head_and_continues_the_chain(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     node = build_feed(path, 5)
-    conn = chain.open_writer(path)
+    conn = open_writer(path)
     store = LedgerStore(conn, node)
     assert store.chain.seq == 5 and store.checkpoint_seq == 5
     resend = Append("builder", 5, 1, parse_events([{"kind": "x", "ts": 1.0, "data": 0}]), True)

@@ -1,4 +1,4 @@
-"""The ledger model: schema, hash chain, signed checkpoints, verification, read-only readers.
+"""The ledger model: hash chain, signed checkpoints, verification, read-only readers.
 
 One SQLite file (``data_dir/ledger.db``, WAL) holds every feed this node knows: its own,
 written only by the ledger worker, and (issue 5) feeds of other nodes replicated into the
@@ -14,7 +14,8 @@ Ed25519 key: one signature covers every event before it, and a checkpoint beyond
 stored event proves that events were cut off.
 
 The readers open the file read-only, so they work while the writer writes and when no node
-runs at all. `LedgerStore` (the writing side) lives in `workers.ledger.store`.
+runs at all. The schema and every read-write connection (`LedgerStore`, the writing
+side) live in `workers.ledger.store`, in the ledger worker's wing.
 """
 
 from __future__ import annotations
@@ -36,53 +37,6 @@ GENESIS_HASH = bytes(32)
 BUSY_TIMEOUT_MS = 5_000
 _ARRAY5 = b"\x95"  # msgpack header of a 5-element array: [feed, seq, ts, kind, data]
 _CHECKPOINT_TAG = "akita.ledger.checkpoint"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feeds (
-    id INTEGER PRIMARY KEY,
-    feed TEXT NOT NULL UNIQUE,          -- the author's node id, hex
-    public_key BLOB NOT NULL,           -- 64 bytes: X25519 public ‖ Ed25519 public
-    local INTEGER NOT NULL DEFAULT 0    -- 1 for this node's own feed
-);
-CREATE TABLE IF NOT EXISTS events (
-    feed INTEGER NOT NULL REFERENCES feeds(id),
-    seq INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    kind TEXT NOT NULL,
-    data BLOB NOT NULL,                 -- msgpack, exactly as hashed
-    prev BLOB NOT NULL,
-    hash BLOB NOT NULL,
-    PRIMARY KEY (feed, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS events_by_kind ON events (feed, kind, seq);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    feed INTEGER NOT NULL REFERENCES feeds(id),
-    seq INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    signature BLOB NOT NULL,
-    ts REAL NOT NULL,
-    PRIMARY KEY (feed, seq)
-) WITHOUT ROWID;
--- Which appends of which sender instance are already committed (deduplication of resends).
-CREATE TABLE IF NOT EXISTS sources (
-    source TEXT PRIMARY KEY,
-    ref INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL,
-    seen REAL NOT NULL
-) WITHOUT ROWID;
--- Signed proof that a feed's author misbehaved: e.g. two different entries at one
--- seq, both under valid checkpoints. Kept for good; one row per (feed, seq, kind).
-CREATE TABLE IF NOT EXISTS misbehaviour (
-    feed TEXT NOT NULL,                 -- the author's node id, hex
-    seq INTEGER NOT NULL,               -- where the feed forked
-    kind TEXT NOT NULL,                 -- "fork"
-    reporter TEXT NOT NULL,             -- the peer whose bundle revealed it
-    evidence BLOB NOT NULL,             -- replication.fork_evidence(): two signed bundles
-    ts REAL NOT NULL,
-    PRIMARY KEY (feed, seq, kind)
-) WITHOUT ROWID;
-"""
-
 
 class LedgerNotFound(AkitaError):
     """There is no ledger file (the node has never started, or the path is wrong)."""
@@ -247,18 +201,6 @@ def _check_checkpoint(feed: str, public_key: bytes, seq: int, chain_hash: bytes,
 def db_path(config: Any) -> Path:
     """Where the node keeps its ledger: data_dir/ledger.db (`config` is an akita Config)."""
     return Path(config.node.data_dir) / DB_FILE
-
-
-def open_writer(path: Path) -> apsw.Connection:
-    """The read-write connection (the ledger worker's only): WAL, fsync on every commit."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = apsw.Connection(str(path))
-    conn.set_busy_timeout(BUSY_TIMEOUT_MS)
-    conn.execute("PRAGMA journal_mode=WAL").fetchall()
-    # FULL: a commit is on disk (WAL fsynced) before we acknowledge anything it holds.
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute(SCHEMA)
-    return conn
 
 
 def open_reader(path: Path) -> apsw.Connection:

@@ -1,24 +1,24 @@
-"""The node's network side: everything the gateway worker does over Reticulum.
+"""The gateway's wing: everything the node does over Reticulum.
 
-Only the gateway process imports RNS. The modules that do (`rnsnode`, `links`) are imported
-by `workers.gateway.worker` alone; the rest are pure logic with no RNS import, tested directly:
+Only this wing imports RNS (checked by `lint-imports`), and within it only `rnsnode` and
+`links` do; the formats are in `akita.wire.mesh`, the pure rules in `akita.mesh`:
 
 - `rnsconfig`  the Reticulum config written from [reticulum]
-- `wire`       announce app_data and probe packets (msgpack, checked field by field)
 - `peers`      the peer table: (generation, seq) ordering, tombstones, silence timeouts
 - `probes`     SWIM-style probe scheduling: direct, indirect, suspect
 - `discovery`  when to announce, what an announce does, when to re-form clusters
-- `formation`  this node's side of `akita.mesh.cluster` (seat, term, operator view)
 - `sync`       the signed LWW state records and their deltas
 - `recovery`   boot generation, and what a restarted gateway reads back from the ledger
 - `views`      the JSON shapes of peers / clusters / state / services
 - `node`       `NetNode`: all of the above wired together on the gateway's loop
-- `replicate`  ledger replication among cluster mates (`replicate_plan`: its pure rules and
-               request bodies; `ledger_requests`: async requests to the own ledger worker)
+- `replicate`  ledger replication among cluster mates (`akita.mesh.replication`: its pure
+               rules and request bodies; `ledger_requests`: async requests to the own
+               ledger worker)
 - `intercluster`  messages to another cluster's subscribers through its coordinator, end to
-               end acknowledged and retried (`messaging`: its pure rules and link bodies)
+               end acknowledged and retried (`akita.mesh.messaging`: its pure rules and link
+               bodies)
 - `delegate`   tasks handed to cluster mates and their outcomes brought home (`delegate_peer`:
-               the peer's side; `delegate_plan`: choice of peer, timers, link bodies;
+               the peer's side; `akita.mesh.delegation`: choice of peer, timers, link bodies;
                `executor_requests`: async requests to the own executor; `spillover`: a
                saturated cluster's tasks to another cluster's coordinator)
 

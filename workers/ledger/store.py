@@ -34,6 +34,64 @@ MAX_KIND_CHARS = 200
 
 Row = tuple[int, int, float, str, bytes, bytes, bytes]  # feed id, seq, ts, kind, data, prev, hash
 
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS feeds (
+    id INTEGER PRIMARY KEY,
+    feed TEXT NOT NULL UNIQUE,          -- the author's node id, hex
+    public_key BLOB NOT NULL,           -- 64 bytes: X25519 public ‖ Ed25519 public
+    local INTEGER NOT NULL DEFAULT 0    -- 1 for this node's own feed
+);
+CREATE TABLE IF NOT EXISTS events (
+    feed INTEGER NOT NULL REFERENCES feeds(id),
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data BLOB NOT NULL,                 -- msgpack, exactly as hashed
+    prev BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (feed, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_kind ON events (feed, kind, seq);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    feed INTEGER NOT NULL REFERENCES feeds(id),
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (feed, seq)
+) WITHOUT ROWID;
+-- Which appends of which sender instance are already committed (deduplication of resends).
+CREATE TABLE IF NOT EXISTS sources (
+    source TEXT PRIMARY KEY,
+    ref INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    seen REAL NOT NULL
+) WITHOUT ROWID;
+-- Signed proof that a feed's author misbehaved: e.g. two different entries at one
+-- seq, both under valid checkpoints. Kept for good; one row per (feed, seq, kind).
+CREATE TABLE IF NOT EXISTS misbehaviour (
+    feed TEXT NOT NULL,                 -- the author's node id, hex
+    seq INTEGER NOT NULL,               -- where the feed forked
+    kind TEXT NOT NULL,                 -- "fork"
+    reporter TEXT NOT NULL,             -- the peer whose bundle revealed it
+    evidence BLOB NOT NULL,             -- replication.fork_evidence(): two signed bundles
+    ts REAL NOT NULL,
+    PRIMARY KEY (feed, seq, kind)
+) WITHOUT ROWID;
+"""
+
+
+def open_writer(path: Path) -> apsw.Connection:
+    """The read-write connection (the ledger worker's only): WAL, fsync on every commit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = apsw.Connection(str(path))
+    conn.set_busy_timeout(chain.BUSY_TIMEOUT_MS)
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    # FULL: a commit is on disk (WAL fsynced) before we acknowledge anything it holds.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(SCHEMA)
+    return conn
+
 
 class Verdict(enum.Enum):
     COMMIT = "commit"        # the next ref of its source: write it

@@ -29,6 +29,7 @@ from akita import identity
 from akita.ledger import chain
 from akita.wire import protocol
 from workers.base import Request, Worker
+from workers.ledger import store
 from workers.ledger.replicas import ReplicaStore, ReplicationError
 from workers.ledger.store import Append, LedgerStore, Row, Verdict, WalCheckpointer, parse_events
 
@@ -47,7 +48,7 @@ class LedgerWorker(Worker):
     def setup(self) -> None:
         node = identity.load_or_create(self.config.node.data_dir)
         path = chain.db_path(self.config)
-        self.conn = chain.open_writer(path)
+        self.conn = store.open_writer(path)
         self.store = LedgerStore(self.conn, node)
         self.replicas = ReplicaStore(self.conn, self.store)
         # WAL checkpoints happen off the commit path (see WalCheckpointer); the WAL file is cut
