@@ -1,0 +1,287 @@
+"""The emulated LoRa channel: airtime arithmetic against published figures, the medium's
+rules with explicit times, and the real channel and attach processes over a unix socket."""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from akita.mesh.airtime import LoraProfile, profile
+from akita.wire import protocol
+from supervisor.radio import HdlcReader, Medium, hdlc_frame, query_stats
+from tests.helpers import REPO, Node, NotYet, wait_for
+
+# --- time on air ---------------------------------------------------------------------------
+
+# Published time-on-air figures (Semtech LoRa calculator; 8-symbol preamble, explicit
+# header, CRC on, CR 4/5, 125 kHz), in milliseconds.
+PUBLISHED_MS = [
+    (7, 10, 41.216),     # the classic SF7 figure
+    (9, 10, 144.384),
+    (12, 10, 991.232),   # SF12 turns on low data rate optimisation
+    (7, 51, 102.656),
+    (10, 51, 616.448),
+]
+
+
+@pytest.mark.parametrize(("sf", "payload", "expected_ms"), PUBLISHED_MS)
+def test_time_on_air_matches_published_figures(sf: int, payload: int,
+                                                expected_ms: float) -> None:
+    assert LoraProfile(sf, 125_000).time_on_air_s(payload) * 1000 == pytest.approx(
+        expected_ms, abs=0.001)
+
+
+def test_nominal_bitrates_are_the_ones_rnodes_state() -> None:
+    assert profile("SF7").bitrate == pytest.approx(5469, abs=1)
+    assert profile("SF9").bitrate == pytest.approx(1758, abs=1)
+    assert profile("SF12").bitrate == pytest.approx(293, abs=1)
+    assert profile("SF7-500").bitrate == pytest.approx(21875, abs=1)
+
+
+def test_low_data_rate_optimisation_only_for_long_symbols() -> None:
+    assert profile("SF12").low_data_rate and profile("SF11").low_data_rate
+    assert not profile("SF10").low_data_rate and not profile("SF7-500").low_data_rate
+
+
+def test_bad_modulation_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="spreading factor 13"):
+        LoraProfile(13, 125_000)
+    with pytest.raises(ValueError, match="bandwidth 100000"):
+        LoraProfile(9, 100_000)
+    with pytest.raises(ValueError, match="coding rate 4/9"):
+        LoraProfile(9, 125_000, coding_rate=9)
+    with pytest.raises(ValueError, match="expected one of"):
+        profile("SF99")
+
+
+# --- the medium, with explicit times --------------------------------------------------------
+
+SF7 = LoraProfile(7, 125_000)
+
+
+def medium(*names: str, links: str = "", loss: float = 0.0) -> Medium:
+    pairs = {frozenset(p.split("-")) for p in links.split(",")} if links else None
+    m = Medium(SF7, links=pairs, loss=loss, rng=random.Random(1))
+    for name in names:
+        m.join(name, None, 0.0)
+    return m
+
+
+def run(m: Medium, until: float) -> list[tuple[str, str, bytes]]:
+    """Drive the medium's own timers until `until`; (receiver, sender, frame) delivered."""
+    got = []
+    now = 0.0
+    while True:
+        deadline = m.next_deadline()
+        if deadline is None or deadline > until:
+            return got
+        now = max(now, deadline)
+        for tx in [tx for tx in m.active if tx.end <= now]:
+            got += [(station.name, tx.sender, frame) for station, frame in m.finish(tx, now)]
+        for station in list(m.stations.values()):
+            m.try_send(station, now)
+
+
+def test_a_frame_reaches_everyone_in_range_after_its_time_on_air() -> None:
+    m = medium("a", "b", "c")
+    m.offer("a", b"x" * 100, 0.0)
+    (tx,) = m.active
+    assert tx.end == pytest.approx(SF7.time_on_air_s(100))
+    assert sorted(run(m, 10.0)) == [("b", "a", b"x" * 100), ("c", "a", b"x" * 100)]
+    assert m.stations["a"].airtime_s == pytest.approx(SF7.time_on_air_s(100))
+
+
+def test_one_transmitter_at_a_time_a_second_sender_defers() -> None:
+    m = medium("a", "b", "c")
+    m.offer("a", b"1" * 200, 0.0)
+    m.offer("b", b"2" * 200, 0.001)
+    assert [tx.sender for tx in m.active] == ["a"]       # b heard a and waits
+    got = run(m, 10.0)
+    assert ("c", "a", b"1" * 200) in got and ("c", "b", b"2" * 200) in got
+    assert m.stations["c"].lost_frames == 0
+    busy = SF7.time_on_air_s(200) * 2
+    assert m.stats(busy)["busy_s"] == pytest.approx(busy, abs=1e-3)  # the gap is not busy
+
+
+def test_hidden_terminals_collide_at_the_node_between_them() -> None:
+    m = medium("a", "b", "c", links="a-b,b-c")          # a and c cannot hear each other
+    m.offer("a", b"1" * 100, 0.0)
+    m.offer("c", b"2" * 100, 0.01)                       # c hears nothing: sends at once
+    assert {tx.sender for tx in m.active} == {"a", "c"}
+    assert run(m, 10.0) == []                            # b lost both
+    assert m.stations["b"].lost_frames == 2
+
+
+def test_out_of_range_nodes_never_hear_each_other() -> None:
+    m = medium("a", "b", "c", links="a-b,b-c")
+    m.offer("a", b"hello", 0.0)
+    assert run(m, 10.0) == [("b", "a", b"hello")]
+
+
+def test_half_duplex_a_sender_does_not_hear_while_it_sends() -> None:
+    m = medium("a", "b", links="a-b")
+    m.offer("a", b"1" * 200, 0.0)
+    m.active.append(type(m.active[0])("b", 0.001, 0.05, b"2"))  # b started before hearing a
+    m.stations["b"].sending = m.active[-1]
+    assert run(m, 10.0) == []
+    assert m.stations["a"].lost_frames == 1 and m.stations["b"].lost_frames == 1
+
+
+def test_frames_over_the_mtu_are_dropped_and_counted() -> None:
+    m = medium("a", "b")
+    m.offer("a", b"x" * 501, 0.0)
+    assert m.active == [] and m.stations["a"].dropped_frames == 1
+    assert m.stats(1.0)["largest_frame"] == 501
+
+
+def test_random_loss_drops_about_the_configured_share() -> None:
+    m = medium("a", "b", loss=0.3)
+    for i in range(200):
+        m.offer("a", b"%d" % i, float(i))
+        run(m, float(i) + 0.5)
+    assert 40 <= m.stations["b"].lost_frames <= 80
+    assert m.stations["b"].rx_frames == 200 - m.stations["b"].lost_frames
+
+
+def test_hdlc_framing_round_trips_the_bytes_that_need_escaping() -> None:
+    payload = bytes([0x7E, 0x7D, 0x00, 0x7E, 0x20, 0xFF])
+    reader = HdlcReader()
+    assert reader.feed(hdlc_frame(payload) + hdlc_frame(b"two")) == [payload, b"two"]
+    assert reader.feed(hdlc_frame(b"split")[:3]) == []
+
+
+# --- the real processes ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def channel(tmp_path: Path) -> Iterator[str]:
+    path = str(tmp_path / "radio.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor.radio", "channel", "--socket",
+                             path, "--profile", "SF7-500", "--links", "a-b,b-c", "--seed", "1"],
+                            cwd=REPO)
+    try:
+        wait_for(lambda: os.path.exists(path), 10.0, "the channel's socket")
+        yield path
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def attach(path: str, node: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "supervisor.radio", "attach", "--socket",
+                             path, "--node", node], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+
+
+def read_frames(proc: subprocess.Popen[bytes], count: int, timeout_s: float) -> list[bytes]:
+    assert proc.stdout is not None
+    reader, frames = HdlcReader(), []
+    deadline = time.monotonic() + timeout_s
+    while len(frames) < count:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([proc.stdout], [], [], max(left, 0))
+        if not ready:
+            raise AssertionError(f"waited {timeout_s} s for {count} frames, got {frames}")
+        frames += reader.feed(os.read(proc.stdout.fileno(), 4096))
+    return frames
+
+
+def test_attached_processes_talk_through_the_channel_within_range(channel: str) -> None:
+    nodes = {name: attach(channel, name) for name in "abc"}
+    try:
+        wait_for(lambda: set(query_stats(channel)["nodes"]) == {"a", "b", "c"}, 10.0,
+                 "all three nodes attached")
+        assert nodes["a"].stdin is not None
+        nodes["a"].stdin.write(hdlc_frame(b"from a ~\x7e") + hdlc_frame(b"x" * 600))
+        nodes["a"].stdin.flush()
+        assert read_frames(nodes["b"], 1, 10.0) == [b"from a ~\x7e"]
+        stats = wait_for(lambda: query_stats(channel)["nodes"]["a"]["dropped_frames"] == 1
+                         and query_stats(channel), 10.0, "the oversized frame counted")
+        a, c = stats["nodes"]["a"], stats["nodes"]["c"]
+        assert a["tx_frames"] == 1 and a["airtime_s"] > 0 and c["rx_frames"] == 0
+        assert stats["utilisation_percent"] > 0 and stats["largest_frame"] == 600
+    finally:
+        for proc in nodes.values():
+            proc.kill()
+            proc.wait(10)
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+
+# --- real nodes over the channel ---------------------------------------------------------------
+
+
+def radio_reticulum_config(directory: Path, channel_socket: str, node: str, bitrate: int) -> Path:
+    """A Reticulum config dir whose only interface is a PipeInterface onto the channel."""
+    directory.mkdir(parents=True)
+    command = f"{sys.executable} -m supervisor.radio attach --socket {channel_socket} --node {node}"
+    (directory / "config").write_text(f"""\
+[reticulum]
+  enable_transport = No
+  share_instance = No
+  panic_on_interface_error = No
+[logging]
+  loglevel = 4
+[interfaces]
+  [[Emulated LoRa]]
+    type = PipeInterface
+    enabled = yes
+    command = {command}
+    respawn_delay = 1
+    bitrate = {bitrate}
+    ingress_control = No
+""")
+    return directory
+
+
+@pytest.mark.slow
+def test_three_nodes_form_a_cluster_over_the_emulated_channel(
+        make_node: Callable[..., Node], short_tmp: Path) -> None:
+    sock = str(short_tmp / "radio.sock")
+    channel = subprocess.Popen([sys.executable, "-m", "supervisor.radio", "channel", "--socket",
+                                sock, "--profile", "SF7-500", "--seed", "2"], cwd=REPO)
+    try:
+        wait_for(lambda: os.path.exists(sock), 10.0, "the channel's socket")
+        bitrate = int(profile("SF7-500").bitrate)
+        nodes = []
+        for name in ("a", "b", "c"):
+            rns_dir = radio_reticulum_config(short_tmp / f"rns-{name}", sock, name, bitrate)
+            nodes.append(make_node({
+                "node": {"name": name}, "supervisor": {"workers": "ledger, gateway"},
+                "cluster": {"cluster_size": 3, "announce_interval": 3, "peer_timeout": 12,
+                            "discovery_interval": 0.5},
+                "reticulum": {"auto_interface": "no", "config_dir": str(rns_dir)}}, name=name))
+        for node in nodes:
+            node.start()
+        ids = {str(node.status()["node"]["id"]) for node in nodes}
+
+        def one_cluster() -> Any:
+            views = {frozenset(frozenset(c["members"]) for c in cluster_list(node))
+                     for node in nodes}
+            return views == {frozenset({frozenset(ids)})} or NotYet({"views": views})
+
+        wait_for(one_cluster, 60.0, "three nodes agreeing on one cluster over the radio")
+        stats = query_stats(sock)
+        assert set(stats["nodes"]) == {"a", "b", "c"}
+        assert all(n["tx_frames"] > 0 and n["airtime_s"] > 0 for n in stats["nodes"].values())
+        assert stats["largest_frame"] <= 500, "a frame over the LoRa MTU reached the channel"
+        assert all(n["dropped_frames"] == 0 for n in stats["nodes"].values())
+    finally:
+        channel.terminate()
+        channel.wait(10)
+
+
+def cluster_list(node: Node) -> list[dict[str, Any]]:
+    reply = node.request(protocol.ClusterList())
+    assert isinstance(reply, protocol.ClusterListReply)
+    return reply.clusters
