@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from akita.errors import ConfigError
+from akita.mesh import airtime
 
 # The worker processes a supervisor knows how to run, in start order.
 WORKER_ORDER = ("ledger", "sampler", "executor", "gateway")
@@ -28,6 +29,10 @@ WORKER_ORDER = ("ledger", "sampler", "executor", "gateway")
 # Longest path a Unix socket may have (sun_path is 108 bytes with its NUL).
 _MAX_SOCKET_PATH = 107
 _LONGEST_SOCKET_NAME = "executor.sock"
+
+# What an RNode can tune to (Reticulum's own bounds for RNodeInterface).
+_FREQUENCY_MIN_HZ = 137_000_000
+_FREQUENCY_MAX_HZ = 3_000_000_000
 
 
 class RestartPolicy(str, Enum):
@@ -159,6 +164,47 @@ def _identity_list(raw: str, base: Path) -> tuple[str, ...]:
         if len(item) != 32 or any(c not in "0123456789abcdef" for c in item.lower()):
             raise ValueError(f"{item!r} is not an identity hash (32 hex digits)")
     return tuple(item.lower() for item in items)
+
+
+def _optional_percent(raw: str, base: Path) -> float | None:
+    return _percent(raw, base) if raw else None
+
+
+def _optional_int_range(low: int, high: int) -> Converter:
+    convert = _int_range(low, high)
+
+    def optional(raw: str, base: Path) -> int | None:
+        return convert(raw, base) if raw else None
+
+    return optional
+
+
+def _optional_command(raw: str, _base: Path) -> tuple[str, ...] | None:
+    return tuple(_split_argv(raw)) if raw else None
+
+
+def _frequency_hz(raw: str, _base: Path) -> int | None:
+    if not raw:
+        return None
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = -1
+    if not _FREQUENCY_MIN_HZ <= value <= _FREQUENCY_MAX_HZ:
+        raise ValueError(f"expected a frequency in Hz from {_FREQUENCY_MIN_HZ} to "
+                         f"{_FREQUENCY_MAX_HZ} (e.g. 867200000 for 867.2 MHz)")
+    return value
+
+
+def _lora_bandwidth(raw: str, _base: Path) -> int:
+    allowed = airtime.BANDWIDTHS_HZ
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value not in allowed:
+        raise ValueError("expected a LoRa bandwidth in Hz: " + ", ".join(map(str, allowed)))
+    return value
 
 
 def _node_name(raw: str, _base: Path) -> str:
@@ -307,6 +353,31 @@ class ReticulumConfig:
                                                        ())
     network_name: str = setting(_text, "interface access code network name", "")
     passphrase: str = setting(_text, "interface access code passphrase", "")
+    transport: str = setting(_choice("auto", "yes", "no"), "forward other nodes' traffic "
+                             "(auto: only a node with tcp_listen does)", "auto")
+    auto_devices: tuple[str, ...] = setting(_name_list, "AutoInterface only on these network "
+                                            "devices (empty: every suitable one)", ())
+    auto_group_id: str = setting(_text, "AutoInterface discovery group (empty: Reticulum's "
+                                 "default); nodes in other groups are not found", "")
+    rnode_port: str = setting(_text, "serial port of an RNode LoRa radio (empty: none)", "")
+    rnode_frequency: int | None = setting(_frequency_hz, "RNode frequency in Hz (required "
+                                          "with rnode_port)", None)
+    rnode_bandwidth: int = setting(_lora_bandwidth, "RNode LoRa bandwidth in Hz", 125_000)
+    rnode_spreading_factor: int = setting(_int_range(5, 12), "RNode LoRa spreading factor", 9)
+    rnode_coding_rate: int = setting(_int_range(5, 8), "RNode LoRa coding rate 4/N", 5)
+    rnode_tx_power: int = setting(_int_range(0, 37), "RNode transmit power in dBm (what "
+                                  "your licence and band allow)", 14)
+    rnode_airtime_limit_long: float | None = setting(_optional_percent, "RNode long-term "
+                                                     "airtime limit in percent (empty: none)",
+                                                     None)
+    rnode_airtime_limit_short: float | None = setting(_optional_percent, "RNode short-term "
+                                                      "airtime limit in percent (empty: none)",
+                                                      None)
+    pipe: tuple[str, ...] | None = setting(_optional_command, "command of a pipe interface: "
+                                           "HDLC frames on its stdin/stdout (e.g. the radio "
+                                           "emulator's attach)", None)
+    pipe_bitrate: int | None = setting(_optional_int_range(5, 10**10), "bits/s of the pipe "
+                                       "interface's medium (empty: Reticulum's guess)", None)
     config_dir: Path | None = setting(_optional_directory, "use this Reticulum config "
                                       "directory instead of the keys above", None)
 
@@ -489,18 +560,31 @@ def _check(config: Config) -> None:
                           f"(sockets there need {len(os.fsencode(socket_path))} bytes, the "
                           f"limit is {_MAX_SOCKET_PATH}); choose a shorter path",
                           path=path, section="node", key="run_dir")
-    ret = config.reticulum
-    if ret.config_dir is not None and (ret.tcp_listen or ret.tcp_connect or ret.network_name
-                                       or ret.passphrase):
-        raise ConfigError("config_dir cannot be combined with tcp_listen, tcp_connect, "
-                          "network_name or passphrase; configure the interfaces in that "
-                          "Reticulum config instead", path=path, section="reticulum",
-                          key="config_dir")
+    _check_reticulum(config.reticulum, path)
     sec = config.security
     if sec.admission == "allowlist" and not sec.allowed_identities:
         raise ConfigError("admission = allowlist needs at least one identity in "
                           "allowed_identities", path=path, section="security",
                           key="allowed_identities")
+
+
+def _check_reticulum(ret: ReticulumConfig, path: str) -> None:
+    if ret.config_dir is not None and (ret.tcp_listen or ret.tcp_connect or ret.network_name
+                                       or ret.passphrase or ret.rnode_port or ret.pipe):
+        raise ConfigError("config_dir cannot be combined with tcp_listen, tcp_connect, "
+                          "network_name, passphrase, rnode_port or pipe; configure the "
+                          "interfaces in that Reticulum config instead", path=path,
+                          section="reticulum", key="config_dir")
+    if ret.rnode_port and ret.rnode_frequency is None:
+        raise ConfigError("an RNode needs its frequency: set rnode_frequency (in Hz) for "
+                          f"rnode_port = {ret.rnode_port}", path=path, section="reticulum",
+                          key="rnode_frequency")
+    if ret.rnode_frequency is not None and not ret.rnode_port:
+        raise ConfigError("rnode_frequency is set but rnode_port is empty: name the RNode's "
+                          "serial port", path=path, section="reticulum", key="rnode_port")
+    if ret.pipe_bitrate is not None and ret.pipe is None:
+        raise ConfigError("pipe_bitrate is set but pipe is empty: give the pipe command",
+                          path=path, section="reticulum", key="pipe")
 
 
 def load(path: str | os.PathLike[str]) -> Config:

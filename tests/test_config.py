@@ -33,6 +33,17 @@ CASES = {
                        ["[supervisor]:workers", "'samplr'", "ledger, sampler, executor, gateway"]),
     "missing required key": ("[node]\ndata_dir = d\nlog_dir = l\n",
                              ["[node]:run_dir", "required key is missing"]),
+    "RNode without a frequency": (GOOD + "[reticulum]\nrnode_port = /dev/ttyUSB0\n",
+                                  ["[reticulum]:rnode_frequency", "needs its frequency"]),
+    "frequency out of range": (GOOD + "[reticulum]\nrnode_port = /dev/ttyUSB0\n"
+                               "rnode_frequency = 5000\n",
+                               ["[reticulum]:rnode_frequency", "'5000'", "137000000"]),
+    "not a LoRa bandwidth": (GOOD + "[reticulum]\nrnode_bandwidth = 100000\n",
+                             ["[reticulum]:rnode_bandwidth", "'100000'", "125000, 250000"]),
+    "spreading factor": (GOOD + "[reticulum]\nrnode_spreading_factor = 13\n",
+                         ["[reticulum]:rnode_spreading_factor", "from 5 to 12"]),
+    "pipe bitrate without a pipe": (GOOD + "[reticulum]\npipe_bitrate = 1000\n",
+                                    ["[reticulum]:pipe", "give the pipe command"]),
     "bad INI syntax": (GOOD + "[supervisor\nworkers = ledger\n", ["not a valid INI file"]),
     "key outside a section": ("data_dir = d\n" + GOOD, ["not a valid INI file"]),
 }

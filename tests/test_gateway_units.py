@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -236,6 +238,46 @@ def test_reticulum_config_for_a_client_with_auto_interface() -> None:
     text = rnsconfig.render(ReticulumConfig(tcp_connect=(("h", 1), ("k", 2))))
     assert "enable_transport = No" in text and "type = AutoInterface" in text
     assert text.count("TCPClientInterface") == 2
+
+
+def parse_with_reticulums_configobj(path: Path) -> dict[str, Any]:
+    """Parsed by the ConfigObj that Reticulum vendors, in a child: no RNS in the test process."""
+    script = ("import json, sys; from RNS.vendor.configobj import ConfigObj; "
+              "print(json.dumps(ConfigObj(sys.argv[1]).dict()))")
+    return dict(json.loads(subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True, text=True, check=True, timeout=30).stdout))
+
+
+def test_reticulum_config_for_a_radio_node(tmp_path: Path) -> None:
+    ret = ReticulumConfig(auto_devices=("eth0", "wlan0"), auto_group_id="field team",
+                          rnode_port="/dev/ttyUSB0", rnode_frequency=867_200_000,
+                          rnode_spreading_factor=10, rnode_airtime_limit_long=1.0,
+                          pipe=("python3", "-m", "supervisor.radio", "attach", "--socket",
+                                "/tmp/a b.sock", "--node", "n1"), pipe_bitrate=1758,
+                          transport="yes")
+    parsed = parse_with_reticulums_configobj(rnsconfig.write(ret, tmp_path) / "config")
+    assert parsed["reticulum"]["enable_transport"] == "Yes"
+    interfaces = parsed["interfaces"]
+    auto = interfaces["Akita Auto"]
+    assert auto["devices"] == ["eth0", "wlan0"] and auto["group_id"] == "field team"
+    rnode = interfaces["Akita RNode"]
+    assert (rnode["type"], rnode["port"], rnode["frequency"]) == (
+        "RNodeInterface", "/dev/ttyUSB0", "867200000")
+    assert (rnode["spreadingfactor"], rnode["codingrate"], rnode["bandwidth"]) == (
+        "10", "5", "125000")
+    assert rnode["airtime_limit_long"] == "1.0" and "airtime_limit_short" not in rnode
+    pipe = interfaces["Akita Pipe"]
+    assert pipe["type"] == "PipeInterface" and pipe["bitrate"] == "1758"
+    assert shlex.split(pipe["command"])[-3:] == ["/tmp/a b.sock", "--node", "n1"]
+    assert all(body["enabled"] == "yes" for body in interfaces.values())
+
+
+def test_only_a_listening_node_forwards_unless_told() -> None:
+    assert not rnsconfig.forwards(ReticulumConfig())
+    assert rnsconfig.forwards(ReticulumConfig(tcp_listen=("127.0.0.1", 1)))
+    assert not rnsconfig.forwards(ReticulumConfig(tcp_listen=("127.0.0.1", 1), transport="no"))
+    assert rnsconfig.forwards(ReticulumConfig(transport="yes"))
 
 
 def test_a_taken_listen_port_is_reported() -> None:

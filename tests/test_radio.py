@@ -221,56 +221,53 @@ def test_attached_processes_talk_through_the_channel_within_range(channel: str) 
 # --- real nodes over the channel ---------------------------------------------------------------
 
 
-def radio_reticulum_config(directory: Path, channel_socket: str, node: str, bitrate: int) -> Path:
-    """A Reticulum config dir whose only interface is a PipeInterface onto the channel."""
-    directory.mkdir(parents=True)
-    command = f"{sys.executable} -m supervisor.radio attach --socket {channel_socket} --node {node}"
-    (directory / "config").write_text(f"""\
-[reticulum]
-  enable_transport = No
-  share_instance = No
-  panic_on_interface_error = No
-[logging]
-  loglevel = 4
-[interfaces]
-  [[Emulated LoRa]]
-    type = PipeInterface
-    enabled = yes
-    command = {command}
-    respawn_delay = 1
-    bitrate = {bitrate}
-    ingress_control = No
-""")
-    return directory
+def start_channel(sock: str, *extra: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor.radio", "channel", "--socket",
+                             sock, "--profile", "SF7-500", "--seed", "2", *extra], cwd=REPO)
+    wait_for(lambda: os.path.exists(sock), 10.0, "the channel's socket")
+    return proc
+
+
+def radio_node(make_node: Callable[..., Node], sock: str, name: str, **reticulum: str) -> Node:
+    """A node whose only interface is the emulated channel, through the `pipe` key."""
+    return make_node({
+        "node": {"name": name}, "supervisor": {"workers": "ledger, gateway"},
+        "cluster": {"cluster_size": 3, "announce_interval": 3, "peer_timeout": 12,
+                    "discovery_interval": 0.5},
+        "reticulum": {"auto_interface": "no",
+                      "pipe": f"{sys.executable} -m supervisor.radio attach --socket {sock} "
+                              f"--node {name}",
+                      "pipe_bitrate": str(int(profile("SF7-500").bitrate)), **reticulum}},
+        name=name)
+
+
+def cluster_list(node: Node) -> list[dict[str, Any]]:
+    reply = node.request(protocol.ClusterList())
+    assert isinstance(reply, protocol.ClusterListReply)
+    return reply.clusters
+
+
+def one_cluster_of(nodes: list[Node]) -> Callable[[], Any]:
+    ids = {str(node.status()["node"]["id"]) for node in nodes}
+
+    def check() -> Any:
+        views = {frozenset(frozenset(c["members"]) for c in cluster_list(node))
+                 for node in nodes}
+        return views == {frozenset({frozenset(ids)})} or NotYet({"views": views})
+
+    return check
 
 
 @pytest.mark.slow
 def test_three_nodes_form_a_cluster_over_the_emulated_channel(
         make_node: Callable[..., Node], short_tmp: Path) -> None:
     sock = str(short_tmp / "radio.sock")
-    channel = subprocess.Popen([sys.executable, "-m", "supervisor.radio", "channel", "--socket",
-                                sock, "--profile", "SF7-500", "--seed", "2"], cwd=REPO)
+    channel = start_channel(sock)
     try:
-        wait_for(lambda: os.path.exists(sock), 10.0, "the channel's socket")
-        bitrate = int(profile("SF7-500").bitrate)
-        nodes = []
-        for name in ("a", "b", "c"):
-            rns_dir = radio_reticulum_config(short_tmp / f"rns-{name}", sock, name, bitrate)
-            nodes.append(make_node({
-                "node": {"name": name}, "supervisor": {"workers": "ledger, gateway"},
-                "cluster": {"cluster_size": 3, "announce_interval": 3, "peer_timeout": 12,
-                            "discovery_interval": 0.5},
-                "reticulum": {"auto_interface": "no", "config_dir": str(rns_dir)}}, name=name))
+        nodes = [radio_node(make_node, sock, name) for name in ("a", "b", "c")]
         for node in nodes:
             node.start()
-        ids = {str(node.status()["node"]["id"]) for node in nodes}
-
-        def one_cluster() -> Any:
-            views = {frozenset(frozenset(c["members"]) for c in cluster_list(node))
-                     for node in nodes}
-            return views == {frozenset({frozenset(ids)})} or NotYet({"views": views})
-
-        wait_for(one_cluster, 60.0, "three nodes agreeing on one cluster over the radio")
+        wait_for(one_cluster_of(nodes), 60.0, "three nodes agreeing on one cluster over radio")
         stats = query_stats(sock)
         assert set(stats["nodes"]) == {"a", "b", "c"}
         assert all(n["tx_frames"] > 0 and n["airtime_s"] > 0 for n in stats["nodes"].values())
@@ -281,7 +278,20 @@ def test_three_nodes_form_a_cluster_over_the_emulated_channel(
         channel.wait(10)
 
 
-def cluster_list(node: Node) -> list[dict[str, Any]]:
-    reply = node.request(protocol.ClusterList())
-    assert isinstance(reply, protocol.ClusterListReply)
-    return reply.clusters
+@pytest.mark.slow
+def test_nodes_out_of_range_reach_each_other_through_a_third(
+        make_node: Callable[..., Node], short_tmp: Path) -> None:
+    sock = str(short_tmp / "radio.sock")
+    channel = start_channel(sock, "--links", "a-b,b-c")
+    try:
+        nodes = [radio_node(make_node, sock, "a"),
+                 radio_node(make_node, sock, "b", transport="yes"),
+                 radio_node(make_node, sock, "c")]
+        for node in nodes:
+            node.start()
+        wait_for(one_cluster_of(nodes), 90.0, "a and c clustering through b")
+        stats = query_stats(sock)
+        assert stats["nodes"]["a"]["rx_frames"] > 0 and stats["nodes"]["c"]["rx_frames"] > 0
+    finally:
+        channel.terminate()
+        channel.wait(10)

@@ -20,8 +20,9 @@ import math
 from dataclasses import dataclass
 
 SPREADING_FACTORS = range(5, 13)
+# Sub-GHz LoRa (SX127x/SX126x), then 2.4 GHz LoRa (SX128x).
 BANDWIDTHS_HZ = (7_800, 10_400, 15_600, 20_800, 31_250, 41_700, 62_500, 125_000, 250_000,
-                 500_000)
+                 500_000, 203_125, 406_250, 812_500, 1_625_000)
 CODING_RATES = range(5, 9)  # the denominator of 4/5 … 4/8
 LOW_DATA_RATE_SYMBOL_S = 0.016
 

@@ -10,8 +10,9 @@ Rules learned from rns 1.5 (see RETICULUM.md in the design notes):
 - every interface gets ``enabled = yes`` (otherwise it is skipped without a word) and
   ``ingress_control = No`` (a young interface otherwise holds back announces arriving faster
   than ~3/s, and a hub of ten nodes never converges).
-- a listening node forwards (``enable_transport = Yes``) and sets ``announce_rate_target``
-  on its server interface, since a transport node otherwise forwards only a handful of
+- a listening node forwards (``enable_transport = Yes``; `transport = yes` makes any node
+  forward, e.g. a radio node that relays for nodes out of each other's range) and sets
+  ``announce_rate_target`` on its server interface, since a transport node otherwise forwards only a handful of
   announces per destination per hour (and a grace, see below).
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import socket
 from pathlib import Path
 
@@ -45,7 +47,7 @@ def config_dir_for(ret: ReticulumConfig, data_dir: Path) -> Path:
 
 def render(ret: ReticulumConfig, loglevel: int = 4) -> str:
     """The text of a Reticulum config file for `ret` (ConfigObj syntax)."""
-    transport = "Yes" if ret.tcp_listen else "No"
+    transport = "Yes" if forwards(ret) else "No"
     lines = [
         "# Written by the Akita gateway from the [reticulum] section of akita.ini.",
         "# Edits are overwritten at the next start; use [reticulum] config_dir for your own.",
@@ -65,13 +67,31 @@ def render(ret: ReticulumConfig, loglevel: int = 4) -> str:
     return "\n".join(lines) + "\n"
 
 
+def forwards(ret: ReticulumConfig) -> bool:
+    """Whether the node is a Reticulum transport node (forwards others' traffic)."""
+    return ret.transport == "yes" or (ret.transport == "auto" and ret.tcp_listen is not None)
+
+
 def interfaces(ret: ReticulumConfig) -> list[tuple[str, dict[str, str]]]:
     """(section name, keys) for each interface the [reticulum] section asks for."""
     out: list[tuple[str, dict[str, str]]] = []
     common = {"enabled": "yes", "ingress_control": "No"}
     common.update(_ifac(ret))
     if ret.auto_interface:
-        out.append(("Akita Auto", {"type": "AutoInterface", **common}))
+        auto = {"type": "AutoInterface", **common}
+        if ret.auto_devices:
+            auto["devices"] = ", ".join(_quote(device) for device in ret.auto_devices)
+        if ret.auto_group_id:
+            auto["group_id"] = _quote(ret.auto_group_id)
+        out.append(("Akita Auto", auto))
+    if ret.rnode_port:
+        out.append(("Akita RNode", {"type": "RNodeInterface", **common, **_rnode(ret)}))
+    if ret.pipe is not None:
+        pipe = {"type": "PipeInterface", **common, "command": _quote(shlex.join(ret.pipe)),
+                "respawn_delay": "2"}
+        if ret.pipe_bitrate is not None:
+            pipe["bitrate"] = str(ret.pipe_bitrate)
+        out.append(("Akita Pipe", pipe))
     if ret.tcp_listen is not None:
         host, port = ret.tcp_listen
         out.append((f"Akita TCP listen {host}:{port}", {
@@ -85,6 +105,18 @@ def interfaces(ret: ReticulumConfig) -> list[tuple[str, dict[str, str]]]:
             "type": "TCPClientInterface", **common, "target_host": _quote(host),
             "target_port": str(port)}))
     return out
+
+
+def _rnode(ret: ReticulumConfig) -> dict[str, str]:
+    keys = {"port": _quote(ret.rnode_port), "frequency": str(ret.rnode_frequency),
+            "bandwidth": str(ret.rnode_bandwidth),
+            "spreadingfactor": str(ret.rnode_spreading_factor),
+            "codingrate": str(ret.rnode_coding_rate), "txpower": str(ret.rnode_tx_power)}
+    if ret.rnode_airtime_limit_long is not None:
+        keys["airtime_limit_long"] = str(ret.rnode_airtime_limit_long)
+    if ret.rnode_airtime_limit_short is not None:
+        keys["airtime_limit_short"] = str(ret.rnode_airtime_limit_short)
+    return keys
 
 
 def _ifac(ret: ReticulumConfig) -> dict[str, str]:
