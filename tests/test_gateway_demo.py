@@ -49,3 +49,31 @@ def test_demo_forms_clusters_and_ctrl_c_stops_everything(tmp_path: Path) -> None
             demo.wait(5)
         for proc in demo_processes():
             proc.kill()
+
+
+def test_demo_over_the_emulated_radio_shows_airtime(tmp_path: Path) -> None:
+    out = tmp_path / "demo.out"
+    with open(out, "wb") as sink:
+        demo = subprocess.Popen([sys.executable, "-m", "supervisor.demo", "--nodes", "3",
+                                 "--cluster-size", "3", "--radio", "SF7-500",
+                                 "--announce-interval", "3", "--peer-timeout", "12",
+                                 "--duration", "120"],
+                                stdout=sink, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_for(lambda: "every node agrees" in out.read_text() or
+                 NotYet({"output": out.read_text()[-600:]}), 60,
+                 "the radio demo's nodes to agree on one cluster")
+        assert any("radio" in " ".join(p.cmdline()) for p in demo_processes()), \
+            "no radio channel process among the demo's processes"
+        screen = out.read_text().rsplit("akita-demo: 3 nodes", 1)[1]
+        assert "AIRTIME" in screen and screen.count(" %") >= 3, screen
+        assert "channel 21875 bit/s, busy" in screen, screen
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(30) == 0
+        wait_for(lambda: not demo_processes(), 5, "every demo process to be gone")
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(5)
+        for proc in demo_processes():
+            proc.kill()
