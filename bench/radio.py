@@ -1,0 +1,229 @@
+"""Radio benchmark: N real nodes on one emulated LoRa channel (`supervisor.radio`).
+
+    python bench/radio.py [--profile SF9] [--nodes 3] [--cluster-size 3] [--idle-s 600]
+                          [--announce-interval S] [--peer-timeout S] [--tasks 5]
+
+Every node runs ledger, executor and gateway; its only interface is the channel, through
+the `[reticulum] pipe` key. Measured, from the channel's own accounting and the nodes'
+answers:
+
+- formation: from every gateway up to one agreed view (same clusters, every node placed),
+  in seconds and in announce intervals (target ≤ 3);
+- state: `state set` on one node until every cluster mate shows it (target ≤ 2 intervals);
+- delegation: an `akita.echo` with 100-byte args that only a mate can run (it requires a
+  capability only node 1 declares), submit → result, median (target ≤ 15 s), and no task
+  lost;
+- idle airtime per node and the channel's utilisation over --idle-s seconds once settled
+  (target ≤ 1 % per node; 6 nodes in 2 clusters ≤ 6 % of the channel);
+- a killed node (kill -9 of its whole tree): time until every other node dropped it
+  (target ≤ peer_timeout).
+
+Nothing leaves the machine: the channel is a unix socket in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import akita
+from akita import config as config_mod
+from akita.errors import AkitaError
+from akita.mesh.airtime import profile
+from bench.node_fixture import BenchNode
+from supervisor.radio import query_stats
+
+CAPABILITY = "radio-bench"
+
+
+def wait(condition: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = condition()
+        except AkitaError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(poll_s)
+    raise SystemExit(f"timed out after {timeout_s:g} s waiting for {what}; last saw {last!r}")
+
+
+def node_sections(sock: Path, index: int, args: argparse.Namespace) -> dict[str, Any]:
+    bitrate = int(profile(args.profile).bitrate)
+    cluster: dict[str, Any] = {"cluster_size": args.cluster_size}
+    if args.announce_interval:
+        cluster["announce_interval"] = args.announce_interval
+    if args.peer_timeout:
+        cluster["peer_timeout"] = args.peer_timeout
+    return {
+        "node": {"name": f"r{index}"},
+        "supervisor": {"workers": "ledger, executor, gateway"},
+        "cluster": cluster,
+        "tasks": {"pool_size": 1, "capabilities": CAPABILITY if index == 1 else ""},
+        "reticulum": {"auto_interface": "no", "pipe_bitrate": bitrate,
+                      "pipe": f"{sys.executable} -m supervisor.radio attach --socket {sock} "
+                              f"--node r{index}"},
+    }
+
+
+def view(client: akita.Client) -> frozenset[frozenset[str]]:
+    return frozenset(frozenset(c["members"]) for c in client.clusters())
+
+
+def agreed(clients: list[akita.Client], ids: set[str], clusters: int) -> Callable[[], bool]:
+    def check() -> bool:
+        views = {view(c) for c in clients}
+        if len(views) != 1:
+            return False
+        (only,) = views
+        return len(only) == clusters and set().union(*only) == ids
+
+    return check
+
+
+def airtime_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    elapsed = after["elapsed_s"] - before["elapsed_s"]
+    nodes = {}
+    for name, figures in after["nodes"].items():
+        was = before["nodes"].get(name, {"airtime_s": 0.0, "tx_bytes": 0, "tx_frames": 0})
+        nodes[name] = {"airtime_percent": 100 * (figures["airtime_s"] - was["airtime_s"])
+                       / elapsed,
+                       "bytes_per_min": 60 * (figures["tx_bytes"] - was["tx_bytes"]) / elapsed,
+                       "frames": figures["tx_frames"] - was["tx_frames"]}
+    busy = 100 * (after["busy_s"] - before["busy_s"]) / elapsed
+    return {"elapsed_s": elapsed, "nodes": nodes, "utilisation_percent": busy}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="SF9", help="SF7, SF7-500, SF8 … SF12")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--cluster-size", type=int, default=3)
+    parser.add_argument("--idle-s", type=float, default=600.0)
+    parser.add_argument("--announce-interval", type=float, default=0.0,
+                        help="seconds (default: the node's own)")
+    parser.add_argument("--peer-timeout", type=float, default=0.0,
+                        help="seconds (default: the node's own)")
+    parser.add_argument("--tasks", type=int, default=5, help="delegated echo tasks")
+    parser.add_argument("--timeout-s", type=float, default=1800.0,
+                        help="longest wait for any one phase")
+    args = parser.parse_args()
+    lora = profile(args.profile)
+    root = Path(tempfile.mkdtemp(prefix="akr-", dir="/tmp"))
+    sock = root / "radio.sock"
+    channel = subprocess.Popen([sys.executable, "-m", "supervisor.radio", "channel",
+                                "--socket", str(sock), "--profile", args.profile])
+    nodes: list[BenchNode] = []
+    try:
+        wait(sock.exists, 10, "the channel's socket")
+        print(f"channel {args.profile}: {lora.bitrate:.0f} bit/s, a 200-byte frame is "
+              f"{lora.time_on_air_s(200):.2f} s on air")
+        nodes = [BenchNode(node_sections(sock, i, args)) for i in range(args.nodes)]
+        for node in nodes:
+            node.start(["ledger", "executor", "gateway"], timeout_s=60)
+        up = time.monotonic()
+        clients = [akita.Client(node.config_path) for node in nodes]
+        ids = {str(c.peers()["self"]) for c in clients}
+        interval = announce_interval(nodes[0])
+        clusters = math.ceil(args.nodes / args.cluster_size)
+        wait(agreed(clients, ids, clusters), args.timeout_s, "one agreed view")
+        formed = time.monotonic() - up
+        print(f"formation: {formed:.1f} s from gateways up = {formed / interval:.2f} announce "
+              f"intervals of {interval:g} s (target ≤ 3)")
+        state_phase(clients, interval, args)
+        delegation_phase(clients, args)
+        idle_phase(sock, args)
+        kill_phase(nodes, clients, args)
+    finally:
+        for node in nodes:
+            node.stop()
+        channel.terminate()
+        channel.wait(10)
+    return 0
+
+
+def announce_interval(node: BenchNode) -> float:
+    return float(config_mod.load(node.config_path).cluster.announce_interval)
+
+
+def state_phase(clients: list[akita.Client], interval: float, args: argparse.Namespace) -> None:
+    origin = clients[0]
+    me = str(origin.peers()["self"])
+    mates = [c for c in clients[1:] if me in next(iter(
+        m for m in view(c) if me in m), frozenset())]
+    started = time.monotonic()
+    origin.state_set("bench", {"at": time.time()})
+    def everywhere() -> bool:
+        return all("bench" in c.state(me)["data"] for c in mates)
+
+    wait(everywhere, args.timeout_s, "the state change at every mate")
+    seen = time.monotonic() - started
+    print(f"state set seen by {len(mates)} mates after {seen:.1f} s = {seen / interval:.2f} "
+          f"announce intervals (target ≤ 2)")
+
+
+def delegation_phase(clients: list[akita.Client], args: argparse.Namespace) -> None:
+    if args.tasks <= 0 or len(clients) < 2:
+        return
+    latencies = []
+    payload = "x" * 100
+    for _ in range(args.tasks):
+        started = time.monotonic()
+        task_id = clients[0].submit("akita.echo", [payload], requires=[CAPABILITY])
+        result = clients[0].wait(task_id, timeout=args.timeout_s)
+        assert result == payload, f"echo came back as {result!r}"
+        latencies.append(time.monotonic() - started)
+    print(f"delegated akita.echo (100-byte args), {len(latencies)} tasks: median "
+          f"{statistics.median(latencies):.1f} s, max {max(latencies):.1f} s (target median "
+          f"≤ 15 s); none lost")
+
+
+def idle_phase(sock: Path, args: argparse.Namespace) -> None:
+    before = query_stats(str(sock))
+    time.sleep(args.idle_s)
+    window = airtime_between(before, query_stats(str(sock)))
+    print(f"idle, {window['elapsed_s']:.0f} s: channel busy "
+          f"{window['utilisation_percent']:.2f} %")
+    for name, figures in sorted(window["nodes"].items()):
+        print(f"  {name}: airtime {figures['airtime_percent']:.3f} % (target ≤ 1 %), "
+              f"{figures['bytes_per_min']:.0f} B/min in {figures['frames']} frames")
+
+
+def kill_phase(nodes: list[BenchNode], clients: list[akita.Client],
+               args: argparse.Namespace) -> None:
+    victim, others = nodes[-1], clients[:-1]
+    victim_id = str(clients[-1].peers()["self"])
+    assert victim.proc is not None
+    tree = psutil.Process(victim.proc.pid)
+    procs = [tree, *tree.children(recursive=True)]
+    tree.suspend()
+    for proc in procs:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    started = time.monotonic()
+    wait(lambda: all(victim_id not in {p["id"] for p in c.peers()["peers"]} for c in others),
+         args.timeout_s, "every node to drop the killed one")
+    print(f"killed node dropped by all after {time.monotonic() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
