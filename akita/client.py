@@ -39,11 +39,11 @@ import zmq
 
 from akita import config as config_mod
 from akita import subscription, transport
+from akita.catalogue import EXECUTOR, GATEWAY
 from akita.errors import AkitaError, NodeNotResponding, NodeNotRunning, RequestFailed
 from akita.tasks.registry import DEFAULT_PRIORITY
 from akita.wire import protocol
 
-EXECUTOR = "executor"
 RESYNC_S = 1.0          # silence while waiting after which the client re-asks for outcomes
 RESEND_AFTER_S = 5.0    # a submit frame not acknowledged by then is sent again (same ids)
 CHUNK = 1000            # tasks per submit frame
@@ -386,7 +386,7 @@ class Client:
         return reply.services
 
     def _gateway(self, msg: protocol.Message) -> protocol.Message:
-        with transport.Requester(self.run_dir, "gateway", ctx=self._ctx) as requester:
+        with transport.Requester(self.run_dir, GATEWAY, ctx=self._ctx) as requester:
             return requester.request(msg, self.timeout_s)
 
     # --- inter-cluster messages (akita.subscription) ----------------------------------------

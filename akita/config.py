@@ -20,10 +20,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from akita.catalogue import WORKER_ORDER, WORKERS
 from akita.errors import ConfigError
-
-# The worker processes a supervisor knows how to run, in start order.
-WORKER_ORDER = ("ledger", "sampler", "executor", "gateway")
 
 # Longest path a Unix socket may have (sun_path is 108 bytes with its NUL).
 _MAX_SOCKET_PATH = 107
@@ -332,11 +330,7 @@ SECTIONS: dict[str, type] = {
 
 # Which sections each worker reads: a change in any of them restarts it on SIGHUP.
 WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
-    "ledger": ("node", "ledger"),
-    "sampler": ("node", "sampler"),
-    "executor": ("node", "tasks", "commands"),
-    "gateway": ("node", "cluster", "channels", "tasks", "commands", "reticulum", "security"),
-}
+    entry.name: entry.sections for entry in WORKERS}
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 
 import psutil
 
+from akita import catalogue, resources
 from akita import config as config_mod
-from akita import resources
 from akita.cli import common
 from akita.errors import AkitaError, NodeNotResponding
 from akita.wire import protocol
@@ -289,7 +289,7 @@ def _summary(msg: protocol.Message) -> str:
 
 def cmd_top(args: argparse.Namespace) -> int:
     config = common.load_config(args)
-    if "sampler" not in config.supervisor.workers:
+    if catalogue.SAMPLER not in config.supervisor.workers:
         print("akitactl: this node does not run the sampler ([supervisor] workers)",
               file=sys.stderr)
         return common.EXIT_FAILED
@@ -374,7 +374,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def _log_names(config: config_mod.Config) -> list[str]:
-    names = [SUPERVISOR_LOG, *config_mod.WORKER_ORDER]
+    names = [SUPERVISOR_LOG, *catalogue.WORKER_ORDER]
     try:
         names += sorted(p.name[:-4] for p in config.node.log_dir.glob("*.log")
                         if p.name[:-4] not in names)
