@@ -22,10 +22,10 @@ from typing import Any
 
 from akita.catalogue import WORKER_ORDER, WORKERS
 from akita.errors import ConfigError
+from akita.rundir import longest_socket_name
 
 # Longest path a Unix socket may have (sun_path is 108 bytes with its NUL).
 _MAX_SOCKET_PATH = 107
-_LONGEST_SOCKET_NAME = "executor.sock"
 
 
 class RestartPolicy(str, Enum):
@@ -477,7 +477,7 @@ def _check(config: Config) -> None:
     if len(set(config.supervisor.workers)) != len(config.supervisor.workers):
         raise ConfigError("a worker is named twice", path=path, section="supervisor",
                           key="workers")
-    socket_path = config.node.run_dir / _LONGEST_SOCKET_NAME
+    socket_path = config.node.run_dir / longest_socket_name()
     if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
         raise ConfigError(f"{str(config.node.run_dir)!r} is too long for Unix sockets "
                           f"(sockets there need {len(os.fsencode(socket_path))} bytes, the "

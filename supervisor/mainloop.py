@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from akita import catalogue, transport
+from akita import catalogue, rundir
 from akita import config as config_mod
 from akita.errors import ConfigError
 from akita.identity import NodeIdentity
@@ -269,10 +269,8 @@ class Supervisor:
         self.logs.close()
         self.table.zygote.close()
         run_dir = self.config.node.run_dir
-        names = [transport.CONTROL, transport.BUS_IN, transport.BUS_OUT,
-                 *catalogue.WORKER_ORDER]
-        for name in names:
+        for name in rundir.socket_names():
             try:
-                transport.socket_path(run_dir, name).unlink()
+                rundir.socket_path(run_dir, name).unlink()
             except FileNotFoundError:
                 pass
