@@ -31,11 +31,12 @@ from akita.ledger import chain
 from akita.ledger.client import LedgerClient
 from akita.tasks.queue import TERMINAL, TaskBook, TaskRecord, TaskState
 from akita.tasks.registry import Refusal, TaskDefinitionError, TaskTable
+from akita.tasks.sizes import result_too_large, too_large
 from akita.wire import protocol
 from workers.base import Request, Worker
 from workers.executor import recovery as taskrecovery
 from workers.executor import replies as taskreplies
-from workers.executor.delegation import Delegation, result_too_large, too_large
+from workers.executor.delegation import Delegation
 from workers.executor.pool import Dispatch, PoolProcess, TaskPool, cpu_count, describe_exit
 from workers.executor.replies import DeferredReply, Watchers
 
