@@ -20,7 +20,7 @@ import apsw
 import psutil
 import zmq
 
-from akita import resources, rundir, transport
+from akita import catalogue, resources, rundir, transport
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
 from akita.wire import protocol
@@ -234,7 +234,7 @@ def find_supervisor(run_dir: Path) -> int:
 
 
 class SamplerWorker(Worker):
-    name = "sampler"
+    name = catalogue.SAMPLER
 
     def setup(self) -> None:
         assert self.ctx is not None

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from akita import identity
+from akita import catalogue, identity
 from akita.errors import AkitaError
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
@@ -53,7 +53,7 @@ CATCH_UP_AFTER_S = 5.0   # past any resend of a previous executor's appends (Led
 class ExecutorWorker(Worker):
     """Priority queue, task process pool and timeouts; the ledger is its memory."""
 
-    name = "executor"
+    name = catalogue.EXECUTOR
 
     def prefork(self) -> None:
         settings = self.config.tasks
