@@ -34,16 +34,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-import msgpack
 import zmq
 
 from akita import config as config_mod
 from akita import subscription, transport
+from akita.catalogue import EXECUTOR, GATEWAY
 from akita.errors import AkitaError, NodeNotResponding, NodeNotRunning, RequestFailed
 from akita.tasks.registry import DEFAULT_PRIORITY
+from akita.tasks.sizes import args_too_large_text, payload_bytes
 from akita.wire import protocol
 
-EXECUTOR = "executor"
 RESYNC_S = 1.0          # silence while waiting after which the client re-asks for outcomes
 RESEND_AFTER_S = 5.0    # a submit frame not acknowledged by then is sent again (same ids)
 CHUNK = 1000            # tasks per submit frame
@@ -160,8 +160,8 @@ class Client:
     def _sizes(self, specs: list[dict[str, Any]]) -> list[int]:
         """Encoded size of each spec's args; `TaskRejected` for those over the limit."""
         limit = self.config.tasks.max_payload_bytes
-        sizes = [len(msgpack.packb(spec["args"], use_bin_type=True)) for spec in specs]
-        errors = [(i, "too_large", _too_large(size, limit))
+        sizes = [payload_bytes(spec["args"]) for spec in specs]
+        errors = [(i, "too_large", args_too_large_text(size, limit))
                   for i, size in enumerate(sizes) if size > limit]
         if errors:
             index, code, text = errors[0]
@@ -386,7 +386,7 @@ class Client:
         return reply.services
 
     def _gateway(self, msg: protocol.Message) -> protocol.Message:
-        with transport.Requester(self.run_dir, "gateway", ctx=self._ctx) as requester:
+        with transport.Requester(self.run_dir, GATEWAY, ctx=self._ctx) as requester:
             return requester.request(msg, self.timeout_s)
 
     # --- inter-cluster messages (akita.subscription) ----------------------------------------
@@ -477,10 +477,6 @@ def _spec(task: TaskSpec, priority: int, requires: list[str]) -> dict[str, Any]:
     if needs:
         spec["requires"] = list(needs)
     return spec
-
-
-def _too_large(size: int, limit: int) -> str:
-    return f"the args are {size} bytes; [tasks] max_payload_bytes is {limit}"
 
 
 def _frames(specs: list[dict[str, Any]], sizes: list[int], chunk: int

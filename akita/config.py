@@ -20,15 +20,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from akita.catalogue import WORKER_ORDER, WORKERS
 from akita.errors import ConfigError
 from akita.mesh import airtime
-
-# The worker processes a supervisor knows how to run, in start order.
-WORKER_ORDER = ("ledger", "sampler", "executor", "gateway")
+from akita.rundir import longest_socket_name
 
 # Longest path a Unix socket may have (sun_path is 108 bytes with its NUL).
 _MAX_SOCKET_PATH = 107
-_LONGEST_SOCKET_NAME = "executor.sock"
 
 # What an RNode can tune to (Reticulum's own bounds for RNodeInterface).
 _FREQUENCY_MIN_HZ = 137_000_000
@@ -403,11 +401,7 @@ SECTIONS: dict[str, type] = {
 
 # Which sections each worker reads: a change in any of them restarts it on SIGHUP.
 WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
-    "ledger": ("node", "ledger"),
-    "sampler": ("node", "sampler"),
-    "executor": ("node", "tasks", "commands"),
-    "gateway": ("node", "cluster", "channels", "tasks", "commands", "reticulum", "security"),
-}
+    entry.name: entry.sections for entry in WORKERS}
 
 
 @dataclass(frozen=True)
@@ -554,7 +548,7 @@ def _check(config: Config) -> None:
     if len(set(config.supervisor.workers)) != len(config.supervisor.workers):
         raise ConfigError("a worker is named twice", path=path, section="supervisor",
                           key="workers")
-    socket_path = config.node.run_dir / _LONGEST_SOCKET_NAME
+    socket_path = config.node.run_dir / longest_socket_name()
     if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
         raise ConfigError(f"{str(config.node.run_dir)!r} is too long for Unix sockets "
                           f"(sockets there need {len(os.fsencode(socket_path))} bytes, the "

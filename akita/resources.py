@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from akita import catalogue
 from akita.config import SamplerConfig
 
 # Host metrics, as named in alerts and in `resource.sample`'s host map.
@@ -28,9 +29,6 @@ WORKER = "worker"
 TASK = "task"
 CHILD = "child"
 KIND_ORDER = (SUPERVISOR, ZYGOTE, WORKER, TASK, CHILD)
-
-# The worker whose descendants are task processes.
-TASK_OWNER = "executor"
 
 
 # --- alerts -----------------------------------------------------------------------------
@@ -190,7 +188,7 @@ def _role_of(pid: int, owner: str | None, workers: Mapping[int, str],
         return Role(ZYGOTE, ZYGOTE if owner is None else f"{owner}.{ZYGOTE}")
     if owner is None:
         return Role(WORKER, workers.get(pid, WORKER))
-    if owner == TASK_OWNER:
+    if owner == catalogue.TASK_RUNNER:
         return Role(TASK, TASK)
     return Role(CHILD, f"{owner}.child")
 

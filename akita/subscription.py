@@ -22,10 +22,10 @@ from typing import Any, Self
 import zmq
 
 from akita import transport
+from akita.catalogue import GATEWAY
 from akita.errors import NodeNotResponding, NodeNotRunning, ProtocolError, RequestFailed
 from akita.wire import protocol
 
-GATEWAY = "gateway"
 DEFAULT_LEASE_S = 30.0
 REPLY_MARGIN_S = 10.0     # a send waits this much past its deadline for the gateway's answer
 REQUEST_TIMEOUT_S = 10.0

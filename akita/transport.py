@@ -3,6 +3,8 @@
 Every endpoint is a fixed path under the node's run directory, so a restarted process binds
 the same path and its peers reconnect by themselves. Every socket has a high-water mark and
 a linger, so closing never hangs and a stuck peer can slow a node but never stall it.
+The socket names and paths live in `akita.rundir`, with the node's other file names; they
+are re-exported here for the code that opens sockets.
 """
 
 from __future__ import annotations
@@ -19,26 +21,13 @@ from typing import Any, Self
 import zmq
 
 from akita.errors import NodeNotResponding, NodeNotRunning, ProtocolError, RequestFailed
+from akita.rundir import BUS_IN, BUS_OUT, CONTROL, endpoint, socket_path  # noqa: F401
 from akita.wire import protocol
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HWM = 10_000
 LINGER_MS = 500
-
-
-def endpoint(run_dir: Path, name: str) -> str:
-    """`ipc://` address of socket `name` (control, bus-in, bus-out, or a worker's name)."""
-    return f"ipc://{run_dir / (name + '.sock')}"
-
-
-def socket_path(run_dir: Path, name: str) -> Path:
-    return run_dir / (name + ".sock")
-
-
-CONTROL = "control"
-BUS_IN = "bus-in"    # XSUB in the supervisor: publishers connect here
-BUS_OUT = "bus-out"  # XPUB in the supervisor: subscribers connect here
 
 
 def make_socket(ctx: zmq.Context, kind: int, *, hwm: int = DEFAULT_HWM) -> zmq.Socket:

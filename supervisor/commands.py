@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from akita import catalogue
 from akita import config as config_mod
 from akita.errors import ConfigError
 from supervisor.process import WorkerProcess, WorkerSpec, WorkerState
@@ -112,7 +113,7 @@ def apply(table: ProcessTable, new: config_mod.Config) -> Changes:
     table.config = new
     changes = Changes()
     wanted = set(new.supervisor.workers)
-    for name in config_mod.WORKER_ORDER:
+    for name in catalogue.WORKER_ORDER:
         proc = table.procs.get(name)
         if name in wanted and (proc is None or proc.remove_after_stop):
             _add(table, new, name, proc)

@@ -29,24 +29,12 @@ from typing import Any, cast
 import msgpack
 import zmq
 
-from akita import transport
+from akita import catalogue, transport
 from akita.errors import ProtocolError
 from akita.wire import protocol
 from supervisor.control_thread import ControlThread, ReadOnlyVerb, recv_frames
 
 log = logging.getLogger(__name__)
-
-# Which worker answers requests whose kind starts with this noun.
-OWNERS = {
-    "ledger": "ledger",
-    "task": "executor",
-    "resource": "sampler",
-    "peer": "gateway",
-    "cluster": "gateway",
-    "state": "gateway",
-    "service": "gateway",
-    "message": "gateway",
-}
 
 FORWARD_TIMEOUT_S = 60.0  # longer than any client waits: an expired entry is only garbage
 MAX_PENDING = 10_000
@@ -132,7 +120,7 @@ class ControlServer:
         if verb is not None:
             self._send(envelope, protocol.encode(verb(msg), rid=rid))
             return
-        owner = OWNERS.get(msg.KIND.partition(".")[0])
+        owner = catalogue.owner_of(msg.KIND)
         if owner is None:
             self._fail(envelope, rid, "unknown_request",
                        f"the node does not serve {msg.KIND!r} requests")

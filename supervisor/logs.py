@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from akita import rundir
+
 log = logging.getLogger(__name__)
 
 _READ_BYTES = 65536
@@ -114,7 +116,7 @@ class LogFiles:
         """A fresh pipe for a new incarnation of `name`: (our read end, the child's write end)."""
         sink = self._logs.get(name)
         if sink is None:
-            sink = RotatingLog(self.log_dir / f"{name}.log", self.max_bytes, self.backups)
+            sink = RotatingLog(rundir.log_path(self.log_dir, name), self.max_bytes, self.backups)
             self._logs[name] = sink
         read_fd, write_fd = os.pipe()
         return OutputPipe(read_fd, sink), write_fd

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from akita import config as config_mod
+from akita import rundir
 from akita.errors import AkitaError, ConfigError
 
 log = logging.getLogger("supervisor")
@@ -49,11 +50,12 @@ def configure_logging(log_dir: Path, max_bytes: int, backups: int) -> None:
     """Log to stderr and to log_dir/supervisor.log (rotated by size)."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s supervisor[%(process)d] %(name)s: "
                             "%(message)s")
+    path = rundir.log_path(log_dir, rundir.SUPERVISOR_LOG)
     try:
-        to_file = logging.handlers.RotatingFileHandler(log_dir / "supervisor.log",
-                                                       maxBytes=max_bytes, backupCount=backups)
+        to_file = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes,
+                                                       backupCount=backups)
     except OSError as exc:
-        raise AkitaError(f"cannot write {log_dir / 'supervisor.log'}: {exc.strerror}") from None
+        raise AkitaError(f"cannot write {path}: {exc.strerror}") from None
     to_stderr = logging.StreamHandler(sys.stderr)
     root = logging.getLogger()
     for handler in (to_stderr, to_file):

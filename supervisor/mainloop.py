@@ -23,8 +23,8 @@ from typing import Any
 
 import zmq
 
+from akita import catalogue, rundir
 from akita import config as config_mod
-from akita import transport
 from akita.errors import ConfigError
 from akita.identity import NodeIdentity
 from akita.ledger.client import LedgerClient
@@ -75,7 +75,7 @@ class Supervisor:
         self.control = ControlServer(self.ctx, run_dir, self._verbs(), self._read_only_verbs(),
                                      self._is_up, self._watch)
         self.ledger: LedgerClient | None = None
-        if "ledger" in config.supervisor.workers:
+        if catalogue.LEDGER in config.supervisor.workers:
             self._open_ledger()
         self.table = ProcessTable(config, zygote, self.logs, self)
         self.status_board.publish(self.table.ordered())
@@ -175,7 +175,7 @@ class Supervisor:
         self._watch(new.fileno(), self._on_zygote)
 
     def before_stop(self, name: str) -> None:
-        if name != "ledger" or self.ledger is None:
+        if name != catalogue.LEDGER or self.ledger is None:
             return
         self.record("node.stopped", {"pid": os.getpid()})
         if not self.ledger.flush(LEDGER_FLUSH_TIMEOUT_S):
@@ -250,7 +250,7 @@ class Supervisor:
         changes = commands.apply(self.table, new)
         self.config = new
         self.logs.configure(new.supervisor.log_max_bytes, new.supervisor.log_backups)
-        if self.ledger is None and "ledger" in new.supervisor.workers:
+        if self.ledger is None and catalogue.LEDGER in new.supervisor.workers:
             self._open_ledger()
         self.status_board.publish(self.table.ordered(), name=new.node.name)
         log.info("config reloaded: %s", changes.describe())
@@ -269,10 +269,8 @@ class Supervisor:
         self.logs.close()
         self.table.zygote.close()
         run_dir = self.config.node.run_dir
-        names = [transport.CONTROL, transport.BUS_IN, transport.BUS_OUT,
-                 *config_mod.WORKER_ORDER]
-        for name in names:
+        for name in rundir.socket_names():
             try:
-                transport.socket_path(run_dir, name).unlink()
+                rundir.socket_path(run_dir, name).unlink()
             except FileNotFoundError:
                 pass

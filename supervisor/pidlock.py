@@ -11,9 +11,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from akita import rundir
 from akita.errors import AkitaError
-
-PID_FILE = "supervisor.pid"
 
 
 class AlreadyRunning(AkitaError):
@@ -22,7 +21,7 @@ class AlreadyRunning(AkitaError):
 
 class PidLock:
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / PID_FILE
+        self.path = rundir.pid_path(run_dir)
         self._fd: int | None = None
 
     def acquire(self) -> None:

@@ -15,6 +15,7 @@ import signal
 import time
 from typing import Protocol
 
+from akita import catalogue
 from akita import config as config_mod
 from supervisor.logs import LogFiles, OutputPipe
 from supervisor.process import ACTIVE_STATES, WorkerProcess, WorkerSpec, WorkerState
@@ -22,19 +23,13 @@ from workers.zygote import Zygote, ZygoteError
 
 log = logging.getLogger(__name__)
 
-WORKER_ENTRY = "workers.base:main"
-BASE_PRELOAD = ["zmq", "msgpack", "psutil", "apsw", "workers.base"]
-# Worker modules the zygote imports once so a fork starts warm. The gateway is left out on
-# purpose: only the gateway process may import RNS.
-PRELOADED_WORKERS = ("workers.ledger.worker", "workers.sampler", "workers.executor.worker")
-
 
 def zygote_preload() -> list[str]:
-    """The modules to import in the zygote: the base set plus the worker modules present."""
+    """The modules the zygote imports so a fork starts warm: the catalogue's preloads that
+    are present (a worker module may be left out of an installation)."""
     import importlib.util
 
-    present = [name for name in PRELOADED_WORKERS if importlib.util.find_spec(name) is not None]
-    return BASE_PRELOAD + present
+    return [name for name in catalogue.preload() if importlib.util.find_spec(name) is not None]
 
 
 class TableHost(Protocol):
@@ -70,14 +65,14 @@ class ProcessTable:
 
     def start_all(self) -> None:
         """Queue every configured worker; each starts once the previous one is running."""
-        self.start_queue = [name for name in config_mod.WORKER_ORDER if name in self.procs]
+        self.start_queue = [name for name in catalogue.WORKER_ORDER if name in self.procs]
         self.dirty = True
 
     def stop_all(self) -> None:
         """Stop every worker in reverse start order, one after the other; no more restarts."""
         self.shutting_down = True
         self.start_queue.clear()
-        self.stop_queue = [name for name in reversed(config_mod.WORKER_ORDER)
+        self.stop_queue = [name for name in reversed(catalogue.WORKER_ORDER)
                            if name in self.procs]
         self.dirty = True
 
@@ -85,7 +80,7 @@ class ProcessTable:
         return not self.by_pid and not self.stop_queue
 
     def ordered(self) -> list[WorkerProcess]:
-        return [self.procs[name] for name in config_mod.WORKER_ORDER if name in self.procs]
+        return [self.procs[name] for name in catalogue.WORKER_ORDER if name in self.procs]
 
     # --- events -------------------------------------------------------------------------
 
@@ -237,7 +232,7 @@ class ProcessTable:
         args = {"name": proc.name, "config_path": str(self.config.path),
                 "config_text": self.config.text}
         try:
-            pid = self.zygote.spawn(WORKER_ENTRY, args, fds={1: write_fd, 2: write_fd})
+            pid = self.zygote.spawn(catalogue.WORKER_MAIN, args, fds={1: write_fd, 2: write_fd})
         except BaseException:
             pipe.close()
             raise

@@ -27,21 +27,12 @@ from typing import Any
 
 import zmq
 
+from akita import catalogue, transport
 from akita import config as config_mod
-from akita import transport
 from akita.errors import ProtocolError
 from akita.wire import protocol
 
 log = logging.getLogger(__name__)
-
-# Where each worker's class lives; the gateway is imported only in its own process.
-WORKER_CLASSES = {
-    "ledger": "workers.ledger.worker:LedgerWorker",
-    "sampler": "workers.sampler:SamplerWorker",
-    "executor": "workers.executor.worker:ExecutorWorker",
-    "gateway": "workers.gateway.worker:GatewayWorker",
-}
-
 
 @dataclass
 class Request:
@@ -218,8 +209,10 @@ def configure_logging(name: str) -> None:
 
 
 def load_class(name: str) -> type[Worker]:
-    module_name, _, class_name = WORKER_CLASSES[name].partition(":")
-    cls: type[Worker] = getattr(importlib.import_module(module_name), class_name)
+    """The class of worker `name`, from its catalogue entry point; imported only here, so the
+    gateway's module (and RNS with it) is loaded only in the gateway's own process."""
+    entry = catalogue.BY_NAME[name]
+    cls: type[Worker] = getattr(importlib.import_module(entry.module), entry.class_name)
     return cls
 
 

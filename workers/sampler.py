@@ -20,7 +20,7 @@ import apsw
 import psutil
 import zmq
 
-from akita import resources, transport
+from akita import catalogue, resources, rundir, transport
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
 from akita.wire import protocol
@@ -28,7 +28,6 @@ from workers.base import Worker
 
 log = logging.getLogger(__name__)
 
-SUPERVISOR_PID_FILE = "supervisor.pid"
 ALERT_KIND = protocol.ResourceAlert.KIND  # also the kind of its ledger event
 # The module a fork server runs: its command line tells a zygote from the children it forks.
 _ZYGOTE_MODULE = "workers.zygote"
@@ -223,7 +222,7 @@ def find_supervisor(run_dir: Path) -> int:
         if proc is not None:
             ancestors.append(proc)
     try:
-        recorded = int((run_dir / SUPERVISOR_PID_FILE).read_text().split()[0])
+        recorded = int(rundir.pid_path(run_dir).read_text().split()[0])
     except (OSError, ValueError, IndexError):
         recorded = None
     if any(p.pid == recorded for p in ancestors):
@@ -235,7 +234,7 @@ def find_supervisor(run_dir: Path) -> int:
 
 
 class SamplerWorker(Worker):
-    name = "sampler"
+    name = catalogue.SAMPLER
 
     def setup(self) -> None:
         assert self.ctx is not None

@@ -18,15 +18,14 @@ from typing import Any, BinaryIO
 
 import psutil
 
+from akita import catalogue, resources, rundir
 from akita import config as config_mod
-from akita import resources
 from akita.cli import common
 from akita.errors import AkitaError, NodeNotResponding
 from akita.wire import protocol
 
 # Fields `status --json` always carries for each worker, in this order.
 STATUS_FIELDS = ("name", "state", "pid", "uptime_s", "restarts", "cpu_percent", "rss_bytes")
-SUPERVISOR_LOG = "supervisor"
 POLL_S = 0.05  # how often a waiting verb re-asks the supervisor
 FOLLOW_POLL_S = 0.2  # how often `log -f` looks for new lines
 
@@ -199,7 +198,7 @@ def _supervisor(run_dir: Path) -> psutil.Process | None:
     """The supervisor named by its pid file, held so that a reused pid is not mistaken
     for it."""
     try:
-        return psutil.Process(int((run_dir / "supervisor.pid").read_text().split()[0]))
+        return psutil.Process(int(rundir.pid_path(run_dir).read_text().split()[0]))
     except (OSError, ValueError, IndexError, psutil.NoSuchProcess):
         return None
 
@@ -289,7 +288,7 @@ def _summary(msg: protocol.Message) -> str:
 
 def cmd_top(args: argparse.Namespace) -> int:
     config = common.load_config(args)
-    if "sampler" not in config.supervisor.workers:
+    if catalogue.SAMPLER not in config.supervisor.workers:
         print("akitactl: this node does not run the sampler ([supervisor] workers)",
               file=sys.stderr)
         return common.EXIT_FAILED
@@ -352,7 +351,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     if args.worker not in allowed:
         return common.usage_error(f"unknown worker {args.worker!r}; logs: "
                                   + ", ".join(allowed))
-    path = config.node.log_dir / f"{args.worker}.log"
+    path = rundir.log_path(config.node.log_dir, args.worker)
     # One open file for both parts, so no line written meanwhile is lost or shown twice.
     f = _open(path)
     if f is None and not args.follow:
@@ -374,10 +373,11 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def _log_names(config: config_mod.Config) -> list[str]:
-    names = [SUPERVISOR_LOG, *config_mod.WORKER_ORDER]
+    names = [rundir.SUPERVISOR_LOG, *catalogue.WORKER_ORDER]
     try:
-        names += sorted(p.name[:-4] for p in config.node.log_dir.glob("*.log")
-                        if p.name[:-4] not in names)
+        found = (p.name.removesuffix(rundir.LOG_SUFFIX)
+                 for p in config.node.log_dir.glob("*" + rundir.LOG_SUFFIX))
+        names += sorted(name for name in found if name not in names)
     except OSError:
         pass
     return names

@@ -41,12 +41,12 @@ import msgpack
 import zmq
 
 from akita import transport
+from akita.catalogue import LEDGER
 from akita.errors import ProtocolError
 from akita.wire import protocol
 
 log = logging.getLogger(__name__)
 
-LEDGER_SOCKET = "ledger"
 MAX_EVENTS_PER_FRAME = 2_000
 # A sender that keeps appending while the window is full may queue this many frames'
 # worth of events (in memory) before append() starts dropping, so a stuck writer cannot
@@ -89,7 +89,7 @@ class LedgerClient:
         self.window = window
         self.resend_after_s = resend_after_s
         self.sock: zmq.Socket = transport.make_socket(ctx, zmq.DEALER)
-        self.sock.connect(transport.endpoint(run_dir, LEDGER_SOCKET))
+        self.sock.connect(transport.endpoint(run_dir, LEDGER))
         self._next_ref = 1
         self._in_flight: deque[_Frame] = deque()   # sent, not acknowledged; refs rising by 1
         self._queued: deque[_Frame] = deque()      # waiting for room in the window

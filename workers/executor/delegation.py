@@ -33,15 +33,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import msgpack
-
 from akita.tasks.offer import offer
 from akita.tasks.queue import TERMINAL, Foreign, TaskRecord, TaskState
 from akita.tasks.registry import Refusal, TaskTable
+from akita.tasks.sizes import cap_error, payload_bytes, result_limit, result_too_large, too_large
 from akita.wire import protocol
 from workers.base import Request
 from workers.executor.replies import DeferredReply
-from workers.executor.taskproc import cap_error
 
 if TYPE_CHECKING:
     from workers.executor.worker import ExecutorWorker
@@ -52,26 +50,6 @@ LEASE_CHECK_S = 0.2      # how often leases are looked at: bounds how late a lap
 MAX_TAKE = 1000          # tasks handed out per task.take at most
 _OUTCOMES = {"succeeded": TaskState.SUCCEEDED, "failed": TaskState.FAILED,
              "timed_out": TaskState.TIMED_OUT}
-
-
-def payload_bytes(value: Any) -> int:
-    """Encoded size of task args or a result, as they would travel."""
-    return len(msgpack.packb(value, use_bin_type=True))
-
-
-def too_large(args: Any, max_bytes: int) -> Refusal | None:
-    """The refusal for args over `max_bytes` encoded; None when they fit."""
-    size = payload_bytes(args)
-    if size <= max_bytes:
-        return None
-    return Refusal("too_large", f"the args are {size} bytes; [tasks] max_payload_bytes is "
-                                f"{max_bytes}")
-
-
-def result_too_large(size: int, max_bytes: int, limit: str = "max_payload_bytes"
-                     ) -> dict[str, str]:
-    return {"type": "ResultTooLarge", "message": f"the result is {size} bytes; [tasks] "
-            f"{limit} is {max_bytes}", "traceback": ""}
 
 
 def _pairs(items: list[Any]) -> list[tuple[str, int]]:
@@ -202,13 +180,11 @@ class Delegation:
         if state is TaskState.SUCCEEDED:
             result = entry.get("result")
             size = payload_bytes(result)
-            limit = min(settings.max_payload_bytes, settings.max_result_bytes)
+            limit, name = result_limit(settings.max_payload_bytes, settings.max_result_bytes)
             if size <= limit:
                 self.ex._conclude(record, state, result=result, size=size,
                                   then=deferred.release)
                 return
-            name = "max_payload_bytes" if limit == settings.max_payload_bytes else \
-                "max_result_bytes"
             state, error = TaskState.FAILED, result_too_large(size, limit, name)
         else:
             raw = entry.get("error")

@@ -36,6 +36,7 @@ from typing import Any
 import msgpack
 
 from akita.tasks import registry as tasks
+from akita.tasks.sizes import RESULT_LIMIT, cap_error, result_too_large
 
 TASK_FD = 3
 SLOT_FD = 4
@@ -162,9 +163,7 @@ def check_result(value: Any, max_bytes: int) -> tuple[bool, Any, int]:
                                   f"({exc}); return str, int, float, bool, None, bytes, "
                                   "list or dict", "traceback": ""}, max_bytes))
     if size > max_bytes:
-        return _failed(cap_error({"type": "ResultTooLarge", "message":
-                                  f"the result is {size} bytes; [tasks] max_result_bytes is "
-                                  f"{max_bytes}", "traceback": ""}, max_bytes))
+        return _failed(cap_error(result_too_large(size, max_bytes, RESULT_LIMIT), max_bytes))
     return True, value, size
 
 
@@ -179,19 +178,6 @@ def error_of(exc: BaseException, max_bytes: int) -> dict[str, str]:
         f"{kind.__module__}.{kind.__qualname__}"
     text = "".join(traceback.format_exception(exc))
     return cap_error({"type": name, "message": str(exc), "traceback": text}, max_bytes)
-
-
-def cap_error(error: dict[str, str], max_bytes: int) -> dict[str, str]:
-    """Shorten an error so its encoding stays under `max_bytes`: the traceback keeps its end
-    (where the exception was raised), the message its beginning."""
-    budget = max(16, max_bytes - 64)
-    kind = error["type"][:200]
-    message = error["message"][: max(8, budget // 4)]
-    room = budget - len(kind.encode()) - len(message.encode())
-    text = error["traceback"]
-    if len(text.encode()) > room:
-        text = "…" + text.encode()[-max(0, room - 4):].decode(errors="ignore")
-    return {"type": kind, "message": message, "traceback": text}
 
 
 def run_command(template: list[str], args: list[Any], max_bytes: int

@@ -25,17 +25,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from akita import identity
+from akita import catalogue, identity
 from akita.errors import AkitaError
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
 from akita.tasks.queue import TERMINAL, TaskBook, TaskRecord, TaskState
 from akita.tasks.registry import Refusal, TaskDefinitionError, TaskTable
+from akita.tasks.sizes import result_too_large, too_large
 from akita.wire import protocol
 from workers.base import Request, Worker
 from workers.executor import recovery as taskrecovery
 from workers.executor import replies as taskreplies
-from workers.executor.delegation import Delegation, result_too_large, too_large
+from workers.executor.delegation import Delegation
 from workers.executor.pool import Dispatch, PoolProcess, TaskPool, cpu_count, describe_exit
 from workers.executor.replies import DeferredReply, Watchers
 
@@ -52,7 +53,7 @@ CATCH_UP_AFTER_S = 5.0   # past any resend of a previous executor's appends (Led
 class ExecutorWorker(Worker):
     """Priority queue, task process pool and timeouts; the ledger is its memory."""
 
-    name = "executor"
+    name = catalogue.EXECUTOR
 
     def prefork(self) -> None:
         settings = self.config.tasks

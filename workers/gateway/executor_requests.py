@@ -15,9 +15,8 @@ from typing import Any
 import zmq
 
 from akita import transport
+from akita.catalogue import EXECUTOR
 from akita.wire import protocol
-
-EXECUTOR = "executor"
 
 PushCallback = Callable[[list[dict[str, Any]]], None]
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import zmq
 
 from akita import transport
-
-LEDGER = "ledger"
+from akita.catalogue import LEDGER
 
 
 class LedgerRequests(transport.AsyncRequester):

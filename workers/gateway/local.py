@@ -14,12 +14,12 @@ from pathlib import Path
 import zmq
 
 from akita import transport
+from akita.catalogue import EXECUTOR
 from akita.errors import ProtocolError
 from akita.wire import protocol
 
 log = logging.getLogger(__name__)
 
-EXECUTOR = "executor"
 TYPES_EVERY_S = 30.0
 
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import zmq
 
+from akita import catalogue, transport
 from akita import identity as ident
-from akita import transport
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
 from akita.wire import protocol
@@ -48,7 +48,7 @@ LEDGER_FLUSH_S = 2.0
 
 
 class GatewayWorker(Worker):
-    name = "gateway"
+    name = catalogue.GATEWAY
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -86,7 +86,7 @@ class GatewayWorker(Worker):
                                      ReplicationTiming.from_config(cfg))
         self.add_reader(self.replicator.ledger.sock, self.replicator.ledger.on_readable)
         self._subscribe_bus()
-        if "executor" in cfg.supervisor.workers:
+        if catalogue.EXECUTOR in cfg.supervisor.workers:
             self.executor = ExecutorWatch(self.ctx, self.run_dir,
                                           max(1.0, cfg.cluster.announce_interval),
                                           self.net.set_task_types, self.net.set_queue_depth)

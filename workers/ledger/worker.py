@@ -25,7 +25,7 @@ import apsw
 import msgpack
 import zmq
 
-from akita import identity
+from akita import catalogue, identity
 from akita.ledger import chain
 from akita.wire import protocol
 from workers.base import Request, Worker
@@ -43,7 +43,7 @@ WAL_SIZE_LIMIT_BYTES = 64 << 20
 class LedgerWorker(Worker):
     """Group-committing writer of this node's feed."""
 
-    name = "ledger"
+    name = catalogue.LEDGER
 
     def setup(self) -> None:
         node = identity.load_or_create(self.config.node.data_dir)
