@@ -18,31 +18,35 @@ them and renew); one replayed without a known lease is re-queued. Either way, at
 
 Peer side. `task.run_for` admits tasks for an origin only if this node declares the type
 and every capability they require — a peer can never make a node run anything else — and
-records them as ``task.submitted`` with the origin. They run in the local pool like any task
+records them as ``task.submitted`` with the origin (the admission path a local submit takes
+too: `workers.executor.admission`). They run in the local pool like any task
 and are never offered on; each outcome is pushed to the gateway connection that handed the
 task in (or that last asked `task.held`), with the origin's attempt. `task.held` lists the
 unfinished ones for the gateway's renewals; `task.drop` cancels one the origin gave up.
 
 Args larger than ``[tasks] max_payload_bytes`` are refused at submit and at run_for; a
 result larger is recorded as a ResultTooLarge error, wherever the task ran.
+
+What this asks of the executor is stated in `DelegationOwner`: the executor imports this
+module, never the other way round.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
+from akita.config import TasksConfig
 from akita.tasks.offer import offer
-from akita.tasks.queue import TERMINAL, Foreign, TaskRecord, TaskState
+from akita.tasks.queue import TERMINAL, TaskBook, TaskRecord, TaskState
 from akita.tasks.registry import Refusal, TaskTable
-from akita.tasks.sizes import cap_error, payload_bytes, result_limit, result_too_large, too_large
+from akita.tasks.sizes import cap_error, payload_bytes, result_limit, result_too_large
 from akita.wire import protocol
 from workers.base import Request
-from workers.executor.replies import DeferredReply
-
-if TYPE_CHECKING:
-    from workers.executor.worker import ExecutorWorker
+from workers.executor.pool import TaskPool
+from workers.executor.replies import DeferredReply, Watchers
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +63,51 @@ def _pairs(items: list[Any]) -> list[tuple[str, int]]:
             and type(item[1]) is int]
 
 
+class DelegationOwner(Protocol):
+    """What delegation asks of the executor that owns the book and the pool
+    (`workers.executor.worker.ExecutorWorker`): its state to read, and the steps of a task's
+    life it already knows how to take, so both paths record them alike."""
+
+    @property
+    def node_id(self) -> str | None: ...
+
+    @property
+    def book(self) -> TaskBook: ...
+
+    @property
+    def pool(self) -> TaskPool: ...
+
+    @property
+    def settings(self) -> TasksConfig: ...
+
+    @property
+    def watchers(self) -> Watchers: ...
+
+    def timeout_of(self, record: TaskRecord) -> float: ...
+
+    def admit(self, spec: Any, now: float, origin: str | None = None
+              ) -> TaskRecord | Refusal: ...
+
+    def accept_when_durable(self, record: TaskRecord, index: int, ids: list[str | None],
+                            deferred: DeferredReply) -> None: ...
+
+    def append(self, kind: str, data: dict[str, Any],
+               on_durable: Callable[[int], None] | None = None) -> None: ...
+
+    def conclude(self, record: TaskRecord, state: TaskState, *, result: Any = None,
+                 error: dict[str, Any] | None = None, duration_s: float | None = None,
+                 size: int = 64, then: Callable[[int], None] | None = None) -> None: ...
+
+    def retry_or_fail(self, record: TaskRecord, reason: str, kind: str = "ProcessLost"
+                      ) -> bool: ...
+
+    def cancel(self, record: TaskRecord | None, deferred: DeferredReply) -> str: ...
+
+
 class Delegation:
     """The executor's delegation state: leases of tasks out on peers, tasks held for peers."""
 
-    def __init__(self, executor: ExecutorWorker) -> None:
+    def __init__(self, executor: DelegationOwner) -> None:
         self.ex = executor
         self.leases: dict[str, float] = {}   # task id → when its lease lapses (monotonic)
         self.held: set[str] = set()          # ids of tasks run for peers, maybe unfinished
@@ -123,7 +168,7 @@ class Delegation:
             if msg.term:
                 event["term"] = msg.term
             deferred.hold()
-            ex._append("task.delegated", event, deferred.release)
+            ex.append("task.delegated", event, deferred.release)
             specs.append({"id": record.id, "name": record.name, "args": record.args,
                           "priority": record.priority, "attempt": record.attempts,
                           "requires": list(record.requires), "timeout": ex.timeout_of(record)})
@@ -167,7 +212,7 @@ class Delegation:
             accepted.append(record.id)
             self.leases.pop(record.id, None)
             if state == "cancelled":
-                self.ex._retry_or_fail(record, f"{msg.peer} gave it up", "PeerGaveUp")
+                self.ex.retry_or_fail(record, f"{msg.peer} gave it up", "PeerGaveUp")
                 continue
             deferred.hold()
             self._record_outcome(record, _OUTCOMES[state], entry, deferred)
@@ -182,7 +227,7 @@ class Delegation:
             size = payload_bytes(result)
             limit, name = result_limit(settings.max_payload_bytes, settings.max_result_bytes)
             if size <= limit:
-                self.ex._conclude(record, state, result=result, size=size,
+                self.ex.conclude(record, state, result=result, size=size,
                                   then=deferred.release)
                 return
             state, error = TaskState.FAILED, result_too_large(size, limit, name)
@@ -191,7 +236,7 @@ class Delegation:
             raw = raw if isinstance(raw, dict) else {}
             error = cap_error({key: str(raw.get(key, "")) for key in
                                ("type", "message", "traceback")}, settings.max_result_bytes)
-        self.ex._conclude(record, state, error=error, then=deferred.release)
+        self.ex.conclude(record, state, error=error, then=deferred.release)
 
     def on_requeue(self, request: Request) -> protocol.Message:
         msg = request.message
@@ -204,7 +249,7 @@ class Delegation:
                 continue
             assert record is not None
             self.leases.pop(task_id, None)
-            requeued = self.ex._retry_or_fail(record, msg.reason or "the gateway gave it back",
+            requeued = self.ex.retry_or_fail(record, msg.reason or "the gateway gave it back",
                                               "DelegationLost")
             outcomes[task_id] = "requeued" if requeued else "failed"
         return protocol.TaskRequeueReply(outcomes=outcomes)
@@ -223,7 +268,7 @@ class Delegation:
                 self.leases_lapsed += 1
                 log.info("task %s: its lease on %s lapsed (attempt %d)", task_id,
                          (record.ran_on or "?")[:12], record.attempts)
-                self.ex._retry_or_fail(record, f"its lease on {record.ran_on} lapsed",
+                self.ex.retry_or_fail(record, f"its lease on {record.ran_on} lapsed",
                                        "LeaseLapsed")
 
     # --- peer side --------------------------------------------------------------------------
@@ -236,55 +281,17 @@ class Delegation:
         deferred = DeferredReply(request, lambda: protocol.TaskAccepted(ids=ids, errors=errors))
         now = time.time()
         for index, spec in enumerate(msg.tasks):
-            admitted = self._admit(msg.origin, spec, now)
+            admitted = self.ex.admit(spec, now, msg.origin)
             if isinstance(admitted, Refusal):
                 errors.append([index, *admitted])
                 continue
-            self.ex._accept_when_durable(admitted, index, ids, deferred)
+            self.held.add(admitted.id)
+            self.ex.accept_when_durable(admitted, index, ids, deferred)
             self.ex.watchers.watch(admitted.id, request)
             if admitted.state in TERMINAL:
                 self.ex.watchers.deliver(admitted)  # ran here before: its outcome again
         deferred.seal()
         return None
-
-    def _admit(self, origin: str, spec: Any, now: float) -> TaskRecord | Refusal:
-        """One task for `origin`: its record (new, or held already), or why it is refused."""
-        ex = self.ex
-        task = ex.table.parse(spec)
-        if isinstance(task, Refusal):
-            return task
-        missing = sorted(set(task.requires) - ex.book.capabilities)
-        if missing:
-            return Refusal("missing_capability", f"{task.name} requires {', '.join(missing)}, "
-                                                 "which this node does not declare")
-        attempt, timeout_s = spec.get("attempt"), spec.get("timeout")
-        if not origin or type(attempt) is not int or attempt < 1 or not (
-                timeout_s is None or (isinstance(timeout_s, (int, float)) and timeout_s > 0)):
-            return Refusal("bad_request", "a task run for a peer needs the origin, its attempt "
-                                          "(1 or more) and a positive timeout or none")
-        foreign = Foreign(origin, attempt, None if timeout_s is None else float(timeout_s))
-        existing = ex.book.get(task.id)
-        if existing is not None:
-            if existing.foreign is None or existing.foreign.origin != origin or \
-                    existing.name != task.name:
-                return Refusal("bad_request", f"task id {task.id} is taken by another task")
-            existing.foreign = foreign  # the origin handed it out again: answer that attempt
-            return existing
-        refusal = too_large(task.args, ex.settings.max_payload_bytes) or ex.queue_full()
-        if refusal is not None:
-            return refusal
-        record = ex.book.create(task.id, task.name, task.args, task.priority, now,
-                                requires=task.requires, foreign=foreign)
-        self.held.add(record.id)
-        data: dict[str, Any] = {"id": task.id, "name": task.name, "args": task.args,
-                                "priority": task.priority, "origin": origin,
-                                "origin_attempt": attempt}
-        if task.requires:
-            data["requires"] = list(task.requires)
-        if foreign.timeout_s is not None:
-            data["timeout"] = foreign.timeout_s
-        ex._append("task.submitted", data, lambda _seq: ex._submitted(record))
-        return record
 
     def on_held(self, request: Request) -> protocol.Message:
         held: list[dict[str, Any]] = []
@@ -309,6 +316,6 @@ class Delegation:
             if foreign is None or (foreign.origin, foreign.attempt) != (msg.origin, attempt):
                 outcomes[task_id] = "stale"
             else:
-                outcomes[task_id] = self.ex._cancel(record, deferred)
+                outcomes[task_id] = self.ex.cancel(record, deferred)
         deferred.seal()
         return None

@@ -5,14 +5,13 @@ outcomes pushed to the clients watching tasks."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from akita.tasks.queue import TaskRecord, TaskState
+from akita.tasks.queue import TaskBook, TaskRecord, TaskState
+from akita.tasks.registry import TaskTable
 from akita.wire import protocol
 from workers.base import Request
-
-if TYPE_CHECKING:
-    from workers.executor.worker import ExecutorWorker
+from workers.executor.pool import TaskPool
 
 RESULTS_PER_MESSAGE = 1000
 
@@ -83,7 +82,32 @@ class Watchers:
 # --- queries --------------------------------------------------------------------------------
 
 
-def on_status(ex: ExecutorWorker, request: Request) -> protocol.Message:
+class DelegationFigures(Protocol):
+    """What `task.stats` reads of the executor's delegation (`delegation.Delegation`)."""
+
+    def totals(self) -> dict[str, int]: ...
+
+    def load(self, counts: dict[str, int], table: TaskTable) -> dict[str, Any]: ...
+
+
+class QueryOwner(Protocol):
+    """What the query answers read of the executor (`worker.ExecutorWorker`); they change
+    nothing."""
+
+    @property
+    def book(self) -> TaskBook: ...
+
+    @property
+    def table(self) -> TaskTable: ...
+
+    @property
+    def pool(self) -> TaskPool: ...
+
+    @property
+    def delegation(self) -> DelegationFigures: ...
+
+
+def on_status(ex: QueryOwner, request: Request) -> protocol.Message:
     msg = request.message
     assert isinstance(msg, protocol.TaskStatus)
     views: list[dict[str, Any] | None] = []
@@ -97,7 +121,7 @@ def on_status(ex: ExecutorWorker, request: Request) -> protocol.Message:
     return protocol.TaskStatusReply(tasks=views)
 
 
-def on_list(ex: ExecutorWorker, request: Request) -> protocol.Message:
+def on_list(ex: QueryOwner, request: Request) -> protocol.Message:
     msg = request.message
     assert isinstance(msg, protocol.TaskList)
     try:
@@ -110,12 +134,12 @@ def on_list(ex: ExecutorWorker, request: Request) -> protocol.Message:
     return protocol.TaskListReply(tasks=shown, total=len(records))
 
 
-def on_types(ex: ExecutorWorker, request: Request) -> protocol.Message:
+def on_types(ex: QueryOwner, request: Request) -> protocol.Message:
     return protocol.TaskTypesReply(types=[t.describe() for _, t in
                                           sorted(ex.table.types.items())])
 
 
-def on_stats(ex: ExecutorWorker, request: Request) -> protocol.Message:
+def on_stats(ex: QueryOwner, request: Request) -> protocol.Message:
     counts = ex.book.counts()
     return protocol.TaskStatsReply(counts=counts, pool=ex.pool.describe(),
                                    totals={"processes_started": ex.pool.started,

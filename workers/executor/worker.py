@@ -31,9 +31,10 @@ from akita.ledger import chain
 from akita.ledger.client import LedgerClient
 from akita.tasks.queue import TERMINAL, TaskBook, TaskRecord, TaskState
 from akita.tasks.registry import Refusal, TaskDefinitionError, TaskTable
-from akita.tasks.sizes import result_too_large, too_large
+from akita.tasks.sizes import result_too_large
 from akita.wire import protocol
 from workers.base import Request, Worker
+from workers.executor import admission
 from workers.executor import recovery as taskrecovery
 from workers.executor import replies as taskreplies
 from workers.executor.delegation import Delegation
@@ -78,7 +79,7 @@ class ExecutorWorker(Worker):
         self.ledger = LedgerClient(self.ctx, self.run_dir, "executor", window=LEDGER_WINDOW)
         self.add_reader(self.ledger.sock, self._on_ledger)
         self.book = TaskBook(self.node_id, capabilities=self.settings.capabilities)
-        self.delegation = Delegation(self)
+        self.delegation: Delegation = Delegation(self)
         self._waiting: dict[str, list[tuple[DeferredReply, list[str | None], int]]] = {}
         self.watchers = Watchers()
         self._dispatch_due = False
@@ -135,10 +136,10 @@ class ExecutorWorker(Worker):
             lambda: self._heartbeat(time.monotonic()))
         requeued, failed = self.book.recover(self.settings.max_attempts)
         for record in requeued:
-            self._append("task.requeued", {"id": record.id, "attempts": record.attempts,
+            self.append("task.requeued", {"id": record.id, "attempts": record.attempts,
                                            "reason": "the executor restarted while it ran"})
         for record in failed:
-            self._conclude(record, TaskState.FAILED, error=_error(
+            self.conclude(record, TaskState.FAILED, error=_error(
                 "TaskLost", f"the task did not finish in {record.attempts} attempts "
                 "(the executor stopped while it ran)"))
         if count:
@@ -176,53 +177,40 @@ class ExecutorWorker(Worker):
         deferred = DeferredReply(request, lambda: protocol.TaskAccepted(ids=ids, errors=errors))
         now = time.time()
         for index, spec in enumerate(msg.tasks):
-            refusal = self._admit(spec, index, ids, deferred, now)
-            if refusal is not None:
-                errors.append([index, *refusal])
-            elif msg.watch:
-                self.watchers.watch(spec["id"], request)
+            admitted = self.admit(spec, now)
+            if isinstance(admitted, Refusal):
+                errors.append([index, *admitted])
+                continue
+            self.accept_when_durable(admitted, index, ids, deferred)
+            if msg.watch:
+                self.watchers.watch(admitted.id, request)
         deferred.seal()
         return None
 
-    def _admit(self, spec: Any, index: int, ids: list[str | None], deferred: DeferredReply,
-               now: float) -> Refusal | None:
-        """Take one task of a submit; returns why when it is refused."""
-        task = self.table.parse(spec)
-        if isinstance(task, Refusal):
-            return task
-        existing = self.book.get(task.id)
-        if existing is not None:  # a resend: the first copy stands
-            if existing.name != task.name:
-                return Refusal("bad_request", f"task id {task.id} is taken by another task")
-            self._accept_when_durable(existing, index, ids, deferred)
-            return None
-        refusal = too_large(task.args, self.settings.max_payload_bytes) or self.queue_full()
-        if refusal is not None:
-            return refusal
-        record = self.book.create(task.id, task.name, task.args, task.priority, now,
-                                  requires=task.requires)
-        self._accept_when_durable(record, index, ids, deferred)
-        data = {"id": task.id, "name": task.name, "args": task.args, "priority": task.priority}
-        if task.requires:
-            data["requires"] = list(task.requires)
-        self._append("task.submitted", data, lambda _seq: self._submitted(record))
-        return None
+    def admit(self, spec: Any, now: float, origin: str | None = None) -> TaskRecord | Refusal:
+        """Take one task of a submit, or of a run_for from `origin`: its record, or why it
+        is refused (the rules: workers/executor/admission.py)."""
+        return admission.admit(self, spec, now, origin)
 
     def queue_full(self) -> Refusal | None:
+        """The refusal for one more task when the queue is full; None while it has room."""
         if self.book.queued() + self.book.pending_submits < self.settings.max_queue:
             return None
         return Refusal("queue_full", f"the queue is full ({self.settings.max_queue} tasks, "
                                      "[tasks] max_queue); try again later")
 
-    def _accept_when_durable(self, record: TaskRecord, index: int, ids: list[str | None],
-                             deferred: DeferredReply) -> None:
+    def accept_when_durable(self, record: TaskRecord, index: int, ids: list[str | None],
+                            deferred: DeferredReply) -> None:
+        """`record` was admitted as task `index` of a request: its id goes into `ids`, at
+        once if its ``task.submitted`` is durable already, else once it is (`deferred`
+        waits)."""
         if record.state is not TaskState.SUBMITTED:
             ids[index] = record.id
             return
         deferred.hold()
         self._waiting.setdefault(record.id, []).append((deferred, ids, index))
 
-    def _submitted(self, record: TaskRecord) -> None:
+    def submitted(self, record: TaskRecord) -> None:
         """Its task.submitted event is durable: acknowledge and queue it."""
         if record.state is TaskState.SUBMITTED:
             self.book.enqueue(record)
@@ -254,11 +242,13 @@ class ExecutorWorker(Worker):
         deferred = DeferredReply(request, lambda: protocol.TaskCancelReply(outcomes=outcomes))
         for task_id in msg.ids:
             record = self.book.get(task_id) if isinstance(task_id, str) else None
-            outcomes[str(task_id)] = self._cancel(record, deferred)
+            outcomes[str(task_id)] = self.cancel(record, deferred)
         deferred.seal()
         return None
 
-    def _cancel(self, record: TaskRecord | None, deferred: DeferredReply) -> str:
+    def cancel(self, record: TaskRecord | None, deferred: DeferredReply) -> str:
+        """Cancel `record` (killing its run if it is running); the outcome word of
+        `task.cancel_reply`. `deferred` waits until the cancellation is durable."""
         if record is None:
             return "unknown"
         if record.state in TERMINAL:
@@ -283,7 +273,7 @@ class ExecutorWorker(Worker):
             self.watchers.deliver(record)
             deferred.release(seq)
 
-        self._append("task.cancelled", {"id": record.id, "attempt": record.attempts}, durable)
+        self.append("task.cancelled", {"id": record.id, "attempt": record.attempts}, durable)
         if kill:
             assert proc is not None
             self.pool.kill(proc, "cancel", record.id)
@@ -309,10 +299,10 @@ class ExecutorWorker(Worker):
                 ok, value = False, result_too_large(size, self.settings.max_payload_bytes)
             if record.state is TaskState.RUNNING:
                 if ok:
-                    self._conclude(record, TaskState.SUCCEEDED, result=value,
+                    self.conclude(record, TaskState.SUCCEEDED, result=value,
                                    duration_s=duration_s, size=size)
                 else:
-                    self._conclude(record, TaskState.FAILED, error=value, duration_s=duration_s,
+                    self.conclude(record, TaskState.FAILED, error=value, duration_s=duration_s,
                                    size=size)
         self._dispatch_due = True
         if not alive:
@@ -348,30 +338,30 @@ class ExecutorWorker(Worker):
             return
         if proc.kill_reason == "timeout" and record.id == proc.kill_target:
             self.pool.learn(record.name, dispatch.timeout_s)
-            self._conclude(record, TaskState.TIMED_OUT, error=_error(
+            self.conclude(record, TaskState.TIMED_OUT, error=_error(
                 "TimedOut", f"the task ran past its timeout of {dispatch.timeout_s:g} s "
                 "and was killed"))
         elif was_running and not proc.kill_reason:
-            self._retry_or_fail(record, f"its task process died ({how})")
+            self.retry_or_fail(record, f"its task process died ({how})")
         else:
             reason = proc.kill_reason == "stop" and "the executor stopped" or \
                 "its task process was replaced before the task ran to the end"
             self.book.requeue(record, counted=False)
-            self._append("task.requeued", {"id": record.id, "attempts": record.attempts,
+            self.append("task.requeued", {"id": record.id, "attempts": record.attempts,
                                            "reason": reason})
             self._dispatch_due = True
 
-    def _retry_or_fail(self, record: TaskRecord, reason: str, kind: str = "ProcessLost"
-                       ) -> bool:
+    def retry_or_fail(self, record: TaskRecord, reason: str, kind: str = "ProcessLost"
+                      ) -> bool:
         """A run (or delegation) of `record` was lost: queue it again, or fail it once it has
         had max_attempts. True if it was queued again."""
         if record.attempts >= self.settings.max_attempts:
-            self._conclude(record, TaskState.FAILED, error=_error(
+            self.conclude(record, TaskState.FAILED, error=_error(
                 kind, f"{reason} on attempt {record.attempts} of "
                 f"{self.settings.max_attempts}"))
             return False
         self.book.requeue(record, counted=True)
-        self._append("task.requeued", {"id": record.id, "attempts": record.attempts,
+        self.append("task.requeued", {"id": record.id, "attempts": record.attempts,
                                        "reason": reason})
         self._dispatch_due = True
         return True
@@ -379,7 +369,7 @@ class ExecutorWorker(Worker):
     def _start(self, record: TaskRecord, pid: int) -> float:
         """The pool hands `record` to process `pid`: it is running. Returns its timeout."""
         record.start(time.time(), self.node_id)
-        self._append("task.started", {"id": record.id, "attempt": record.attempts, "pid": pid})
+        self.append("task.started", {"id": record.id, "attempt": record.attempts, "pid": pid})
         return self.timeout_of(record)
 
     def timeout_of(self, record: TaskRecord) -> float:
@@ -399,9 +389,9 @@ class ExecutorWorker(Worker):
 
     # --- outcomes ---------------------------------------------------------------------------
 
-    def _conclude(self, record: TaskRecord, state: TaskState, *, result: Any = None,
-                  error: dict[str, Any] | None = None, duration_s: float | None = None,
-                  size: int = 64, then: Callable[[int], None] | None = None) -> None:
+    def conclude(self, record: TaskRecord, state: TaskState, *, result: Any = None,
+                 error: dict[str, Any] | None = None, duration_s: float | None = None,
+                 size: int = 64, then: Callable[[int], None] | None = None) -> None:
         """Record a run's outcome; it becomes visible (and is pushed) once durable, and
         then `then(seq)` is called."""
         record.finishing = True
@@ -424,12 +414,13 @@ class ExecutorWorker(Worker):
             if then is not None:
                 then(seq)
 
-        self._append(_EVENT_KINDS[state], data, durable)
+        self.append(_EVENT_KINDS[state], data, durable)
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _append(self, kind: str, data: dict[str, Any],
-                on_durable: Callable[[int], None] | None = None) -> None:
+    def append(self, kind: str, data: dict[str, Any],
+               on_durable: Callable[[int], None] | None = None) -> None:
+        """Append one task event to this node's feed; `on_durable(seq)` once it is durable."""
         self.ledger.append(kind, data, on_durable=on_durable)
 
     def _on_ledger(self) -> None:

@@ -123,14 +123,13 @@ class OriginSide:
 
     def round(self, now: float, retry_empty: bool = False) -> None:
         mates = self._candidates(now)
-        candidates = [c for c in mates if c.node_id not in self.taking
-                      and now >= self.paused_until.get(c.node_id, 0.0)]
+        candidates = [c for c in mates if self.may_ask(c.node_id, now)]
         own = self.d.own_load
         ranked = plan.rank(candidates, self.d.config.tasks.capabilities,
                            own.waiting if own is not None else 0)
         if own is not None and own.queued > KEEP_PER_PROCESS * max(1, own.pool) and \
                 plan.saturated(mates):
-            ranked += spillover.targets(self, now)   # the whole cluster is saturated
+            ranked += spillover.targets(self.d, self, now)   # the whole cluster is saturated
         if ranked:
             self.counters.rounds += 1
         for candidate in ranked:
@@ -144,14 +143,22 @@ class OriginSide:
             record = net.sync.store.get(mate)
             if peer is None or peer.state is not PeerState.ALIVE or record is None:
                 continue
-            types = frozenset(name for name in _names(record.get(st.KEY_TASK_TYPES))
-                              if now >= self.refused_types.get((mate, name), 0.0))
-            found.append(plan.Candidate(
-                mate, types,
-                frozenset(_names(record.get(st.KEY_CAPABILITIES))),
-                self._load_of(mate, record), len(self.out.get(mate, ())),
-                float(peer.load.cpu_percent)))
+            found.append(self.candidate(mate, record, float(peer.load.cpu_percent), now))
         return found
+
+    def may_ask(self, node_id: str, now: float) -> bool:
+        """`node_id` may be asked to take tasks now: no take for it is out, no pause on it."""
+        return node_id not in self.taking and now >= self.paused_until.get(node_id, 0.0)
+
+    def candidate(self, node_id: str, record: st.Record, cpu_percent: float, now: float
+                  ) -> plan.Candidate:
+        """`node_id` as a delegation candidate: the types and capabilities its state
+        `record` offers (less the types it refused lately), its load, what it holds of ours."""
+        types = frozenset(name for name in _names(record.get(st.KEY_TASK_TYPES))
+                          if now >= self.refused_types.get((node_id, name), 0.0))
+        return plan.Candidate(node_id, types, frozenset(_names(record.get(st.KEY_CAPABILITIES))),
+                              self._load_of(node_id, record), len(self.out.get(node_id, ())),
+                              cpu_percent)
 
     def _load_of(self, mate: str, record: st.Record) -> plan.PeerLoad:
         """The mate's latest direct report while fresh, else what its state record says."""

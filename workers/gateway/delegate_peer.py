@@ -22,15 +22,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any, Protocol
 
 from akita.mesh import delegation as plan
 from akita.wire import mesh, protocol
 from workers.gateway import spillover
-from workers.gateway.links import DEFER, IncomingRequest, RequestRefused
-
-if TYPE_CHECKING:
-    from workers.gateway.delegate import Delegator
+from workers.gateway.executor_requests import ExecutorRequests
+from workers.gateway.links import DEFER, IncomingRequest, Links, RequestRefused
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +68,31 @@ class _Home:
     backoff_s: float = 0.0
 
 
+class PeerOwner(spillover.SpillOwner, Protocol):
+    """What the peer side asks of the gateway's delegation (`delegate.Delegator`): besides
+    what spill-over admission reads, the executor, the Links, the request paths and timing,
+    and the largest request body it takes."""
+
+    @property
+    def exe(self) -> ExecutorRequests: ...
+
+    @property
+    def links(self) -> Links: ...
+
+    @property
+    def paths(self) -> dict[str, str]: ...
+
+    @property
+    def timing(self) -> plan.DelegationTiming: ...
+
+    @property
+    def body_limit(self) -> int: ...
+
+
 class PeerSide:
     """Runs what cluster mates hand in; sends outcomes home; renews leases."""
 
-    def __init__(self, owner: Delegator) -> None:
+    def __init__(self, owner: PeerOwner) -> None:
         self.d = owner
         self.counters = PeerCounters()
         self.admission = spillover.Admission(owner)
@@ -210,8 +230,8 @@ class PeerSide:
         for origin, pairs in by_origin.items():
             self.counters.renewals_sent += 1
             self.d.links.request(origin, self.d.paths["renew"], plan.encode_pairs(pairs),
-                                 lambda data, o=origin: self._renewed(o, data),
-                                 lambda reason, o=origin: self._renew_failed(o, reason),
+                                 partial(self._renewed, origin),
+                                 partial(self._renew_failed, origin),
                                  timeout_s=self.d.timing.request_timeout_s)
 
     def _renew_failed(self, origin: str, reason: str) -> None:

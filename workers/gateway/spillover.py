@@ -7,35 +7,62 @@ candidates; `workers.gateway.delegate.OriginSide` takes tasks for them as for a 
 /run as spill-over (`is_spill`). Peer side: `Admission.refusal` decides whether a /run may
 be served at all — from a live cluster mate as before, or, as spill-over, by a coordinator
 with room from a live peer of another cluster.
+
+What these ask of the gateway's delegation is stated here (`SpillOwner`, `SpillOrigin`):
+this module never imports its owner, which imports it.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from akita.config import Config
 from akita.mesh import delegation as plan
 from akita.mesh import state as st
 from akita.mesh.cluster import accepts
+from workers.gateway.node import NetNode
 from workers.gateway.peers import PeerState
-
-if TYPE_CHECKING:
-    from workers.gateway.delegate import Delegator, OriginSide
 
 # What a coordinator accepted for spill-over counts against its room this long: about the
 # time until its next own-load reading (`own_load_s`) shows those tasks.
 TAKEN_WINDOW_S = 1.0
 
 
-def is_spill(owner: Delegator, peer: str) -> bool:
+class SpillOwner(Protocol):
+    """What spill-over reads of the gateway's delegation (`delegate.Delegator`)."""
+
+    @property
+    def net(self) -> NetNode: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def own_load(self) -> plan.PeerLoad | None: ...
+
+
+class SpillOrigin(Protocol):
+    """What `targets` asks of the origin side (`delegate.OriginSide`): whether a node may be
+    asked now, and a node as a delegation candidate, as the origin side sees it."""
+
+    def may_ask(self, node_id: str, now: float) -> bool: ...
+
+    def candidate(self, node_id: str, record: st.Record, cpu_percent: float, now: float
+                  ) -> plan.Candidate: ...
+
+
+def is_spill(owner: SpillOwner, peer: str) -> bool:
     """A /run to `peer` is spill-over when `peer` is not one of our cluster mates."""
     return peer not in owner.net.formation.cluster_mates()
 
 
-def targets(origin: OriginSide, now: float) -> list[plan.Candidate]:
+def targets(d: SpillOwner, origin: SpillOrigin, now: float) -> list[plan.Candidate]:
     """The live coordinators of the other clusters with room, in the order they are asked."""
-    d = origin.d
     formation = d.net.formation
     assignment = formation.assignment
     own = formation.own_cluster()
@@ -44,19 +71,14 @@ def targets(origin: OriginSide, now: float) -> list[plan.Candidate]:
     found = []
     for other in assignment.clusters:
         head = other.coordinator
-        if other.id == own.id or not head or head == d.node_id or head in origin.taking or \
-                now < origin.paused_until.get(head, 0.0):
+        if other.id == own.id or not head or head == d.node_id or \
+                not origin.may_ask(head, now):
             continue
         peer = d.net.table.get(head)
         record = d.net.sync.store.get(head)
         if peer is None or peer.state is not PeerState.ALIVE or record is None:
             continue
-        types = frozenset(name for name in _names(record.get(st.KEY_TASK_TYPES))
-                          if now >= origin.refused_types.get((head, name), 0.0))
-        found.append(plan.Candidate(
-            head, types, frozenset(_names(record.get(st.KEY_CAPABILITIES))),
-            origin._load_of(head, record), len(origin.out.get(head, ())),
-            float(peer.load.cpu_percent)))
+        found.append(origin.candidate(head, record, float(peer.load.cpu_percent), now))
     own_load = d.own_load
     return plan.rank(found, d.config.tasks.capabilities,
                      own_load.waiting if own_load is not None else 0)
@@ -65,7 +87,7 @@ def targets(origin: OriginSide, now: float) -> list[plan.Candidate]:
 class Admission:
     """Who may hand this node tasks (/run), and how many spill-over tasks it took lately."""
 
-    def __init__(self, owner: Delegator) -> None:
+    def __init__(self, owner: SpillOwner) -> None:
         self.d = owner
         self.taken: deque[tuple[float, int]] = deque()   # (when, tasks) of spill-over accepted
         self.spill_accepted = 0
@@ -108,7 +130,3 @@ class Admission:
         while self.taken and self.taken[0][0] < limit:
             self.taken.popleft()
         return sum(count for _when, count in self.taken)
-
-
-def _names(value: object) -> list[str]:
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
