@@ -38,7 +38,7 @@ import msgpack
 from akita.tasks.offer import offer
 from akita.tasks.queue import TERMINAL, Foreign, TaskRecord, TaskState
 from akita.tasks.registry import Refusal, TaskTable
-from akita.wire import protocol
+from akita.wire import events, protocol
 from workers.base import Request
 from workers.executor.replies import DeferredReply
 from workers.executor.taskproc import cap_error
@@ -140,12 +140,10 @@ class Delegation:
         for record in chosen:
             ex.book.delegate(record, now, msg.peer, msg.lease_s)
             self.leases[record.id] = deadline
-            event = {"id": record.id, "attempt": record.attempts, "peer": msg.peer,
-                     "lease_s": msg.lease_s}
-            if msg.term:
-                event["term"] = msg.term
             deferred.hold()
-            ex._append("task.delegated", event, deferred.release)
+            ex._append(events.TaskDelegated(id=record.id, attempt=record.attempts,
+                                            peer=msg.peer, lease_s=msg.lease_s,
+                                            term=msg.term or None), deferred.release)
             specs.append({"id": record.id, "name": record.name, "args": record.args,
                           "priority": record.priority, "attempt": record.attempts,
                           "requires": list(record.requires), "timeout": ex.timeout_of(record)})
@@ -300,14 +298,10 @@ class Delegation:
         record = ex.book.create(task.id, task.name, task.args, task.priority, now,
                                 requires=task.requires, foreign=foreign)
         self.held.add(record.id)
-        data: dict[str, Any] = {"id": task.id, "name": task.name, "args": task.args,
-                                "priority": task.priority, "origin": origin,
-                                "origin_attempt": attempt}
-        if task.requires:
-            data["requires"] = list(task.requires)
-        if foreign.timeout_s is not None:
-            data["timeout"] = foreign.timeout_s
-        ex._append("task.submitted", data, lambda _seq: ex._submitted(record))
+        ex._append(events.TaskSubmitted(
+            id=task.id, name=task.name, args=task.args, priority=task.priority, origin=origin,
+            origin_attempt=attempt, requires=list(task.requires) if task.requires else None,
+            timeout=foreign.timeout_s), lambda _seq: ex._submitted(record))
         return record
 
     def on_held(self, request: Request) -> protocol.Message:

@@ -31,7 +31,7 @@ from akita.ledger import chain
 from akita.ledger.client import LedgerClient
 from akita.tasks.queue import TERMINAL, TaskBook, TaskRecord, TaskState
 from akita.tasks.registry import Refusal, TaskDefinitionError, TaskTable
-from akita.wire import protocol
+from akita.wire import events, protocol
 from workers.base import Request, Worker
 from workers.executor import recovery as taskrecovery
 from workers.executor import replies as taskreplies
@@ -134,8 +134,8 @@ class ExecutorWorker(Worker):
             lambda: self._heartbeat(time.monotonic()))
         requeued, failed = self.book.recover(self.settings.max_attempts)
         for record in requeued:
-            self._append("task.requeued", {"id": record.id, "attempts": record.attempts,
-                                           "reason": "the executor restarted while it ran"})
+            self._append(events.TaskRequeued(id=record.id, attempts=record.attempts,
+                                             reason="the executor restarted while it ran"))
         for record in failed:
             self._conclude(record, TaskState.FAILED, error=_error(
                 "TaskLost", f"the task did not finish in {record.attempts} attempts "
@@ -201,10 +201,10 @@ class ExecutorWorker(Worker):
         record = self.book.create(task.id, task.name, task.args, task.priority, now,
                                   requires=task.requires)
         self._accept_when_durable(record, index, ids, deferred)
-        data = {"id": task.id, "name": task.name, "args": task.args, "priority": task.priority}
-        if task.requires:
-            data["requires"] = list(task.requires)
-        self._append("task.submitted", data, lambda _seq: self._submitted(record))
+        self._append(events.TaskSubmitted(
+            id=task.id, name=task.name, args=task.args, priority=task.priority,
+            requires=list(task.requires) if task.requires else None),
+            lambda _seq: self._submitted(record))
         return None
 
     def queue_full(self) -> Refusal | None:
@@ -282,7 +282,7 @@ class ExecutorWorker(Worker):
             self.watchers.deliver(record)
             deferred.release(seq)
 
-        self._append("task.cancelled", {"id": record.id, "attempt": record.attempts}, durable)
+        self._append(events.TaskCancelled(id=record.id, attempt=record.attempts), durable)
         if kill:
             assert proc is not None
             self.pool.kill(proc, "cancel", record.id)
@@ -356,8 +356,8 @@ class ExecutorWorker(Worker):
             reason = proc.kill_reason == "stop" and "the executor stopped" or \
                 "its task process was replaced before the task ran to the end"
             self.book.requeue(record, counted=False)
-            self._append("task.requeued", {"id": record.id, "attempts": record.attempts,
-                                           "reason": reason})
+            self._append(events.TaskRequeued(id=record.id, attempts=record.attempts,
+                                             reason=reason))
             self._dispatch_due = True
 
     def _retry_or_fail(self, record: TaskRecord, reason: str, kind: str = "ProcessLost"
@@ -370,15 +370,14 @@ class ExecutorWorker(Worker):
                 f"{self.settings.max_attempts}"))
             return False
         self.book.requeue(record, counted=True)
-        self._append("task.requeued", {"id": record.id, "attempts": record.attempts,
-                                       "reason": reason})
+        self._append(events.TaskRequeued(id=record.id, attempts=record.attempts, reason=reason))
         self._dispatch_due = True
         return True
 
     def _start(self, record: TaskRecord, pid: int) -> float:
         """The pool hands `record` to process `pid`: it is running. Returns its timeout."""
         record.start(time.time(), self.node_id)
-        self._append("task.started", {"id": record.id, "attempt": record.attempts, "pid": pid})
+        self._append(events.TaskStarted(id=record.id, attempt=record.attempts, pid=pid))
         return self.timeout_of(record)
 
     def timeout_of(self, record: TaskRecord) -> float:
@@ -404,15 +403,10 @@ class ExecutorWorker(Worker):
         """Record a run's outcome; it becomes visible (and is pushed) once durable, and
         then `then(seq)` is called."""
         record.finishing = True
-        data: dict[str, Any] = {"id": record.id, "attempt": record.attempts}
-        if record.state is TaskState.DELEGATED:
-            data["ran_on"] = record.ran_on
-        if state is TaskState.SUCCEEDED:
-            data["result"] = result
-        else:
-            data["error"] = error
-        if duration_s is not None:
-            data["duration_s"] = duration_s
+        event = events.task_outcome(
+            state.value, id=record.id, attempt=record.attempts,
+            ran_on=record.ran_on if record.state is TaskState.DELEGATED else None,
+            result=result, error=error, duration_s=duration_s)
 
         def durable(seq: int) -> None:
             if record.state not in TERMINAL:  # else it was cancelled meanwhile
@@ -423,13 +417,13 @@ class ExecutorWorker(Worker):
             if then is not None:
                 then(seq)
 
-        self._append(_EVENT_KINDS[state], data, durable)
+        self._append(event, durable)
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _append(self, kind: str, data: dict[str, Any],
+    def _append(self, event: events.Event,
                 on_durable: Callable[[int], None] | None = None) -> None:
-        self.ledger.append(kind, data, on_durable=on_durable)
+        self.ledger.record(event, on_durable=on_durable)
 
     def _on_ledger(self) -> None:
         self.ledger.on_readable()
@@ -451,8 +445,6 @@ class ExecutorWorker(Worker):
             if proc.pid in self.pool.processes:
                 self._lost(proc, "it stopped taking input")
 
-
-_EVENT_KINDS = {state: f"task.{state.value}" for state in TaskState}
 
 _HANDLERS: dict[type, Callable[[ExecutorWorker, Request], protocol.Message | None]] = {
     protocol.TaskSubmit: ExecutorWorker._on_submit,
