@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from akita.errors import ProtocolError
-from akita.wire import events
+from akita.wire import events, protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,3 +183,24 @@ def test_the_scan_finds_a_literal_kind() -> None:
     tree = ast.parse('ledger.append("task.started", {})\nself._record(f"task.{s}", d)\n'
                      'items.append("x.y")\nrows.append(f"{a}.b")\n')
     assert _literal_kinds(tree) == [(1, "'task.started'"), (2, "f'task.{s}'")]
+
+
+# --- the ledger.append and ledger.committed frames ------------------------------------------
+
+
+def test_hand_built_ledger_frames_decode_as_their_messages() -> None:
+    event = protocol.ledger_event("task.started", 1.5, {"id": "t"})
+    assert tuple(event) == protocol.LEDGER_EVENT_KEYS
+    acked = protocol.ledger_append_body("s", 3, [event], base=2)
+    rid, msg = protocol.decode_frame(msgpack.packb(acked, use_bin_type=True))
+    assert (rid, msg) == (3, protocol.LedgerAppend(source="s", ref=3, events=[event], base=2))
+    quiet = protocol.ledger_append_body("s", 0, [event], ack=False)
+    rid, msg = protocol.decode_frame(msgpack.packb(quiet, use_bin_type=True))
+    assert (rid, msg) == (None, protocol.LedgerAppend(source="s", ref=0, events=[event],
+                                                      ack=False))
+    k_ts, k_kind, k_data = protocol.LEDGER_COMMITTED_KEYS
+    pack = msgpack.packb
+    frame = b"".join((protocol.ledger_committed_prefix("feed"), pack(7), k_ts, pack(1.5),
+                      k_kind, pack("task.started"), k_data, pack({"id": "t"})))
+    assert protocol.decode(frame) == protocol.LedgerCommitted(
+        feed="feed", seq=7, ts=1.5, event_kind="task.started", data={"id": "t"})
