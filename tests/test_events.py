@@ -11,6 +11,7 @@ import msgpack
 import pytest
 
 from akita.errors import ProtocolError
+from akita.tasks.queue import TaskBook, TaskState
 from akita.wire import events, protocol
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,3 +205,13 @@ def test_hand_built_ledger_frames_decode_as_their_messages() -> None:
                       k_kind, pack("task.started"), k_data, pack({"id": "t"})))
     assert protocol.decode(frame) == protocol.LedgerCommitted(
         feed="feed", seq=7, ts=1.5, event_kind="task.started", data={"id": "t"})
+
+
+def test_replay_skips_and_counts_events_that_do_not_decode() -> None:
+    book = TaskBook("me")
+    book.apply("task.submitted", {"id": "t", "name": "n", "args": [], "priority": 5}, 1.0)
+    book.apply("task.started", {"id": "t", "attempt": "two"}, 2.0)   # damaged
+    book.apply("task.submitted", ["not", "a", "map"], 3.0)            # damaged
+    book.apply("task.future_kind", {"anything": 1}, 4.0)              # unknown: not counted
+    assert (book.unreadable, book.records["t"].state) == (2, TaskState.QUEUED)
+    assert "task.submitted" in book.last_unreadable
