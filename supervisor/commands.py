@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from akita import catalogue
 from akita import config as config_mod
 from akita.errors import ConfigError
+from akita.wire import events
 from supervisor.process import WorkerProcess, WorkerSpec, WorkerState
 from supervisor.table import ProcessTable
 
@@ -90,11 +91,12 @@ class Changes:
     started: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
 
-    def as_event(self) -> dict[str, object]:
-        return {"restarted": self.restarted, "started": self.started, "stopped": self.stopped}
+    def as_event(self) -> events.ConfigReloaded:
+        return events.ConfigReloaded(restarted=self.restarted, started=self.started,
+                                     stopped=self.stopped)
 
     def describe(self) -> str:
-        parts = [f"{what}: {', '.join(names)}" for what, names in self.as_event().items()
+        parts = [f"{what}: {', '.join(names)}" for what, names in self.as_event().to_data().items()
                  if names and isinstance(names, list)]
         return "; ".join(parts) or "no worker changed"
 

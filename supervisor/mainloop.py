@@ -28,7 +28,7 @@ from akita import config as config_mod
 from akita.errors import ConfigError
 from akita.identity import NodeIdentity
 from akita.ledger.client import LedgerClient
-from akita.wire import protocol
+from akita.wire import events, protocol
 from supervisor import commands
 from supervisor.bus import Bus
 from supervisor.control import ControlServer
@@ -93,7 +93,7 @@ class Supervisor:
         names = list(self.config.supervisor.workers)
         log.info("node %s (%s) starting workers %s", self.config.node.name,
                  self.identity.node_id, ", ".join(names) or "(none)")
-        self.record("node.started", {"pid": os.getpid(), "workers": names})
+        self.record(events.NodeStarted(pid=os.getpid(), workers=names))
         self.table.start_all()
         self.control.start()
         try:
@@ -157,10 +157,10 @@ class Supervisor:
         if proc.state not in _UP_STATES:
             self.control.worker_down(proc.name)
 
-    def record(self, kind: str, data: dict[str, Any]) -> None:
+    def record(self, event: events.Event) -> None:
         """Append a supervisor event to the ledger (queued until the ledger worker runs)."""
         if self.ledger is not None:
-            self.ledger.append(kind, data)
+            self.ledger.record(event)
 
     def watch_output(self, pipe: OutputPipe) -> None:
         def drain() -> None:
@@ -177,7 +177,7 @@ class Supervisor:
     def before_stop(self, name: str) -> None:
         if name != catalogue.LEDGER or self.ledger is None:
             return
-        self.record("node.stopped", {"pid": os.getpid()})
+        self.record(events.NodeStopped(pid=os.getpid()))
         if not self.ledger.flush(LEDGER_FLUSH_TIMEOUT_S):
             log.warning("%d ledger events were not acknowledged before the ledger stopped",
                         self.ledger.pending())
@@ -245,7 +245,7 @@ class Supervisor:
             commands.check_compatible(self.config, new)
         except ConfigError as exc:
             log.error("reload failed, keeping the running config: %s", exc)
-            self.record("config.reload_failed", {"error": str(exc)})
+            self.record(events.ConfigReloadFailed(error=str(exc)))
             return protocol.Error(code="reload_failed", message=str(exc))
         changes = commands.apply(self.table, new)
         self.config = new
@@ -254,7 +254,7 @@ class Supervisor:
             self._open_ledger()
         self.status_board.publish(self.table.ordered(), name=new.node.name)
         log.info("config reloaded: %s", changes.describe())
-        self.record("config.reloaded", changes.as_event())
+        self.record(changes.as_event())
         return protocol.Ok(detail=changes.describe())
 
     # --- exit ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from akita import catalogue
 from akita import config as config_mod
+from akita.wire import events
 from supervisor.logs import LogFiles, OutputPipe
 from supervisor.process import ACTIVE_STATES, WorkerProcess, WorkerSpec, WorkerState
 from workers.zygote import Zygote, ZygoteError
@@ -36,7 +37,7 @@ class TableHost(Protocol):
     """What the process table needs from the supervisor around it."""
 
     def worker_changed(self, proc: WorkerProcess) -> None: ...
-    def record(self, kind: str, data: dict[str, object]) -> None: ...
+    def record(self, event: events.Event) -> None: ...
     def watch_output(self, pipe: OutputPipe) -> None: ...
     def zygote_replaced(self, old_fd: int, new: Zygote) -> None: ...
     def before_stop(self, name: str) -> None: ...
@@ -105,17 +106,16 @@ class ProcessTable:
         log.log(logging.INFO if cause == "stop_requested" else logging.WARNING,
                 "%s (pid %d) %s; cause: %s; now %s", proc.name, pid,
                 proc.describe_exit(returncode), cause, outcome.state.value)
-        self.host.record("worker.exited", {
-            "name": proc.name, "pid": pid, "exit_code": proc.exit_code,
-            "signal": proc.exit_signal, "cause": cause})
+        self.host.record(events.WorkerExited(
+            name=proc.name, pid=pid, exit_code=proc.exit_code, signal=proc.exit_signal,
+            cause=cause))
         if outcome.state is WorkerState.BACKOFF and self.shutting_down:
             proc.cancel()
         if outcome.state is WorkerState.FATAL:
             log.error("%s is FATAL: %s; it stays stopped until an operator starts it",
                       proc.name, proc.last_error)
-            self.host.record("worker.fatal", {
-                "name": proc.name, "restarts": proc.restarts,
-                "window_s": proc.settings.restart_window})
+            self.host.record(events.WorkerFatal(
+                name=proc.name, restarts=proc.restarts, window_s=proc.settings.restart_window))
         self.host.worker_changed(proc)
         if proc.remove_after_stop:
             del self.procs[proc.name]
@@ -223,8 +223,7 @@ class ProcessTable:
         self.dirty = True
         self.by_pid[pid] = proc
         log.info("%s started (pid %d, restarts %d)", proc.name, pid, proc.restarts)
-        self.host.record("worker.started", {"name": proc.name, "pid": pid,
-                                            "restarts": proc.restarts})
+        self.host.record(events.WorkerStarted(name=proc.name, pid=pid, restarts=proc.restarts))
         self.host.worker_changed(proc)
 
     def _fork(self, proc: WorkerProcess) -> int:

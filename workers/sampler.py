@@ -21,14 +21,15 @@ import psutil
 import zmq
 
 from akita import catalogue, resources, rundir, transport
+from akita.errors import ProtocolError
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
-from akita.wire import protocol
+from akita.wire import events, protocol
 from workers.base import Worker
 
 log = logging.getLogger(__name__)
 
-ALERT_KIND = protocol.ResourceAlert.KIND  # also the kind of its ledger event
+ALERT_KIND = events.ResourceAlert.KIND  # published on the bus as protocol.ResourceAlert too
 # The module a fork server runs: its command line tells a zygote from the children it forks.
 _ZYGOTE_MODULE = "workers.zygote"
 # Worker states after which its pid no longer names that worker.
@@ -264,11 +265,17 @@ class SamplerWorker(Worker):
         """Alerts a previous incarnation raised and did not clear, from the ledger."""
         path = chain.db_path(self.config)
         try:
-            history = [event.data for event in chain.read_events(path, kind_prefix=ALERT_KIND)
-                       if event.kind == ALERT_KIND and isinstance(event.data, dict)]
+            stored = [event.data for event in chain.read_events(path, kind_prefix=ALERT_KIND)
+                      if event.kind == ALERT_KIND]
         except (chain.LedgerNotFound, apsw.Error) as exc:
             log.warning("alerts raised before this start are unknown: %s", exc)
             return set()
+        history = []
+        for data in stored:
+            try:
+                history.append(events.ResourceAlert.from_data(data).to_data())
+            except ProtocolError as exc:
+                log.warning("skipping an unreadable alert event in the ledger: %s", exc)
         raised = resources.raised_in_history(history)
         # An alert whose threshold is now off cannot be judged again: let it go.
         return {key for key in raised if key[0] in self.thresholds}
@@ -323,7 +330,9 @@ class SamplerWorker(Worker):
         self.publish(ALERT_KIND, protocol.ResourceAlert(
             metric=alert.metric, value=float(alert.value), threshold=float(alert.threshold),
             raised=alert.raised, subject=alert.subject))
-        self.ledger.append(ALERT_KIND, alert.as_dict(), ack=True)
+        self.ledger.record(events.ResourceAlert(
+            metric=alert.metric, subject=alert.subject, value=alert.value,
+            threshold=alert.threshold, raised=alert.raised), ack=True)
 
     def _on_bus(self) -> None:
         messages, bad = transport.drain_bus(self.bus)

@@ -43,7 +43,7 @@ import zmq
 from akita import transport
 from akita.catalogue import LEDGER
 from akita.errors import ProtocolError
-from akita.wire import protocol
+from akita.wire import events, protocol
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,11 @@ class LedgerClient:
 
     def append(self, kind: str, data: dict[str, Any], *,
                on_durable: DurableCallback | None = None, ack: bool = True) -> None:
-        """Queue one event {kind, ts, data}; never blocks (see the module docstring)."""
+        """Queue one event {kind, ts, data}; never blocks (see the module docstring).
+        Processes write declared events with `record`; this is the raw form beneath it."""
         if type(kind) is not str or not kind:
             raise TypeError(f"an event kind is a non-empty str, not {kind!r}")
-        event = {"kind": kind, "ts": time.time(), "data": data}
+        event = protocol.ledger_event(kind, time.time(), data)
         if not ack and not self._queued:
             self._send_fire_and_forget(event)
             return
@@ -126,6 +127,11 @@ class LedgerClient:
         frame.events.append(event)
         self._pending_events += 1
         self._send_queued()
+
+    def record(self, event: events.Event, *, on_durable: DurableCallback | None = None,
+               ack: bool = True) -> None:
+        """Append one declared event (`akita.wire.events`): how every process writes."""
+        self.append(event.KIND, event.to_data(), on_durable=on_durable, ack=ack)
 
     def on_readable(self) -> None:
         """Process every reply waiting on the socket; call on_durable for what became durable."""
@@ -190,9 +196,7 @@ class LedgerClient:
         """The frame's bytes; None after splitting an oversized frame or dropping events
         that cannot be encoded (both rare: they never block the frames behind them)."""
         base = self._in_flight[0].ref if self._in_flight else frame.ref
-        body = {"v": protocol.PROTOCOL_VERSION, "kind": protocol.LedgerAppend.KIND,
-                "rid": frame.ref, "source": self.source, "ref": frame.ref, "base": base,
-                "events": frame.events, "ack": True}
+        body = protocol.ledger_append_body(self.source, frame.ref, frame.events, base=base)
         try:
             data: bytes = self._pack(body)
         except (TypeError, ValueError, OverflowError):
@@ -242,8 +246,7 @@ class LedgerClient:
             self._resend_barrier = self._in_flight[-1].ref
 
     def _send_fire_and_forget(self, event: dict[str, Any]) -> None:
-        body = {"v": protocol.PROTOCOL_VERSION, "kind": protocol.LedgerAppend.KIND,
-                "source": self.source, "ref": 0, "events": [event], "ack": False}
+        body = protocol.ledger_append_body(self.source, 0, [event], ack=False)
         try:
             self.sock.send(self._pack(body), zmq.NOBLOCK)
         except (TypeError, ValueError, OverflowError) as exc:

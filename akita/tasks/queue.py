@@ -26,11 +26,13 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from typing import Any, NamedTuple
 
+from akita.errors import ProtocolError
 from akita.tasks.registry import DEFAULT_PRIORITY
+from akita.wire import events
 
 
 class TaskState(str, Enum):
@@ -294,6 +296,8 @@ class TaskBook:
         self._finished_bytes = 0
         self._orders = itertools.count(1)
         self.pending_submits = 0   # records in SUBMITTED
+        self.unreadable = 0        # replayed events skipped: their data did not decode
+        self.last_unreadable = ""  # why the last one was skipped
 
     def __contains__(self, task_id: str) -> bool:
         return task_id in self.records
@@ -383,19 +387,24 @@ class TaskBook:
 
     def apply(self, kind: str, data: Any, ts: float) -> None:
         """Apply one ``task.*`` event from the feed (in feed order). Unknown kinds and events
-        about unknown tasks are skipped: the feed may hold kinds this version does not know."""
-        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        about unknown tasks are skipped: the feed may hold kinds this version does not know.
+        An event whose data does not decode is skipped and counted (`unreadable`)."""
+        if kind not in _REPLAY:
             return
-        if kind == "task.submitted":
-            if data["id"] not in self.records:
-                self.create(data["id"], str(data.get("name")), data.get("args", []),
-                            int(data.get("priority", DEFAULT_PRIORITY)), ts, TaskState.QUEUED,
-                            tuple(data.get("requires") or ()), _foreign_of(data))
+        try:
+            event = events.decode(kind, data)
+        except ProtocolError as exc:
+            self.unreadable += 1
+            self.last_unreadable = str(exc)
             return
-        record = self.records.get(data["id"])
-        if record is None or record.state in TERMINAL:
+        replay = _REPLAY[kind]
+        if replay is None:
+            assert isinstance(event, events.TaskSubmitted)
+            _replay_submitted(self, event, ts)
             return
-        _REPLAY.get(kind, _ignore)(self, record, data, ts)
+        record = self.records.get(getattr(event, "id", ""))
+        if record is not None and record.state not in TERMINAL:
+            replay(self, record, event, ts)
 
     def recover(self, max_attempts: int) -> tuple[list[TaskRecord], list[TaskRecord]]:
         """After replay: queue what is queued, and decide about tasks that were running when
@@ -427,52 +436,56 @@ class TaskBook:
                 self._finished_bytes -= old.size
 
 
-def _ignore(book: TaskBook, record: TaskRecord, data: dict[str, Any], ts: float) -> None:
-    pass
+def _replay_submitted(book: TaskBook, event: events.TaskSubmitted, ts: float) -> None:
+    if event.id not in book.records:
+        book.create(event.id, str(event.name), [] if event.args is None else event.args,
+                    DEFAULT_PRIORITY if event.priority is None else event.priority, ts,
+                    TaskState.QUEUED, tuple(event.requires or ()), _foreign_of(event))
 
 
-def _replay_started(book: TaskBook, record: TaskRecord, data: dict[str, Any], ts: float) -> None:
+def _replay_started(book: TaskBook, record: TaskRecord, event: Any, ts: float) -> None:
+    assert isinstance(event, events.TaskStarted)
     record.state = TaskState.RUNNING
-    record.attempts = int(data.get("attempt", record.attempts + 1))
+    record.attempts = record.attempts + 1 if event.attempt is None else event.attempt
     record.started_ts = ts
     record.ran_on = book.node_id
 
 
-def _replay_delegated(book: TaskBook, record: TaskRecord, data: dict[str, Any],
-                      ts: float) -> None:
+def _replay_delegated(book: TaskBook, record: TaskRecord, event: Any, ts: float) -> None:
+    assert isinstance(event, events.TaskDelegated)
     record.state = TaskState.DELEGATED
-    record.attempts = int(data.get("attempt", record.attempts + 1))
+    record.attempts = record.attempts + 1 if event.attempt is None else event.attempt
     record.started_ts = ts
-    record.ran_on = data.get("peer")
-    lease_s = data.get("lease_s")
-    record.lease_s = float(lease_s) if isinstance(lease_s, (int, float)) else 0.0
+    record.ran_on = event.peer
+    record.lease_s = 0.0 if event.lease_s is None else float(event.lease_s)
 
 
-def _foreign_of(data: dict[str, Any]) -> Foreign | None:
-    origin = data.get("origin")
-    if not isinstance(origin, str):
+def _foreign_of(event: events.TaskSubmitted) -> Foreign | None:
+    if event.origin is None:
         return None
-    timeout_s = data.get("timeout")
-    return Foreign(origin, int(data.get("origin_attempt", 1)),
-                   float(timeout_s) if isinstance(timeout_s, (int, float)) else None)
+    return Foreign(event.origin, 1 if event.origin_attempt is None else event.origin_attempt,
+                   None if event.timeout is None else float(event.timeout))
 
 
-def _replay_requeued(book: TaskBook, record: TaskRecord, data: dict[str, Any],
-                     ts: float) -> None:
+def _replay_requeued(book: TaskBook, record: TaskRecord, event: Any, ts: float) -> None:
+    assert isinstance(event, events.TaskRequeued)
     record.state = TaskState.QUEUED
-    record.attempts = int(data.get("attempts", record.attempts))
+    if event.attempts is not None:
+        record.attempts = event.attempts
 
 
 def _replay_outcome(state: TaskState) -> Any:
-    def replay(book: TaskBook, record: TaskRecord, data: dict[str, Any], ts: float) -> None:
+    def replay(book: TaskBook, record: TaskRecord, event: Any, ts: float) -> None:
         record.state = state
-        record.result = data.get("result")
-        record.error = data.get("error")
+        if isinstance(event, events.TaskSucceeded):
+            record.result, record.error = event.result, None
+        else:
+            record.result, record.error = None, event.error
         record.finished_ts = ts
         record.size = _rough_size(record.result if state is TaskState.SUCCEEDED
                                   else record.error)
-        if "ran_on" in data:
-            record.ran_on = data["ran_on"]
+        if event.ran_on is not None:
+            record.ran_on = event.ran_on
         book.finished(record)  # trims as it goes: a long history never sits in memory
 
     return replay
@@ -491,12 +504,15 @@ def _rough_size(value: Any, depth: int = 0) -> int:
     return 9
 
 
-_REPLAY = {
-    "task.started": _replay_started,
-    "task.delegated": _replay_delegated,
-    "task.requeued": _replay_requeued,
-    "task.succeeded": _replay_outcome(TaskState.SUCCEEDED),
-    "task.failed": _replay_outcome(TaskState.FAILED),
-    "task.timed_out": _replay_outcome(TaskState.TIMED_OUT),
-    "task.cancelled": _replay_outcome(TaskState.CANCELLED),
+_Replay = Callable[[TaskBook, TaskRecord, Any, float], None]
+# What each task event does to its record in a replay; task.submitted creates the record.
+_REPLAY: dict[str, _Replay | None] = {
+    events.TaskSubmitted.KIND: None,
+    events.TaskStarted.KIND: _replay_started,
+    events.TaskDelegated.KIND: _replay_delegated,
+    events.TaskRequeued.KIND: _replay_requeued,
+    events.TaskSucceeded.KIND: _replay_outcome(TaskState.SUCCEEDED),
+    events.TaskFailed.KIND: _replay_outcome(TaskState.FAILED),
+    events.TaskTimedOut.KIND: _replay_outcome(TaskState.TIMED_OUT),
+    events.TaskCancelled.KIND: _replay_outcome(TaskState.CANCELLED),
 }

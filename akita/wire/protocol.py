@@ -327,6 +327,29 @@ class LedgerAppend(Message):
     base: int = 1
 
 
+# How senders and the writer build these two frames by hand, on the hot path (a reused
+# Packer, no dataclass per event); `decode()` reads what they build like any other frame.
+
+LEDGER_EVENT_KEYS = ("kind", "ts", "data")  # the map of one event in `LedgerAppend.events`
+
+
+def ledger_event(kind: str, ts: float, data: Any) -> dict[str, Any]:
+    """One event of a `ledger.append` frame."""
+    return {"kind": kind, "ts": ts, "data": data}
+
+
+def ledger_append_body(source: str, ref: int, events: list[dict[str, Any]], *,
+                       base: int | None = None, ack: bool = True) -> dict[str, Any]:
+    """The map of a `ledger.append` frame, ready for msgpack. An acknowledged frame carries
+    its ref as rid too (the writer's answer echoes it); a fire-and-forget one has ref 0, no
+    rid and no base."""
+    if not ack:
+        return {"v": PROTOCOL_VERSION, "kind": LedgerAppend.KIND, "source": source,
+                "ref": 0, "events": events, "ack": False}
+    return {"v": PROTOCOL_VERSION, "kind": LedgerAppend.KIND, "rid": ref, "source": source,
+            "ref": ref, "base": ref if base is None else base, "events": events, "ack": True}
+
+
 @message("ledger.acked")
 @dataclass(frozen=True, slots=True)
 class LedgerAcked(Message):
@@ -348,6 +371,22 @@ class LedgerCommitted(Message):
     ts: float
     event_kind: str
     data: Any
+
+
+def ledger_committed_prefix(feed: str) -> bytes:
+    """The fixed start of every `ledger.committed` frame of `feed`, up to the seq value.
+
+    The writer publishes each committed event from its stored bytes without re-encoding:
+    ``prefix + pack(seq) + LEDGER_COMMITTED_KEYS[0] + pack(ts) + [1] + pack(event_kind)
+    + [2] + data bytes``: the msgpack map {v, kind, feed, seq, ts, event_kind, data}, keys in
+    the order of `LedgerCommitted`'s fields.
+    """
+    packb = msgpack.packb
+    return (b"\x87" + packb("v") + packb(PROTOCOL_VERSION) + packb("kind")
+            + packb(LedgerCommitted.KIND) + packb("feed") + packb(feed) + packb("seq"))
+
+
+LEDGER_COMMITTED_KEYS = (msgpack.packb("ts"), msgpack.packb("event_kind"), msgpack.packb("data"))
 
 
 @message("ledger.head")

@@ -19,6 +19,7 @@ from akita.config import TasksConfig
 from akita.tasks.queue import Foreign, TaskBook, TaskRecord
 from akita.tasks.registry import Refusal, Submission, TaskTable
 from akita.tasks.sizes import too_large
+from akita.wire import events
 
 
 class AdmissionOwner(Protocol):
@@ -35,7 +36,7 @@ class AdmissionOwner(Protocol):
 
     def queue_full(self) -> Refusal | None: ...
 
-    def append(self, kind: str, data: dict[str, Any],
+    def append(self, event: events.Event,
                on_durable: Callable[[int], None] | None = None) -> None: ...
 
     def submitted(self, record: TaskRecord) -> None: ...
@@ -63,8 +64,7 @@ def admit(owner: AdmissionOwner, spec: Any, now: float, origin: str | None = Non
         return refusal
     record = owner.book.create(task.id, task.name, task.args, task.priority, now,
                                requires=task.requires, foreign=foreign)
-    owner.append("task.submitted", _submitted_event(task, foreign),
-                 lambda _seq: owner.submitted(record))
+    owner.append(_submitted_event(task, foreign), lambda _seq: owner.submitted(record))
     return record
 
 
@@ -96,16 +96,12 @@ def _resent(existing: TaskRecord, task: Submission, foreign: Foreign | None
     return existing
 
 
-def _submitted_event(task: Submission, foreign: Foreign | None) -> dict[str, Any]:
+def _submitted_event(task: Submission, foreign: Foreign | None) -> events.TaskSubmitted:
+    requires = list(task.requires) if task.requires else None
     if foreign is None:
-        data = {"id": task.id, "name": task.name, "args": task.args, "priority": task.priority}
-        if task.requires:
-            data["requires"] = list(task.requires)
-        return data
-    data = {"id": task.id, "name": task.name, "args": task.args, "priority": task.priority,
-            "origin": foreign.origin, "origin_attempt": foreign.attempt}
-    if task.requires:
-        data["requires"] = list(task.requires)
-    if foreign.timeout_s is not None:
-        data["timeout"] = foreign.timeout_s
-    return data
+        return events.TaskSubmitted(id=task.id, name=task.name, args=task.args,
+                                    priority=task.priority, requires=requires)
+    return events.TaskSubmitted(id=task.id, name=task.name, args=task.args,
+                                priority=task.priority, origin=foreign.origin,
+                                origin_attempt=foreign.attempt, requires=requires,
+                                timeout=foreign.timeout_s)

@@ -43,7 +43,7 @@ from akita.tasks.offer import offer
 from akita.tasks.queue import TERMINAL, TaskBook, TaskRecord, TaskState
 from akita.tasks.registry import Refusal, TaskTable
 from akita.tasks.sizes import cap_error, payload_bytes, result_limit, result_too_large
-from akita.wire import protocol
+from akita.wire import events, protocol
 from workers.base import Request
 from workers.executor.pool import TaskPool
 from workers.executor.replies import DeferredReply, Watchers
@@ -91,7 +91,7 @@ class DelegationOwner(Protocol):
     def accept_when_durable(self, record: TaskRecord, index: int, ids: list[str | None],
                             deferred: DeferredReply) -> None: ...
 
-    def append(self, kind: str, data: dict[str, Any],
+    def append(self, event: events.Event,
                on_durable: Callable[[int], None] | None = None) -> None: ...
 
     def conclude(self, record: TaskRecord, state: TaskState, *, result: Any = None,
@@ -163,12 +163,10 @@ class Delegation:
         for record in chosen:
             ex.book.delegate(record, now, msg.peer, msg.lease_s)
             self.leases[record.id] = deadline
-            event = {"id": record.id, "attempt": record.attempts, "peer": msg.peer,
-                     "lease_s": msg.lease_s}
-            if msg.term:
-                event["term"] = msg.term
             deferred.hold()
-            ex.append("task.delegated", event, deferred.release)
+            ex.append(events.TaskDelegated(id=record.id, attempt=record.attempts,
+                                            peer=msg.peer, lease_s=msg.lease_s,
+                                            term=msg.term or None), deferred.release)
             specs.append({"id": record.id, "name": record.name, "args": record.args,
                           "priority": record.priority, "attempt": record.attempts,
                           "requires": list(record.requires), "timeout": ex.timeout_of(record)})

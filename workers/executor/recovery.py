@@ -12,11 +12,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from akita.errors import ProtocolError
 from akita.ledger import chain
 from akita.tasks.queue import TaskBook, TaskRecord
+from akita.wire import events
 
 log = logging.getLogger(__name__)
 
+TASK_PREFIX = "task."  # every task event's kind starts so (akita.wire.events)
 REPLAY_CHUNK = 5_000  # events read at once: bounds memory, and how long between heartbeats
 
 
@@ -27,7 +30,7 @@ def replay(path: Path, book: TaskBook, heartbeat: Callable[[], None]) -> tuple[i
     count = last_seq = 0
     try:
         while True:
-            chunk = list(chain.read_events(path, kind_prefix="task.", after_seq=last_seq,
+            chunk = list(chain.read_events(path, kind_prefix=TASK_PREFIX, after_seq=last_seq,
                                             limit=REPLAY_CHUNK))
             for event in chunk:
                 book.apply(event.kind, event.data, event.ts)
@@ -35,10 +38,14 @@ def replay(path: Path, book: TaskBook, heartbeat: Callable[[], None]) -> tuple[i
             if chunk:
                 last_seq = chunk[-1].seq
             if len(chunk) < REPLAY_CHUNK:
-                return count, last_seq
+                break
             heartbeat()
     except chain.LedgerNotFound:
-        return count, last_seq
+        pass
+    if book.unreadable:
+        log.warning("skipped %d task events whose data did not decode; the last: %s",
+                    book.unreadable, book.last_unreadable)
+    return count, last_seq
 
 
 def stragglers(path: Path, after_seq: int, started_ts: float, horizon_ts: float
@@ -46,20 +53,25 @@ def stragglers(path: Path, after_seq: int, started_ts: float, horizon_ts: float
     """``task.submitted`` events after `after_seq` that a previous executor stamped before
     this one started (`started_ts`), except for ids this one appended itself since (a
     client's resend). Reads up to events stamped `horizon_ts`."""
-    ours: set[object] = set()
-    found: list[chain.Event] = []
+    ours: set[str] = set()
+    found: list[tuple[chain.Event, str]] = []
     try:
-        for event in chain.read_events(path, kind_prefix="task.submitted",
+        for event in chain.read_events(path, kind_prefix=events.TaskSubmitted.KIND,
                                         after_seq=after_seq, limit=REPLAY_CHUNK):
-            if event.ts > horizon_ts or not isinstance(event.data, dict):
+            if event.ts > horizon_ts or event.kind != events.TaskSubmitted.KIND:
+                continue
+            try:
+                task_id = events.TaskSubmitted.from_data(event.data).id
+            except ProtocolError as exc:
+                log.warning("skipping unreadable event %d: %s", event.seq, exc)
                 continue
             if event.ts >= started_ts:
-                ours.add(event.data.get("id"))
+                ours.add(task_id)
             else:
-                found.append(event)
+                found.append((event, task_id))
     except chain.LedgerNotFound:
         return []
-    return [event for event in found if event.data.get("id") not in ours]
+    return [event for event, task_id in found if task_id not in ours]
 
 
 def catch_up(path: Path, book: TaskBook, after_seq: int, started_ts: float, horizon_ts: float
@@ -67,8 +79,8 @@ def catch_up(path: Path, book: TaskBook, after_seq: int, started_ts: float, hori
     """Queue the `stragglers` the book does not know; returns their records."""
     queued = []
     for event in stragglers(path, after_seq, started_ts, horizon_ts):
-        task_id = event.data.get("id")
-        if isinstance(task_id, str) and task_id not in book:
+        task_id = event.data["id"]  # stragglers() returns only events that decode
+        if task_id not in book:
             book.apply(event.kind, event.data, event.ts)
             record = book.get(task_id)
             if record is not None:

@@ -32,7 +32,7 @@ from akita.ledger.client import LedgerClient
 from akita.tasks.queue import TERMINAL, TaskBook, TaskRecord, TaskState
 from akita.tasks.registry import Refusal, TaskDefinitionError, TaskTable
 from akita.tasks.sizes import result_too_large
-from akita.wire import protocol
+from akita.wire import events, protocol
 from workers.base import Request, Worker
 from workers.executor import admission
 from workers.executor import recovery as taskrecovery
@@ -136,8 +136,8 @@ class ExecutorWorker(Worker):
             lambda: self._heartbeat(time.monotonic()))
         requeued, failed = self.book.recover(self.settings.max_attempts)
         for record in requeued:
-            self.append("task.requeued", {"id": record.id, "attempts": record.attempts,
-                                           "reason": "the executor restarted while it ran"})
+            self.append(events.TaskRequeued(id=record.id, attempts=record.attempts,
+                                             reason="the executor restarted while it ran"))
         for record in failed:
             self.conclude(record, TaskState.FAILED, error=_error(
                 "TaskLost", f"the task did not finish in {record.attempts} attempts "
@@ -273,7 +273,7 @@ class ExecutorWorker(Worker):
             self.watchers.deliver(record)
             deferred.release(seq)
 
-        self.append("task.cancelled", {"id": record.id, "attempt": record.attempts}, durable)
+        self.append(events.TaskCancelled(id=record.id, attempt=record.attempts), durable)
         if kill:
             assert proc is not None
             self.pool.kill(proc, "cancel", record.id)
@@ -347,8 +347,8 @@ class ExecutorWorker(Worker):
             reason = proc.kill_reason == "stop" and "the executor stopped" or \
                 "its task process was replaced before the task ran to the end"
             self.book.requeue(record, counted=False)
-            self.append("task.requeued", {"id": record.id, "attempts": record.attempts,
-                                           "reason": reason})
+            self.append(events.TaskRequeued(id=record.id, attempts=record.attempts,
+                                             reason=reason))
             self._dispatch_due = True
 
     def retry_or_fail(self, record: TaskRecord, reason: str, kind: str = "ProcessLost"
@@ -361,15 +361,14 @@ class ExecutorWorker(Worker):
                 f"{self.settings.max_attempts}"))
             return False
         self.book.requeue(record, counted=True)
-        self.append("task.requeued", {"id": record.id, "attempts": record.attempts,
-                                       "reason": reason})
+        self.append(events.TaskRequeued(id=record.id, attempts=record.attempts, reason=reason))
         self._dispatch_due = True
         return True
 
     def _start(self, record: TaskRecord, pid: int) -> float:
         """The pool hands `record` to process `pid`: it is running. Returns its timeout."""
         record.start(time.time(), self.node_id)
-        self.append("task.started", {"id": record.id, "attempt": record.attempts, "pid": pid})
+        self.append(events.TaskStarted(id=record.id, attempt=record.attempts, pid=pid))
         return self.timeout_of(record)
 
     def timeout_of(self, record: TaskRecord) -> float:
@@ -395,15 +394,10 @@ class ExecutorWorker(Worker):
         """Record a run's outcome; it becomes visible (and is pushed) once durable, and
         then `then(seq)` is called."""
         record.finishing = True
-        data: dict[str, Any] = {"id": record.id, "attempt": record.attempts}
-        if record.state is TaskState.DELEGATED:
-            data["ran_on"] = record.ran_on
-        if state is TaskState.SUCCEEDED:
-            data["result"] = result
-        else:
-            data["error"] = error
-        if duration_s is not None:
-            data["duration_s"] = duration_s
+        event = events.task_outcome(
+            state.value, id=record.id, attempt=record.attempts,
+            ran_on=record.ran_on if record.state is TaskState.DELEGATED else None,
+            result=result, error=error, duration_s=duration_s)
 
         def durable(seq: int) -> None:
             if record.state not in TERMINAL:  # else it was cancelled meanwhile
@@ -414,14 +408,14 @@ class ExecutorWorker(Worker):
             if then is not None:
                 then(seq)
 
-        self.append(_EVENT_KINDS[state], data, durable)
+        self.append(event, durable)
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def append(self, kind: str, data: dict[str, Any],
+    def append(self, event: events.Event,
                on_durable: Callable[[int], None] | None = None) -> None:
         """Append one task event to this node's feed; `on_durable(seq)` once it is durable."""
-        self.ledger.append(kind, data, on_durable=on_durable)
+        self.ledger.record(event, on_durable=on_durable)
 
     def _on_ledger(self) -> None:
         self.ledger.on_readable()
@@ -443,8 +437,6 @@ class ExecutorWorker(Worker):
             if proc.pid in self.pool.processes:
                 self._lost(proc, "it stopped taking input")
 
-
-_EVENT_KINDS = {state: f"task.{state.value}" for state in TaskState}
 
 _HANDLERS: dict[type, Callable[[ExecutorWorker, Request], protocol.Message | None]] = {
     protocol.TaskSubmit: ExecutorWorker._on_submit,

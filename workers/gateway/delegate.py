@@ -45,10 +45,11 @@ from typing import Any
 import zmq
 
 from akita import transport
+from akita.errors import ProtocolError
 from akita.mesh import delegation as plan
 from akita.mesh import state as st
 from akita.tasks.offer import KEEP_PER_PROCESS
-from akita.wire import mesh, protocol
+from akita.wire import events, mesh, protocol
 from workers.gateway import spillover
 from workers.gateway.delegate_peer import PeerSide
 from workers.gateway.executor_requests import ExecutorRequests
@@ -62,7 +63,19 @@ LOAD_FRESH_S = 2.0            # a mate's load from its last answer counts this l
 PAUSE_S = 1.0                 # a mate whose /run failed is not asked again for this long
 REFUSED_TYPE_S = 30.0         # a type a mate said it does not run is not offered it for this
 TAKE_REPLY_BYTES = 8 << 20    # what one take reply may carry (below the 16 MiB frame limit)
-_TRIGGERS = (b"task.submitted", b"task.requeued")
+_TRIGGERS = (events.TaskSubmitted.KIND.encode(), events.TaskRequeued.KIND.encode())
+
+
+def _own_task_queued(msg: protocol.Message) -> bool:
+    """A committed event saying a task of ours was queued (one run here for a peer never
+    is offered on); an event that does not decode says nothing."""
+    if not isinstance(msg, protocol.LedgerCommitted):
+        return False
+    try:
+        event = events.decode(msg.event_kind, msg.data)
+    except ProtocolError:
+        return False
+    return not isinstance(event, events.TaskSubmitted) or event.origin is None
 
 
 @dataclass
@@ -405,8 +418,7 @@ class Delegator:
     def _on_bus(self) -> None:
         messages, _bad = transport.drain_bus(self.bus)
         # A task run here for a peer is never offered on: only our own ones count.
-        if any(isinstance(msg, protocol.LedgerCommitted) and isinstance(msg.data, dict)
-               and "origin" not in msg.data for msg in messages):
+        if any(_own_task_queued(msg) for msg in messages):
             self.origin.trigger(time.monotonic())
 
     # --- the operator's view ----------------------------------------------------------------------

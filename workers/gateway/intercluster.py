@@ -46,7 +46,7 @@ from typing import Any
 
 from akita.mesh import messaging as msgs
 from akita.mesh import state as st
-from akita.wire import mesh, protocol
+from akita.wire import events, mesh, protocol
 from workers.gateway.links import DEFER, IncomingRequest, RequestRefused
 from workers.gateway.node import NetNode
 
@@ -179,8 +179,8 @@ class InterCluster:
         now = self.clock()
         self._outbox[message_id] = _Outgoing(body, now + deadline_s, [reply], next_try=now)
         self.counters.sent += 1
-        self.record("intercluster.sent", {"id": message_id, "to": msg.cluster,
-                                          "topic": msg.topic, "bytes": size})
+        self.record(*events.InterclusterSent(id=message_id, to=msg.cluster, topic=msg.topic,
+                                             bytes=size).entry())
         self._attempt(self._outbox[message_id], now)
         return None
 
@@ -273,9 +273,9 @@ class InterCluster:
             return
         del self._outbox[out.body.id]
         self.counters.delivered += 1
-        self.record("intercluster.delivered", {"id": out.body.id, "to": out.body.to,
-                                               "subscribers": len(outcome.delivered),
-                                               "attempts": out.attempts})
+        self.record(*events.InterclusterDelivered(
+            id=out.body.id, to=out.body.to, subscribers=len(outcome.delivered),
+            attempts=out.attempts).entry())
         done = protocol.MessageDelivered(id=out.body.id, cluster=out.body.to,
                                          coordinator=outcome.coordinator,
                                          delivered=sorted(outcome.delivered),
@@ -300,8 +300,8 @@ class InterCluster:
                   f"({out.attempts} attempt{'s' if out.attempts != 1 else ''}); "
                   f"last: {out.reason}")
         log.info("message %s: %s", out.body.id, reason)
-        self.record("intercluster.failed", {"id": out.body.id, "to": out.body.to,
-                                            "attempts": out.attempts, "reason": out.reason})
+        self.record(*events.InterclusterFailed(id=out.body.id, to=out.body.to,
+                                               attempts=out.attempts, reason=out.reason).entry())
         for reply in out.replies:
             reply(protocol.Error(code="undeliverable", message=reason))
 
@@ -386,10 +386,9 @@ class InterCluster:
     def _finish(self, key: tuple[str, str]) -> None:
         fanout = self._fanouts.pop(key)
         self.counters.routed += 1
-        self.record("intercluster.routed", {"id": fanout.body.id, "from": fanout.body.sender,
-                                            "topic": fanout.body.topic,
-                                            "delivered": len(fanout.delivered),
-                                            "failed": len(fanout.failed)})
+        self.record(*events.InterclusterRouted(
+            id=fanout.body.id, from_=fanout.body.sender, topic=fanout.body.topic,
+            delivered=len(fanout.delivered), failed=len(fanout.failed)).entry())
         outcome = msgs.Outcome(tuple(fanout.delivered), tuple(fanout.failed), self.node_id,
                                self.net.formation.local.term)
         for on_outcome, _on_failure in fanout.callbacks:
@@ -419,8 +418,8 @@ class InterCluster:
         self.publish(f"message.{body.topic}", protocol.MessageReceived(
             id=body.id, sender=body.sender, cluster=body.from_cluster, topic=body.topic,
             payload=body.payload))
-        self.record("intercluster.received", {"id": body.id, "from": body.sender,
-                                              "topic": body.topic})
+        self.record(*events.InterclusterReceived(id=body.id, from_=body.sender,
+                                                 topic=body.topic).entry())
 
     # --- the operator's view ----------------------------------------------------------------
 

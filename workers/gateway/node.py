@@ -18,7 +18,7 @@ from akita import identity as ident
 from akita.config import Config
 from akita.mesh import state as st
 from akita.mesh.formation import Formation, RoundResult
-from akita.wire import mesh, protocol
+from akita.wire import events, mesh, protocol
 from workers.gateway import recovery, views
 from workers.gateway.discovery import Admission, Discovery, DiscoveryTiming
 from workers.gateway.links import IncomingRequest, Links, RequestRefused
@@ -130,8 +130,8 @@ class NetNode:
                  peer.info.generation)
         self.publish("peer.joined", protocol.PeerJoined(node=peer.node_id, name=peer.name,
                                                         generation=peer.info.generation))
-        self.record("peer.joined", {"node": peer.node_id, "name": peer.name,
-                                    "generation": peer.info.generation})
+        self.record(*events.PeerJoined(node=peer.node_id, name=peer.name,
+                                       generation=peer.info.generation).entry())
         self._maybe_pull(peer)
         for hook in self.peer_joined_hooks:
             hook(peer.node_id)
@@ -140,8 +140,8 @@ class NetNode:
         log.info("peer restarted: %s (%s) generation %d", peer.node_id, peer.name,
                  peer.info.generation)
         self.links.close_peer(peer.node_id)  # its old link died with its old process
-        self.record("peer.restarted", {"node": peer.node_id, "name": peer.name,
-                                       "generation": peer.info.generation})
+        self.record(*events.PeerRestarted(node=peer.node_id, name=peer.name,
+                                          generation=peer.info.generation).entry())
         self._maybe_pull(peer)
         # A restarted peer lost whatever it held for us (leases, links): as if it left.
         for hook in self.peer_left_hooks:
@@ -159,14 +159,14 @@ class NetNode:
         self.sync.forget_except(self.table.alive_ids())
         self.publish("peer.left", protocol.PeerLeft(node=peer.node_id, name=peer.name,
                                                     reason=reason))
-        self.record("peer.left", {"node": peer.node_id, "name": peer.name, "reason": reason})
+        self.record(*events.PeerLeft(node=peer.node_id, name=peer.name, reason=reason).entry())
         for hook in self.peer_left_hooks:
             hook(peer.node_id)
 
     def round_done(self, result: RoundResult) -> None:
         local = self.formation.local
         if result.seat_changed:
-            self.record(recovery.SEAT_EVENT, recovery.seat_event(local.seat, local.term))
+            self.record(*recovery.seat_event(local.seat, local.term).entry())
         if result.view_changed:
             own = self.formation.own_cluster()
             clusters = self.clusters()
@@ -177,7 +177,7 @@ class NetNode:
                 clusters=clusters, own_cluster=own.id if own else "",
                 coordinator=own.coordinator if own else "", term=local.term)
             self.publish("cluster.changed", change)
-            self.record("cluster.changed", {"clusters": clusters, "term": local.term})
+            self.record(*events.ClusterChanged(clusters=clusters, term=local.term).entry())
             for hook in self.cluster_hooks:
                 hook()
 
@@ -203,7 +203,8 @@ class NetNode:
             self.sync.forget_except(self.table.alive_ids())
             if self._snapshot_due:
                 self._snapshot_due = False
-                self.record(recovery.VIEW_EVENT, self.sync.snapshot())
+                view = self.sync.snapshot()
+                self.record(*events.StateView(records=view["records"]).entry())
 
     # --- probes ---------------------------------------------------------------------------------
 
@@ -376,7 +377,7 @@ class NetNode:
     def state_set(self, key: str, value: Any, on_durable: Callable[[int], None]) -> None:
         """`akitactl state set`: ValueError for a bad key or value; `on_durable` once stored."""
         self.sync.set_custom(key, value)
-        self.record(recovery.OWN_STATE_EVENT, {"record": self.sync.own.pack()},
+        self.record(*events.StateOwn(record=self.sync.own.pack()).entry(),
                     on_durable=on_durable)
         self._own_changed()
 

@@ -15,20 +15,24 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from akita.errors import ProtocolError
 from akita.ledger import chain
 from akita.mesh import cluster as rules
 from akita.mesh import state as st
+from akita.wire import events
 from akita.wire.mesh import BAD_INPUT
 
 log = logging.getLogger(__name__)
 
+E = TypeVar("E", bound=events.Event)
+
 GENERATION_FILE = "gateway.generation"
 
-SEAT_EVENT = "cluster.seat"
-OWN_STATE_EVENT = "state.own"
-VIEW_EVENT = "state.view"
+SEAT_EVENT = events.ClusterSeat.KIND
+OWN_STATE_EVENT = events.StateOwn.KIND
+VIEW_EVENT = events.StateView.KIND
 
 
 @dataclass(frozen=True)
@@ -70,34 +74,44 @@ def load(db_path: Path) -> Restored:
         view_events = chain.tail(db_path, 1, kind_prefix=VIEW_EVENT)
     except chain.LedgerNotFound:
         return Restored()
-    seat, term = _seat(seat_events[-1].data if seat_events else None)
-    return Restored(seat=seat, term=term,
-                    own_record=_record(own_events[-1].data if own_events else None),
-                    view=view_events[-1].data if view_events
-                    and isinstance(view_events[-1].data, dict) else None)
+    seat, term = _seat(_last(seat_events, events.ClusterSeat))
+    own = _last(own_events, events.StateOwn)
+    view = _last(view_events, events.StateView)
+    return Restored(seat=seat, term=term, own_record=_record(own),
+                    view=None if view is None else view.to_data())
 
 
-def seat_event(seat: rules.Seat | None, term: int) -> dict[str, Any]:
-    return {"seat": None if seat is None else seat.pack(), "term": term}
+def seat_event(seat: rules.Seat | None, term: int) -> events.ClusterSeat:
+    return events.ClusterSeat(seat=None if seat is None else seat.pack(), term=term)
 
 
-def _seat(data: Any) -> tuple[rules.Seat | None, int]:
-    if not isinstance(data, dict) or data.get("seat") is None:
+def _last(found: list[chain.Event], cls: type[E]) -> E | None:
+    """The last of `found` decoded as `cls`; None (logged) if absent or unreadable."""
+    if not found:
+        return None
+    try:
+        return cls.from_data(found[-1].data)
+    except ProtocolError as exc:
+        log.warning("ignoring an unreadable %s event in the ledger: %s", cls.KIND, exc)
+        return None
+
+
+def _seat(event: events.ClusterSeat | None) -> tuple[rules.Seat | None, int]:
+    if event is None or event.seat is None:
         return None, 0
     try:
-        seat = rules.Seat.unpack(data["seat"])
+        seat = rules.Seat.unpack(event.seat)
     except BAD_INPUT as exc:
         log.warning("ignoring an unreadable seat in the ledger: %s", exc)
         return None, 0
-    term = data.get("term")
-    return seat, term if isinstance(term, int) and term >= 0 else 0
+    return seat, max(event.term, 0)
 
 
-def _record(data: Any) -> st.Record | None:
-    if not isinstance(data, dict):
+def _record(event: events.StateOwn | None) -> st.Record | None:
+    if event is None:
         return None
     try:
-        return st.Record.unpack(data.get("record"))
+        return st.Record.unpack(event.record)
     except BAD_INPUT as exc:
         log.warning("ignoring an unreadable own state record in the ledger: %s", exc)
         return None

@@ -28,7 +28,7 @@ from akita import catalogue, transport
 from akita import identity as ident
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
-from akita.wire import protocol
+from akita.wire import events, protocol
 from workers.base import Request, Worker
 from workers.gateway import recovery, rnsconfig
 from workers.gateway.bridge import LoopBridge
@@ -94,10 +94,9 @@ class GatewayWorker(Worker):
             self.delegator = Delegator(self.net, self.ctx, self.run_dir)
             for source, callback in self.delegator.readers():
                 self.add_reader(source, callback)
-        self._record("gateway.started", {"node": identity.node_id, "generation": generation,
-                                         "interfaces": self.rns.interfaces(),
-                                         "seat": recovery.seat_event(restored.seat,
-                                                                     restored.term)})
+        self._record(*events.GatewayStarted(
+            node=identity.node_id, generation=generation, interfaces=self.rns.interfaces(),
+            seat=recovery.seat_event(restored.seat, restored.term).to_data()).entry())
         log.info("gateway of node %s up: generation %d, destination %s", identity.node_id,
                  generation, self.rns.destination.hash.hex())
 
@@ -122,7 +121,7 @@ class GatewayWorker(Worker):
         """Say which interface failed (log and ledger), then exit for the restart policy."""
         log.error("a Reticulum interface could not start: %s", reason)
         assert self.ledger is not None
-        self.ledger.append("gateway.interface_failed", {"error": reason})
+        self.ledger.record(events.GatewayInterfaceFailed(error=reason))
         if not self.ledger.flush(LEDGER_FLUSH_S):
             log.warning("the ledger did not confirm the failure report in time")
         self.ledger.close()
@@ -229,7 +228,7 @@ class GatewayWorker(Worker):
         if self.links is not None:
             self.links.close()
         if self.ledger is not None:
-            self._record("gateway.stopped", {})
+            self._record(*events.GatewayStopped().entry())
             if not self.ledger.flush(LEDGER_FLUSH_S):
                 log.warning("the ledger did not confirm every event before shutdown")
         if self.rns is not None:

@@ -18,6 +18,7 @@ import apsw
 
 from akita.errors import AkitaError, ProtocolError
 from akita.ledger import bundles, chain
+from akita.wire import events
 from workers.ledger.store import LedgerStore
 
 log = logging.getLogger(__name__)
@@ -187,10 +188,9 @@ class ReplicaStore:
             log.warning("bundle of feed %s from %s refused: %s", feed or "?", sender, detail)
             allowed, held_back = self.limiter.allow(sender, time.monotonic())
             if allowed:
-                data: dict[str, Any] = {"feed": feed, "from": sender, "reason": detail}
-                if held_back:
-                    data["suppressed"] = held_back  # refusals not recorded since the last one
-                record = ("ledger.forgery_refused", data)
+                record = events.LedgerForgeryRefused(
+                    feed=feed, from_=sender, reason=detail,
+                    suppressed=held_back or None).entry()  # refusals not recorded since
         return IngestResult(feed, outcome, detail, 0, *head, record=record)
 
     def _store(self, feed: str, feed_id: int, new: bool, plan: bundles.Plan) -> None:
@@ -218,7 +218,8 @@ class ReplicaStore:
                     sender, "" if new else ": already known")
         if not new:
             return None
-        return "ledger.fork_detected", {"feed": bundle.feed, "seq": plan.fork_seq, "from": sender}
+        return events.LedgerForkDetected(feed=bundle.feed, seq=plan.fork_seq,
+                                         from_=sender).entry()
 
     def _held_bundle(self, feed: str, feed_id: int, key: bytes, seq: int) -> bytes:
         """Our side of a fork: the held entries from `seq` to the checkpoint that covers it."""

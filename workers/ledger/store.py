@@ -26,6 +26,7 @@ import apsw
 
 from akita.identity import NodeIdentity
 from akita.ledger import chain
+from akita.wire import protocol
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +113,16 @@ def admit(last_ref: int | None, ref: int, base: int) -> tuple[Verdict, int]:
 
 
 def parse_events(events: list[Any]) -> list[tuple[float, str, bytes]]:
-    """(ts, kind, packed data) of each {kind, ts, data} map; ValueError names what is wrong."""
+    """(ts, kind, packed data) of each {kind, ts, data} map (`protocol.ledger_event`);
+    ValueError names what is wrong."""
     parsed = []
     pack = chain.pack_data
+    k_kind, k_ts, k_data = protocol.LEDGER_EVENT_KEYS
     for index, event in enumerate(events):
         if type(event) is not dict or len(event) != 3:
             raise ValueError(f"event {index} is not a map of kind, ts and data")
         try:
-            kind, ts, data = event["kind"], event["ts"], event["data"]
+            kind, ts, data = event[k_kind], event[k_ts], event[k_data]
         except KeyError as exc:
             raise ValueError(f"event {index} has no {exc.args[0]}") from None
         if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_CHARS:

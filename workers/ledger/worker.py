@@ -61,7 +61,7 @@ class LedgerWorker(Worker):
         self._batch: list[Append] = []
         self._batch_events = 0
         self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
-        self._bus_prefix = _committed_prefix(node.node_id)
+        self._bus_prefix = protocol.ledger_committed_prefix(node.node_id)
         self.commits = 0
         self.committed_events = 0
 
@@ -150,7 +150,7 @@ class LedgerWorker(Worker):
         result = self.replicas.ingest(msg.bundle, msg.sender)
         if result.record is not None:
             kind, data = result.record
-            events = parse_events([{"kind": kind, "ts": time.time(), "data": data}])
+            events = parse_events([protocol.ledger_event(kind, time.time(), data)])
             # Committed with the batch this drain ends with (fire-and-forget: nobody waits).
             self._batch.append(Append("ledger", 0, 1, events, False))
             self._batch_events += 1
@@ -208,11 +208,12 @@ class LedgerWorker(Worker):
         send = self.publisher.send
         prefix = self._bus_prefix
         pack = _PACK
+        k_ts, k_kind, k_data = protocol.LEDGER_COMMITTED_KEYS
         try:
             for _feed, seq, ts, kind, blob, _prev, _hash in rows:
                 send(kind.encode(), _MORE)
-                send(b"".join((prefix, pack(seq), _K_TS, pack(ts), _K_KIND, pack(kind),
-                               _K_DATA, blob)), _NOBLOCK)
+                send(b"".join((prefix, pack(seq), k_ts, pack(ts), k_kind, pack(kind),
+                               k_data, blob)), _NOBLOCK)
         except zmq.Again:
             pass  # the bus is full: subscribers miss events, the ledger has them all
 
@@ -220,18 +221,3 @@ class LedgerWorker(Worker):
 _PACK = msgpack.Packer(use_bin_type=True).pack
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
-_K_TS = msgpack.packb("ts")
-_K_KIND = msgpack.packb("event_kind")
-_K_DATA = msgpack.packb("data")
-
-
-def _committed_prefix(feed: str) -> bytes:
-    """The fixed start of every ledger.committed frame of `feed`, up to the seq value.
-
-    The frame is the msgpack map {v, kind, feed, seq, ts, event_kind, data}; its keys and
-    order match `protocol.LedgerCommitted`, and `protocol.decode` reads it like any other.
-    """
-    packb = msgpack.packb
-    return (b"\x87" + packb("v") + packb(protocol.PROTOCOL_VERSION)
-            + packb("kind") + packb(protocol.LedgerCommitted.KIND)
-            + packb("feed") + packb(feed) + packb("seq"))
