@@ -23,6 +23,7 @@ import socket
 from pathlib import Path
 
 from akita.config import ReticulumConfig
+from workers.gateway.shared import SharedInstance
 
 RETICULUM_SUBDIR = "reticulum"
 # A hub's announce rate limit per destination: at least this many seconds between two
@@ -107,8 +108,34 @@ def _quote(value: str) -> str:
     return '"""' + value + '"""'
 
 
-def write(ret: ReticulumConfig, data_dir: Path, loglevel: int = 4) -> Path:
-    """Write the config (mode 0600, it may hold a passphrase) unless `config_dir` is used.
+def render_attached(instance: SharedInstance, loglevel: int = 4) -> str:
+    """A client config for the host's shared instance: no interfaces of its own.
+
+    ``share_instance = Yes`` is what makes Reticulum look for a shared instance; the caller
+    also passes ``require_shared_instance``, so that if the instance vanished since it was
+    found, Reticulum gives up instead of becoming a shared instance without interfaces.
+    """
+    lines = [
+        "# Written by the Akita gateway: a client of the host's shared Reticulum instance.",
+        "[reticulum]",
+        "  share_instance = Yes",
+        f"  shared_instance_type = {instance.kind}",
+    ]
+    if instance.kind == "unix":
+        lines.append(f"  instance_name = {instance.name}")
+    else:
+        lines.append(f"  shared_instance_port = {instance.port}")
+        lines.append(f"  instance_control_port = {instance.control_port}")
+    if instance.rpc_key is not None:
+        lines.append(f"  rpc_key = {instance.rpc_key.hex()}")
+    lines += ["", "[logging]", f"  loglevel = {loglevel}", "", "[interfaces]"]
+    return "\n".join(lines) + "\n"
+
+
+def write(ret: ReticulumConfig, data_dir: Path, loglevel: int = 4,
+          attach: SharedInstance | None = None) -> Path:
+    """Write the config (mode 0600, it may hold a passphrase or an RPC key) unless
+    `config_dir` is used; with `attach`, a client config for that shared instance.
 
     Returns the Reticulum config directory to construct `RNS.Reticulum` with.
     """
@@ -121,7 +148,8 @@ def write(ret: ReticulumConfig, data_dir: Path, loglevel: int = 4) -> Path:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, render(ret, loglevel).encode())
+        text = render(ret, loglevel) if attach is None else render_attached(attach, loglevel)
+        os.write(fd, text.encode())
     finally:
         os.close(fd)
     os.replace(tmp, path)
