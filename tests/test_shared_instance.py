@@ -219,3 +219,24 @@ def test_an_attached_node_survives_rnsd_restarting(
     assert first.worker("gateway")["restarts"] == 0
     left = [e for e in events(second, "peer.left") if e.data.get("node") == first_id]
     assert not left, f"the peer dropped the node: {left}"
+
+
+def test_a_node_attached_before_waits_for_the_instance_instead_of_owning(
+        make_node: Callable[..., Node], rnsd: Rnsd) -> None:
+    """Booting before rnsd (or while it restarts) must not take the interfaces it owns."""
+    rnsd.start()
+    node = make_node(attached("early", rnsd, tcp_listen=f"127.0.0.1:{rnsd.iface_port}"))
+    node.start()
+    wait_for(lambda: reticulum_of(node).get("mode") == "attached", 20, "the node attaching")
+    node.stop()
+    rnsd.stop()
+    node.start()
+    info = reticulum_of(node)
+    assert info["mode"] == "waiting" and "attached to last time" in info["why"], info
+    rnsd.start()  # its listen port was not taken by the node meanwhile
+
+    def attached_again() -> Any:
+        info = reticulum_of(node)
+        return info if info.get("mode") == "attached" else NotYet(info)
+
+    wait_for(attached_again, 20, "the node to attach to the returning rnsd")

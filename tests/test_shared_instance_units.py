@@ -165,3 +165,16 @@ def test_bad_shared_instance_keys_are_named(tmp_path: Path, key: str, value: str
     message = str(caught.value)
     assert "reticulum" in message and key in message and value in message
     assert allowed in message
+
+
+def test_auto_waits_for_an_instance_it_was_attached_to(tmp_path: Path) -> None:
+    cfg = ret()
+    found = shared.locate(cfg, Path("/nonexistent"))
+    assert not rnsconfig.was_attached(cfg, tmp_path)
+    rnsconfig.write(cfg, tmp_path)
+    assert not rnsconfig.was_attached(cfg, tmp_path)
+    rnsconfig.write(cfg, tmp_path, attach=found)
+    assert rnsconfig.was_attached(cfg, tmp_path)
+    decision = shared.decide(cfg, found, running=False, attached_before=True)
+    assert decision.mode is shared.Mode.WAITING and "attached to last time" in decision.why
+    assert shared.decide(ret(shared_instance="own"), found, False, True).mode is shared.Mode.OWN

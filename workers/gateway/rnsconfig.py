@@ -35,6 +35,9 @@ HUB_ANNOUNCE_RATE_TARGET_S = 1
 HUB_ANNOUNCE_RATE_GRACE = 16
 
 
+ATTACHED_MARK = "# Written by the Akita gateway: a client of the host's shared Reticulum instance."
+
+
 class PortTaken(Exception):
     """The TCP port a node should listen on is already in use (or cannot be bound)."""
 
@@ -116,7 +119,7 @@ def render_attached(instance: SharedInstance, loglevel: int = 4) -> str:
     found, Reticulum gives up instead of becoming a shared instance without interfaces.
     """
     lines = [
-        "# Written by the Akita gateway: a client of the host's shared Reticulum instance.",
+        ATTACHED_MARK,
         "[reticulum]",
         "  share_instance = Yes",
         f"  shared_instance_type = {instance.kind}",
@@ -154,6 +157,17 @@ def write(ret: ReticulumConfig, data_dir: Path, loglevel: int = 4,
         os.close(fd)
     os.replace(tmp, path)
     return target
+
+
+def was_attached(ret: ReticulumConfig, data_dir: Path) -> bool:
+    """True if the config written at the last start was a shared-instance client's."""
+    if ret.config_dir is not None:
+        return False
+    try:
+        with open(config_dir_for(ret, data_dir) / "config", "rb") as f:
+            return f.readline().decode(errors="replace").strip() == ATTACHED_MARK
+    except OSError:
+        return False
 
 
 def check_listen_port(ret: ReticulumConfig) -> None:

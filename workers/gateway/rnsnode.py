@@ -81,17 +81,21 @@ class RnsNode:
 
     def start(self, config_dir: Path, on_announce: AnnounceCallback,
               on_packet: PacketCallback, loglevel: int = RNS.LOG_NOTICE,
-              require_shared: bool = False) -> None:
+              require_shared: bool = False, on_lost: Callable[[], None] | None = None) -> None:
         """Construct Reticulum from `config_dir` and open the discovery destination.
 
         With `require_shared`, Reticulum must attach to the host's shared instance
-        (`SharedInstanceGone` if none accepts clients any more).
+        (`SharedInstanceGone` if none accepts clients any more); if it ever gives up on the
+        connection, `on_lost` is called on the loop instead of Reticulum's `os._exit`.
         """
         RNS.logtimestamps = False  # our log lines carry their own timestamp
         real_panic = RNS.panic
         RNS.panic = self._panic
         if require_shared:
             LocalInterface.LocalClientInterface.RECONNECT_WAIT = SHARED_RECONNECT_WAIT_S
+            # A closed connection is retried, but an error on it tears the interface down
+            # and calls RNS.exit(), which would os._exit() without a word to the ledger.
+            RNS.exit = lambda _code=0: self.bridge.post(on_lost or (lambda: None))
         try:
             self.reticulum = RNS.Reticulum(configdir=str(config_dir), loglevel=loglevel,
                                            logdest=self._log,

@@ -30,6 +30,10 @@ DEFAULT_NAME = "default"
 DEFAULT_PORT = 37428
 DEFAULT_CONTROL_PORT = 37429
 PROBE_TIMEOUT_S = 0.5
+# Attached last time and the instance is not there: it is most likely restarting (its
+# service manager, or the node started first at boot). Owning the interfaces now would take
+# its ports and make it fail in turn, so `auto` waits this long for it first.
+RETURN_WAIT_S = 30.0
 _MAX_CONFIG_BYTES = 1 << 20  # a Reticulum config is a few KiB; never read more than this
 
 
@@ -159,7 +163,8 @@ def _rpc_key(config_dir: Path | None, theirs: dict[str, str]) -> bytes | None:
     return hashlib.sha256(private_key).digest() if len(private_key) == 64 else None
 
 
-def decide(ret: ReticulumConfig, instance: SharedInstance, running: bool) -> Decision:
+def decide(ret: ReticulumConfig, instance: SharedInstance, running: bool,
+           attached_before: bool = False) -> Decision:
     """Attach, own, or wait, as [reticulum] shared_instance asks and the host allows."""
     where = instance.address()
     if ret.config_dir is not None:
@@ -176,6 +181,10 @@ def decide(ret: ReticulumConfig, instance: SharedInstance, running: bool) -> Dec
     if ret.shared_instance == "attach":
         return Decision(Mode.WAITING, f"waiting for a shared Reticulum instance at {where} "
                         "([reticulum] shared_instance = attach)", instance)
+    if attached_before:
+        return Decision(Mode.WAITING, f"waiting up to {RETURN_WAIT_S:g} s for the shared "
+                        f"Reticulum instance at {where}, attached to last time, before owning "
+                        "the interfaces ([reticulum] shared_instance = auto)", instance)
     return Decision(Mode.OWN, f"no shared Reticulum instance at {where} ([reticulum] "
                     "shared_instance = auto): this node owns its interfaces", None)
 

@@ -73,7 +73,9 @@ class GatewayWorker(Worker):
         self.instance = shared.locate(config.reticulum, Path.home())
         self.decision = shared.Decision(shared.Mode.OWN, "not decided yet", None)
         self._next_probe = 0.0
+        self._wait_until: float | None = None  # auto, attached last time: own after this
         self._shared_online = True
+        self._shared_lost = False
 
     # --- start ----------------------------------------------------------------------------------
 
@@ -86,9 +88,12 @@ class GatewayWorker(Worker):
         ret = self.config.reticulum
         running = (ret.config_dir is None and ret.shared_instance != "own"
                    and self.instance.reachable())
-        self._set_decision(shared.decide(ret, self.instance, running))
+        attached_before = rnsconfig.was_attached(ret, self.config.node.data_dir)
+        self._set_decision(shared.decide(ret, self.instance, running, attached_before))
         if self.decision.mode is not shared.Mode.WAITING:
             self._start_network()
+        elif ret.shared_instance == "auto":
+            self._wait_until = time.monotonic() + shared.RETURN_WAIT_S
 
     def _set_decision(self, decision: shared.Decision) -> None:
         self.decision = decision
@@ -143,7 +148,7 @@ class GatewayWorker(Worker):
             rns.start(config_dir,
                       on_announce=lambda *a: self._net().on_announce(*a),
                       on_packet=lambda data: self._net().on_packet(data),
-                      require_shared=attach is not None)
+                      require_shared=attach is not None, on_lost=self._on_shared_lost)
         except (rnsconfig.PortTaken, InterfaceFailed) as exc:
             self._interface_failed(str(exc))
         except SharedInstanceGone:
@@ -233,16 +238,27 @@ class GatewayWorker(Worker):
             self.ledger.tick()
 
     def _look_for_shared_instance(self) -> None:
-        if not self.instance.reachable():
+        running = self.instance.reachable()
+        if not running and (self._wait_until is None or time.monotonic() < self._wait_until):
             return
-        self._set_decision(shared.decide(self.config.reticulum, self.instance, True))
+        self._set_decision(shared.decide(self.config.reticulum, self.instance, running))
         self._start_network()
+
+    def _on_shared_lost(self) -> None:
+        self._shared_lost = True
 
     def _watch_shared_link(self) -> None:
         """Attached: say when the shared instance goes and comes back. Reticulum reconnects
         by itself; the node re-announces when the link is up again (`NetNode.tick`)."""
         if self.rns is None or not self.rns.attached:
             return
+        if self._shared_lost:
+            message = (f"Reticulum gave up the connection to the shared instance at "
+                       f"{self.instance.address()}; starting again to reattach")
+            log.error("%s", message)
+            self._record("gateway.shared_instance", {"address": self.instance.address(),
+                                                     "connected": False, "error": message})
+            raise SystemExit(EXIT_INTERFACE_FAILED)
         online = self.rns.shared_link_online()
         if online == self._shared_online:
             return
