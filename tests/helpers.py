@@ -128,10 +128,12 @@ class Node:
         return self.config.node.log_dir
 
     def start(self, wait: bool = True, timeout_s: float = 20.0,
-              env: dict[str, str] | None = None) -> None:
+              env: dict[str, str] | None = None, wrap: list[str] | None = None) -> None:
+        """`wrap` runs the supervisor through a command that execs it (e.g. nsenter)."""
         with open(self.root / "supervisor.out", "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.main", "-c", str(self.config_path)],
+                [*(wrap or []), sys.executable, "-m", "supervisor.main", "-c",
+                 str(self.config_path)],
                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
                 env=None if env is None else {**os.environ, **env})
         if wait:

@@ -129,6 +129,10 @@ class RnsNode:
         level_word, _, message = line.partition(" ")
         level = _LEVELS.get(level_word.strip(), logging.DEBUG)
         message = message.strip()
+        if "\n" in message or message.startswith(("Traceback", "An unhandled <class")):
+            # RNS.trace_exception() logs a traceback at error level after every interface
+            # failure: the reason is in the lines around it, an operator needs no stack.
+            level = logging.DEBUG
         if level >= logging.ERROR:
             self._recent_errors.append(message)
         rns_log.log(level, "%s", message)
@@ -164,6 +168,10 @@ class RnsNode:
         """Reticulum's interface statistics: in-process, or the shared instance's over RPC
         (which blocks on that program: call it off the loop)."""
         return self.reticulum.get_interface_stats()
+
+    def set_rpc_key(self, key: bytes) -> None:
+        """Use `key` for the shared instance's RPC from the next call on."""
+        self.reticulum.rpc_key = key
 
     def interfaces(self) -> list[dict[str, Any]]:
         """Name and online flag of each configured interface, for stats."""

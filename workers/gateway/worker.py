@@ -22,6 +22,7 @@ Reticulum's exit handler.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
 import time
 from pathlib import Path
@@ -160,9 +161,25 @@ class GatewayWorker(Worker):
         signal.signal(signal.SIGINT, self._on_signal)
         if self.decision.mode is shared.Mode.CONFIG_DIR and rns.attached:
             self.note += " (attached to a shared instance)"
-        self.ifwatch = InterfaceWatch(rns.interface_stats)
+        self.ifwatch = InterfaceWatch(self._interface_stats)
         self.ifwatch.start()
         return rns
+
+    def _interface_stats(self) -> Any:
+        """Reticulum's interface statistics (on the watcher's thread). Attached, a rejected
+        RPC key is read again from the instance's config directory: a shared instance that
+        has just started accepts clients before it writes the identity the key comes from."""
+        assert self.rns is not None
+        try:
+            return self.rns.interface_stats()
+        except multiprocessing.AuthenticationError:
+            fresh = shared.locate(self.config.reticulum, Path.home())
+            if not self.rns.attached or fresh.rpc_key in (None, self.instance.rpc_key):
+                raise
+            assert fresh.rpc_key is not None
+            self.instance = fresh
+            self.rns.set_rpc_key(fresh.rpc_key)
+            return self.rns.interface_stats()
 
     def _interface_failed(self, reason: str) -> None:
         """Say which interface failed and what solves it (log, ledger, `status`), then exit:
