@@ -168,6 +168,18 @@ def test_own_with_the_port_held_by_rnsd_is_fatal_at_once_naming_the_key(
     assert "Traceback" not in (node.log_dir / "gateway.log").read_text()
     assert node.worker("gateway")["restarts"] == 0
 
+    # Doing what the message says, then reloading, brings it back attached.
+    node.sections["reticulum"]["shared_instance"] = "auto"
+    node.write_config()
+    assert node.ctl("reload").returncode == 0
+
+    def attached_now() -> Any:
+        gateway = node.worker("gateway")
+        info = reticulum_of(node) if gateway["state"] == "running" else {}
+        return info if info.get("mode") == "attached" else NotYet(gateway)
+
+    wait_for(attached_now, 20, "the reloaded gateway to attach")
+
 
 def test_attach_waits_for_the_shared_instance_and_says_so(
         make_node: Callable[..., Node], rnsd: Rnsd) -> None:
