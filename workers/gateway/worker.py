@@ -200,6 +200,8 @@ class GatewayWorker(Worker):
         self.ledger.close()
         if self.bridge is not None:
             self.bridge.close()
+        # From tick() (a waiting gateway) teardown runs next: nothing is left for it to close.
+        self.ledger = self.bridge = None
         raise SystemExit(code)
 
     def _subscribe_bus(self) -> None:
