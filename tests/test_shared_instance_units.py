@@ -178,3 +178,11 @@ def test_auto_waits_for_an_instance_it_was_attached_to(tmp_path: Path) -> None:
     decision = shared.decide(cfg, found, running=False, attached_before=True)
     assert decision.mode is shared.Mode.WAITING and "attached to last time" in decision.why
     assert shared.decide(ret(shared_instance="own"), found, False, True).mode is shared.Mode.OWN
+
+
+def test_a_shared_instance_dir_without_a_config_is_said(tmp_path: Path) -> None:
+    cfg = ret(shared_instance_dir=tmp_path)
+    found = shared.locate(cfg, Path("/nonexistent"))
+    assert found.config_dir is None and found.kind == "unix"
+    why = shared.decide(cfg, found, running=False).why
+    assert f"shared_instance_dir = {tmp_path} holds no Reticulum config file" in why

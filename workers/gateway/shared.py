@@ -97,7 +97,7 @@ def default_dirs(home: Path) -> list[Path]:
 
 def find_config_dir(ret: ReticulumConfig, home: Path) -> Path | None:
     if ret.shared_instance_dir is not None:
-        return ret.shared_instance_dir
+        return ret.shared_instance_dir if (ret.shared_instance_dir / "config").is_file() else None
     for candidate in default_dirs(home):
         if (candidate / "config").is_file():
             return candidate
@@ -166,6 +166,16 @@ def _rpc_key(config_dir: Path | None, theirs: dict[str, str]) -> bytes | None:
 def decide(ret: ReticulumConfig, instance: SharedInstance, running: bool,
            attached_before: bool = False) -> Decision:
     """Attach, own, or wait, as [reticulum] shared_instance asks and the host allows."""
+    decision = _decide(ret, instance, running, attached_before)
+    if ret.shared_instance_dir is not None and instance.config_dir is None:
+        why = (f"{decision.why}; [reticulum] shared_instance_dir = {ret.shared_instance_dir} "
+               "holds no Reticulum config file, so Reticulum's defaults were assumed")
+        return Decision(decision.mode, why, decision.instance)
+    return decision
+
+
+def _decide(ret: ReticulumConfig, instance: SharedInstance, running: bool,
+            attached_before: bool) -> Decision:
     where = instance.address()
     if ret.config_dir is not None:
         return Decision(Mode.CONFIG_DIR, f"[reticulum] config_dir = {ret.config_dir}: its "
