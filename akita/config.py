@@ -127,6 +127,17 @@ def _optional_directory(raw: str, base: Path) -> Path | None:
     return _directory(raw, base) if raw else None
 
 
+def _instance_name(raw: str, _base: Path) -> str:
+    # Reticulum puts the name into an abstract socket address, "rns/NAME".
+    if len(raw) > 64 or not all(ch.isalnum() or ch in "-_." for ch in raw):
+        raise ValueError("expected up to 64 letters, digits, '-', '_' or '.' (e.g. default)")
+    return raw
+
+
+def _optional_port(raw: str, _base: Path) -> int | None:
+    return _int_range(1, 65535)(raw, _base) if raw else None
+
+
 def _name_list(raw: str, _base: Path) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.replace("\n", ",").split(",") if item.strip())
 
@@ -378,6 +389,19 @@ class ReticulumConfig:
                                        "interface's medium (empty: Reticulum's guess)", None)
     config_dir: Path | None = setting(_optional_directory, "use this Reticulum config "
                                       "directory instead of the keys above", None)
+    shared_instance: str = setting(_choice("auto", "attach", "own"), "auto: attach to the host's "
+                                   "shared Reticulum instance (rnsd, Sideband, NomadNet...) "
+                                   "when one runs, else own the interfaces | attach: wait for "
+                                   "one | own: never attach", "auto")
+    shared_instance_dir: Path | None = setting(_optional_directory, "Reticulum config "
+                                               "directory of the shared instance (empty: "
+                                               "where Reticulum looks: /etc/reticulum, "
+                                               "~/.config/reticulum, ~/.reticulum)", None)
+    shared_instance_name: str = setting(_instance_name, "instance name of a shared instance "
+                                        "on a Unix socket (empty: from its config, else "
+                                        "'default')", "")
+    shared_instance_port: int | None = setting(_optional_port, "TCP port of a shared instance "
+                                               "of type tcp (empty: from its config)", None)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ class BenchNode:
                          "name": "bench"}}
         merged = {**base, **sections}
         merged["node"] = {**base["node"], **sections.get("node", {})}
+        # Never attach to a Reticulum shared instance the host may run: a bench owns its mesh.
+        merged["reticulum"] = {"shared_instance": "own", **sections.get("reticulum", {})}
         self.config_path = self.root / "akita.ini"
         self.config_path.write_text(render(merged))
         self.run_dir = self.root / "run"

@@ -129,6 +129,12 @@ def apply(table: ProcessTable, new: config_mod.Config) -> Changes:
                 stop(table, proc)
                 proc.restart_after_stop = True
                 changes.restarted.append(name)
+            elif proc.state is WorkerState.FATAL:
+                # Its new settings may be the fix for what made it FATAL: try them.
+                proc.reset_for_operator_start()
+                table.start_queue.append(name)
+                table.dirty = True
+                changes.restarted.append(name)
     return changes
 
 

@@ -85,6 +85,7 @@ peer_timeout = {args.peer_timeout}
 
 [reticulum]
 auto_interface = no
+shared_instance = own   # its own loopback network, even beside the host's rnsd
 {link}
 """)
 

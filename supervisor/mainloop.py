@@ -193,7 +193,7 @@ class Supervisor:
 
     def _on_heartbeat(self, msg: protocol.Message) -> None:
         if isinstance(msg, protocol.Heartbeat):
-            self.table.heartbeat(msg.name, msg.pid)
+            self.table.heartbeat(msg.name, msg.pid, msg.note)
 
     # --- control verbs ------------------------------------------------------------------
 

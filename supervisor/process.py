@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from akita.config import RestartPolicy, WorkerConfig
+from akita.exits import EXIT_CONFIG
 
 # A run shorter than this counts as a quick failure, and consecutive quick failures back off.
 # A worker that ran longer had started properly, so it is restarted at once (supervisord's
@@ -73,6 +74,7 @@ class WorkerProcess:
     exit_code: int | None = None
     exit_signal: int | None = None
     last_error: str = ""
+    note: str = ""                   # what the current incarnation last said about itself
     restart_due: float | None = None  # monotonic time of a scheduled restart (backoff)
     stop_deadline: float | None = None  # when a stopping worker gets SIGKILL
     kill_cause: str = ""             # why the supervisor killed it, reported with the exit
@@ -112,6 +114,7 @@ class WorkerProcess:
         self.kill_cause = ""
         self.kill_detail = ""
         self.restart_after_stop = False
+        self.note = ""
 
     def heartbeat(self, now: float) -> bool:
         """A heartbeat arrived from the current pid; True if the worker just became running."""
@@ -140,8 +143,12 @@ class WorkerProcess:
         self.state = WorkerState.STOPPED
         self.restart_due = None
 
-    def exited(self, returncode: int, now: float) -> ExitOutcome:
-        """The current incarnation is gone; decide between restart, stopped and fatal."""
+    def exited(self, returncode: int, now: float, reason: str = "") -> ExitOutcome:
+        """The current incarnation is gone; decide between restart, stopped and fatal.
+
+        `reason` is what a worker that exited with `EXIT_CONFIG` said: a cause restarting
+        cannot fix, so it goes FATAL at once instead of looping until the intensity limit.
+        """
         self._expect("exit", *ACTIVE_STATES)
         requested = self.state is WorkerState.STOPPING
         self.exit_code = returncode if returncode >= 0 else None
@@ -155,6 +162,10 @@ class WorkerProcess:
                 self.last_error = f"{self.kill_detail}; {self.last_error}"
         if requested or self.remove_after_stop:
             return self._after_requested_stop()
+        if returncode == EXIT_CONFIG:
+            self.last_error = reason or f"{self.last_error} (a cause restarting cannot fix)"
+            self.state = WorkerState.FATAL
+            return ExitOutcome(self.state)
         self.quick_failures = (self.quick_failures + 1
                                if self.running_since is None or ran_s < STABLE_AFTER_S else 0)
         if not self._policy_restarts(returncode):

@@ -87,18 +87,19 @@ class WorkerView:
     exit_code: int | None
     exit_signal: int | None
     last_error: str
+    note: str
 
     @classmethod
     def of(cls, proc: WorkerProcess) -> WorkerView:
         return cls(proc.name, proc.state.value, proc.pid, proc.started_at, proc.restarts,
-                   proc.exit_code, proc.exit_signal, proc.last_error)
+                   proc.exit_code, proc.exit_signal, proc.last_error, proc.note)
 
     def entry(self) -> dict[str, Any]:
         """The reply's entry, with the fields that change over time left empty."""
         return {
             "name": self.name, "state": self.state, "pid": self.pid, "uptime_s": None,
             "restarts": self.restarts, "exit_code": self.exit_code,
-            "exit_signal": self.exit_signal, "last_error": self.last_error,
+            "exit_signal": self.exit_signal, "last_error": self.last_error, "note": self.note,
             "cpu_percent": None, "rss_bytes": None,
         }
 

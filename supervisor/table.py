@@ -15,7 +15,7 @@ import signal
 import time
 from typing import Protocol
 
-from akita import catalogue
+from akita import catalogue, exits
 from akita import config as config_mod
 from akita.wire import events
 from supervisor.logs import LogFiles, OutputPipe
@@ -102,7 +102,9 @@ class ProcessTable:
         self.dirty = True
         cause = proc.kill_cause or ("stop_requested" if proc.state is WorkerState.STOPPING
                                     else "exited")
-        outcome = proc.exited(returncode, now)
+        reason = (exits.take_reason(self.config.node.run_dir, proc.name)
+                  if returncode == exits.EXIT_CONFIG else "")
+        outcome = proc.exited(returncode, now, reason)
         log.log(logging.INFO if cause == "stop_requested" else logging.WARNING,
                 "%s (pid %d) %s; cause: %s; now %s", proc.name, pid,
                 proc.describe_exit(returncode), cause, outcome.state.value)
@@ -115,15 +117,19 @@ class ProcessTable:
             log.error("%s is FATAL: %s; it stays stopped until an operator starts it",
                       proc.name, proc.last_error)
             self.host.record(events.WorkerFatal(
-                name=proc.name, restarts=proc.restarts, window_s=proc.settings.restart_window))
+                name=proc.name, restarts=proc.restarts, window_s=proc.settings.restart_window,
+                error=proc.last_error or None))
         self.host.worker_changed(proc)
         if proc.remove_after_stop:
             del self.procs[proc.name]
         elif proc.state is WorkerState.BACKOFF and outcome.delay_s == 0:
             self.spawn(proc)
 
-    def heartbeat(self, name: str, pid: int) -> None:
+    def heartbeat(self, name: str, pid: int, note: str = "") -> None:
         proc = self.procs.get(name)
+        if proc is not None and proc.pid == pid and proc.note != note:
+            proc.note = note
+            self.host.worker_changed(proc)
         if proc is not None and proc.pid == pid and proc.heartbeat(time.monotonic()):
             log.info("%s running (pid %d)", name, pid)
             self.dirty = True  # the next worker in the start order may go now

@@ -64,6 +64,8 @@ TEST_DEFAULTS: dict[str, dict[str, Any]] = {
     "supervisor": {"heartbeat_interval": 0.2, "workers": "ledger, sampler"},
     "sampler": {"interval": 0.5},
     "ledger": {"checkpoint_interval": 0.2},
+    # Never attach to a shared Reticulum instance someone runs on the test host.
+    "reticulum": {"shared_instance": "own"},
 }
 
 
@@ -118,11 +120,15 @@ class Node:
     def log_dir(self) -> Path:
         return self.config.node.log_dir
 
-    def start(self, wait: bool = True, timeout_s: float = 20.0) -> None:
+    def start(self, wait: bool = True, timeout_s: float = 20.0,
+              env: dict[str, str] | None = None, wrap: list[str] | None = None) -> None:
+        """`wrap` runs the supervisor through a command that execs it (e.g. nsenter)."""
         with open(self.root / "supervisor.out", "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.main", "-c", str(self.config_path)],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+                [*(wrap or []), sys.executable, "-m", "supervisor.main", "-c",
+                 str(self.config_path)],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                env=None if env is None else {**os.environ, **env})
         if wait:
             self.wait_running(timeout_s)
 

@@ -73,6 +73,7 @@ class Worker:
         self.bad_frames = 0
         self._next_heartbeat = 0.0
         self._heartbeat_step = 0.05
+        self.note = ""  # sent with each heartbeat: what `status` shows for this worker
 
     # --- for subclasses --------------------------------------------------------------------
 
@@ -158,7 +159,8 @@ class Worker:
     def _heartbeat(self, now: float) -> None:
         # The first beats come fast: a PUB drops what it sends before the bus has subscribed.
         self.publish("worker.heartbeat",
-                     protocol.Heartbeat(name=self.name, pid=os.getpid(), ts=time.time()))
+                     protocol.Heartbeat(name=self.name, pid=os.getpid(), ts=time.time(),
+                                        note=self.note))
         self._next_heartbeat = now + self._heartbeat_step
         self._heartbeat_step = min(self._heartbeat_step * 2, self.heartbeat_interval_s)
 

@@ -20,7 +20,7 @@ import psutil
 
 from akita import catalogue, resources, rundir
 from akita import config as config_mod
-from akita.cli import common
+from akita.cli import common, gateway_status
 from akita.errors import AkitaError, NodeNotResponding
 from akita.wire import protocol
 
@@ -103,18 +103,27 @@ def _status(args: argparse.Namespace) -> protocol.NodeStatusReply:
 def cmd_status(args: argparse.Namespace) -> int:
     reply = _status(args)
     workers = [{**{key: None for key in STATUS_FIELDS}, **w} for w in reply.workers]
+    reticulum = gateway_status.fetch(args, workers)
     if args.json:
-        common.print_json({"node": reply.node, "workers": workers})
+        common.print_json({"node": reply.node, "workers": workers, "reticulum": reticulum})
         return common.EXIT_OK
     node = reply.node
     print(f"node {node.get('name', '?')}  pid {node.get('pid', '-')}  "
           f"up {common.format_duration(node.get('uptime_s'))}")
     rows = [[w["name"], w["state"], w["pid"] or "-", common.format_duration(w["uptime_s"]),
              w["restarts"], _percent(w["cpu_percent"]), common.format_bytes(w["rss_bytes"]),
-             w.get("last_error") or ""] for w in workers]
+             _note(w)] for w in workers]
     common.print_table(["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "NOTE"],
                        rows)
+    if reticulum is not None:
+        gateway_status.print_info(reticulum)
     return common.EXIT_OK
+
+
+def _note(worker: dict[str, Any]) -> str:
+    """What a live worker says about itself, else why it last failed."""
+    live = worker["state"] in ("starting", "running") and worker.get("note")
+    return str(live or worker.get("last_error") or "")
 
 
 def _percent(value: float | None) -> str:

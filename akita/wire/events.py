@@ -179,6 +179,7 @@ class WorkerFatal(Event):
     name: str
     restarts: int
     window_s: float
+    error: str | None = None
 
 
 # --- resource: the sampler ------------------------------------------------------------------
@@ -379,6 +380,7 @@ class GatewayStarted(Event):
     node: str
     generation: int
     interfaces: list[dict[str, Any]]
+    reticulum_mode: str | None = None
     seat: dict[str, Any]
 
 
@@ -391,7 +393,31 @@ class GatewayStopped(Event):
 @event("gateway.interface_failed")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayInterfaceFailed(Event):
+    """`restarts_help` is False when another program holds what the interface needs: the
+    worker then stays stopped (FATAL) until its configuration changes."""
+
     error: str
+    restarts_help: bool | None = None
+
+
+@event("gateway.reticulum_mode")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayReticulumMode(Event):
+    """Whether the gateway owns its interfaces or attaches to the host's shared instance."""
+
+    mode: str
+    why: str
+    shared_instance: dict[str, Any] | None = None
+
+
+@event("gateway.shared_instance")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySharedInstance(Event):
+    """The connection to the host's shared Reticulum instance went down or came back."""
+
+    address: str
+    connected: bool
+    error: str | None = None
 
 
 # --- intercluster: messages between clusters ------------------------------------------------

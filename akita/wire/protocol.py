@@ -255,9 +255,13 @@ class NodeReload(Message):
 @message("worker.heartbeat")
 @dataclass(frozen=True, slots=True)
 class Heartbeat(Message):
+    """A worker is alive; `note` is what it wants an operator to know now (its mode, what
+    it waits for), shown in `status`."""
+
     name: str
     pid: int
     ts: float
+    note: str = ""
 
 
 @message("worker.state")

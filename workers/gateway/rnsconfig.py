@@ -25,6 +25,7 @@ import socket
 from pathlib import Path
 
 from akita.config import ReticulumConfig
+from workers.gateway.shared import SharedInstance
 
 RETICULUM_SUBDIR = "reticulum"
 # A hub's announce rate limit per destination: at least this many seconds between two
@@ -34,6 +35,9 @@ RETICULUM_SUBDIR = "reticulum"
 # about half the announces count as too fast and the hub drops them.
 HUB_ANNOUNCE_RATE_TARGET_S = 1
 HUB_ANNOUNCE_RATE_GRACE = 16
+
+
+ATTACHED_MARK = "# Written by the Akita gateway: a client of the host's shared Reticulum instance."
 
 
 class PortTaken(Exception):
@@ -139,8 +143,34 @@ def _quote(value: str) -> str:
     return '"""' + value + '"""'
 
 
-def write(ret: ReticulumConfig, data_dir: Path, loglevel: int = 4) -> Path:
-    """Write the config (mode 0600, it may hold a passphrase) unless `config_dir` is used.
+def render_attached(instance: SharedInstance, loglevel: int = 4) -> str:
+    """A client config for the host's shared instance: no interfaces of its own.
+
+    ``share_instance = Yes`` is what makes Reticulum look for a shared instance; the caller
+    also passes ``require_shared_instance``, so that if the instance vanished since it was
+    found, Reticulum gives up instead of becoming a shared instance without interfaces.
+    """
+    lines = [
+        ATTACHED_MARK,
+        "[reticulum]",
+        "  share_instance = Yes",
+        f"  shared_instance_type = {instance.kind}",
+    ]
+    if instance.kind == "unix":
+        lines.append(f"  instance_name = {instance.name}")
+    else:
+        lines.append(f"  shared_instance_port = {instance.port}")
+        lines.append(f"  instance_control_port = {instance.control_port}")
+    if instance.rpc_key is not None:
+        lines.append(f"  rpc_key = {instance.rpc_key.hex()}")
+    lines += ["", "[logging]", f"  loglevel = {loglevel}", "", "[interfaces]"]
+    return "\n".join(lines) + "\n"
+
+
+def write(ret: ReticulumConfig, data_dir: Path, loglevel: int = 4,
+          attach: SharedInstance | None = None) -> Path:
+    """Write the config (mode 0600, it may hold a passphrase or an RPC key) unless
+    `config_dir` is used; with `attach`, a client config for that shared instance.
 
     Returns the Reticulum config directory to construct `RNS.Reticulum` with.
     """
@@ -153,11 +183,23 @@ def write(ret: ReticulumConfig, data_dir: Path, loglevel: int = 4) -> Path:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, render(ret, loglevel).encode())
+        text = render(ret, loglevel) if attach is None else render_attached(attach, loglevel)
+        os.write(fd, text.encode())
     finally:
         os.close(fd)
     os.replace(tmp, path)
     return target
+
+
+def was_attached(ret: ReticulumConfig, data_dir: Path) -> bool:
+    """True if the config written at the last start was a shared-instance client's."""
+    if ret.config_dir is not None:
+        return False
+    try:
+        with open(config_dir_for(ret, data_dir) / "config", "rb") as f:
+            return f.readline().decode(errors="replace").strip() == ATTACHED_MARK
+    except OSError:
+        return False
 
 
 def check_listen_port(ret: ReticulumConfig) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import RNS
+from RNS.Interfaces import LocalInterface
 
 from workers.gateway.bridge import LoopBridge
 
@@ -37,8 +38,19 @@ AnnounceCallback = Callable[[str, Any, bytes | None], None]
 PacketCallback = Callable[[bytes], None]
 
 
+# Attached to a shared instance that restarts, Reticulum retries the connection every
+# RECONNECT_WAIT seconds (8 by default) and re-announces two seconds after: a peer would go
+# unheard for up to ~10 s more than the instance's own restart. A local connect attempt per
+# second costs nothing.
+SHARED_RECONNECT_WAIT_S = 1
+
+
 class InterfaceFailed(Exception):
     """Reticulum could not start an interface (e.g. a TCP port already taken)."""
+
+
+class SharedInstanceGone(Exception):
+    """The shared instance found a moment ago no longer accepts clients."""
 
 
 def split_channel(channel: str) -> tuple[str, tuple[str, ...]]:
@@ -68,14 +80,28 @@ class RnsNode:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self, config_dir: Path, on_announce: AnnounceCallback,
-              on_packet: PacketCallback, loglevel: int = RNS.LOG_NOTICE) -> None:
-        """Construct Reticulum from `config_dir` and open the discovery destination."""
+              on_packet: PacketCallback, loglevel: int = RNS.LOG_NOTICE,
+              require_shared: bool = False, on_lost: Callable[[], None] | None = None) -> None:
+        """Construct Reticulum from `config_dir` and open the discovery destination.
+
+        With `require_shared`, Reticulum must attach to the host's shared instance
+        (`SharedInstanceGone` if none accepts clients any more); if it ever gives up on the
+        connection, `on_lost` is called on the loop instead of Reticulum's `os._exit`.
+        """
         RNS.logtimestamps = False  # our log lines carry their own timestamp
         real_panic = RNS.panic
         RNS.panic = self._panic
+        if require_shared:
+            LocalInterface.LocalClientInterface.RECONNECT_WAIT = SHARED_RECONNECT_WAIT_S
+            # A closed connection is retried, but an error on it tears the interface down
+            # and calls RNS.exit(), which would os._exit() without a word to the ledger.
+            RNS.exit = lambda _code=0: self.bridge.post(on_lost or (lambda: None))
         try:
             self.reticulum = RNS.Reticulum(configdir=str(config_dir), loglevel=loglevel,
-                                           logdest=self._log)
+                                           logdest=self._log,
+                                           require_shared_instance=require_shared)
+        except SystemError as exc:  # raised only for require_shared_instance
+            raise SharedInstanceGone(str(exc)) from None
         finally:
             RNS.panic = real_panic
         self.identity = RNS.Identity.from_file(str(self.identity_path))
@@ -103,6 +129,10 @@ class RnsNode:
         level_word, _, message = line.partition(" ")
         level = _LEVELS.get(level_word.strip(), logging.DEBUG)
         message = message.strip()
+        if "\n" in message or message.startswith(("Traceback", "An unhandled <class")):
+            # RNS.trace_exception() logs a traceback at error level after every interface
+            # failure: the reason is in the lines around it, an operator needs no stack.
+            level = logging.DEBUG
         if level >= logging.ERROR:
             self._recent_errors.append(message)
         rns_log.log(level, "%s", message)
@@ -123,6 +153,25 @@ class RnsNode:
         fresh = [name for key, name in online.items() if key not in self._online]
         self._online = set(online)
         return fresh
+
+    @property
+    def attached(self) -> bool:
+        """True if this is a client of the host's shared instance."""
+        return bool(getattr(self.reticulum, "is_connected_to_shared_instance", False))
+
+    def shared_link_online(self) -> bool:
+        """Attached: whether the local connection to the shared instance is up right now."""
+        return any(getattr(iface, "online", False) for iface in list(RNS.Transport.interfaces)
+                   if isinstance(iface, LocalInterface.LocalClientInterface))
+
+    def interface_stats(self) -> Any:
+        """Reticulum's interface statistics: in-process, or the shared instance's over RPC
+        (which blocks on that program: call it off the loop)."""
+        return self.reticulum.get_interface_stats()
+
+    def set_rpc_key(self, key: bytes) -> None:
+        """Use `key` for the shared instance's RPC from the next call on."""
+        self.reticulum.rpc_key = key
 
     def interfaces(self) -> list[dict[str, Any]]:
         """Name and online flag of each configured interface, for stats."""

@@ -3,13 +3,17 @@
 Process wiring only; the logic lives in `workers.gateway` (see its package docstring). This is the
 only process that imports RNS. Start-up order matters:
 
-1. the boot generation is raised (before anything can be announced);
-2. the Reticulum config is written from [reticulum] and the listen port checked, so a port
-   already taken is reported here (log, ledger, exit status) instead of Reticulum's silent
-   ``os._exit(255)``;
-3. Reticulum is constructed, and our own SIGTERM/SIGINT handlers go back in right after
+1. the mode is chosen (`shared`): attach to the host's shared Reticulum instance, own the
+   interfaces, or (``shared_instance = attach`` with none running) wait for one, heartbeats
+   going and `status` saying so, before anything below;
+2. the boot generation is raised (before anything can be announced);
+3. the Reticulum config is written from [reticulum] (or as a client of the shared instance)
+   and the listen port checked, so a port already taken is reported here (log, ledger,
+   `status`) instead of Reticulum's silent ``os._exit(255)``; a port another program holds
+   will not free itself, so the worker exits with `EXIT_CONFIG` and is not restarted;
+4. Reticulum is constructed, and our own SIGTERM/SIGINT handlers go back in right after
    (Reticulum's would ``os._exit`` and skip teardown);
-4. the node restores its seat and state from the ledger and starts announcing.
+5. the node restores its seat and state from the ledger and starts announcing.
 
 Teardown closes links (peers see them close at once), flushes the ledger and runs
 Reticulum's exit handler.
@@ -18,33 +22,37 @@ Reticulum's exit handler.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from akita import catalogue, transport
+from akita import catalogue, exits, transport
 from akita import identity as ident
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
 from akita.wire import events, protocol
 from workers.base import Request, Worker
-from workers.gateway import recovery, rnsconfig
+from workers.gateway import recovery, rnsconfig, shared
 from workers.gateway.bridge import LoopBridge
 from workers.gateway.delegate import Delegator
+from workers.gateway.ifstats import InterfaceWatch
 from workers.gateway.intercluster import InterCluster
 from workers.gateway.ledger_requests import LedgerRequests
 from workers.gateway.links import Links
 from workers.gateway.local import ExecutorWatch
 from workers.gateway.node import NetNode
 from workers.gateway.replicate import ReplicationTiming, Replicator
-from workers.gateway.rnsnode import InterfaceFailed, RnsNode
+from workers.gateway.rnsnode import InterfaceFailed, RnsNode, SharedInstanceGone
 
 log = logging.getLogger(__name__)
 
 EXIT_INTERFACE_FAILED = 3
 LEDGER_FLUSH_S = 2.0
+SHARED_PROBE_S = 1.0      # how often a waiting gateway looks for the shared instance
 
 
 class GatewayWorker(Worker):
@@ -62,19 +70,46 @@ class GatewayWorker(Worker):
         self.delegator: Delegator | None = None
         self.replicator: Replicator | None = None
         self.messages: InterCluster | None = None
+        self.ifwatch: InterfaceWatch | None = None
+        self.instance = shared.locate(config.reticulum, Path.home())
+        self.decision = shared.Decision(shared.Mode.OWN, "not decided yet", None)
+        self._next_probe = 0.0
+        self._wait_until: float | None = None  # auto, attached last time: own after this
+        self._shared_online = True
+        self._shared_lost = False
 
     # --- start ----------------------------------------------------------------------------------
 
     def setup(self) -> None:
         assert self.ctx is not None
-        cfg = self.config
-        data_dir = cfg.node.data_dir
-        identity = ident.load_or_create(data_dir)
-        generation = recovery.next_generation(data_dir)
         self.ledger = LedgerClient(self.ctx, self.run_dir, "gateway")
         self.add_reader(self.ledger.sock, self.ledger.on_readable)
         self.bridge = LoopBridge()
         self.add_reader(self.bridge.fileno(), self.bridge.drain)
+        ret = self.config.reticulum
+        running = (ret.config_dir is None and ret.shared_instance != "own"
+                   and self.instance.reachable())
+        attached_before = rnsconfig.was_attached(ret, self.config.node.data_dir)
+        self._set_decision(shared.decide(ret, self.instance, running, attached_before))
+        if self.decision.mode is not shared.Mode.WAITING:
+            self._start_network()
+        elif ret.shared_instance == "auto":
+            self._wait_until = time.monotonic() + shared.RETURN_WAIT_S
+
+    def _set_decision(self, decision: shared.Decision) -> None:
+        self.decision = decision
+        self.note = f"reticulum {decision.mode.value}: {decision.why}"
+        log.info("Reticulum mode %s: %s", decision.mode.value, decision.why)
+        self._record(*events.GatewayReticulumMode(
+            mode=decision.mode.value, why=decision.why,
+            shared_instance=decision.instance.describe() if decision.instance else None).entry())
+
+    def _start_network(self) -> None:
+        assert self.ctx is not None and self.bridge is not None
+        cfg = self.config
+        data_dir = cfg.node.data_dir
+        identity = ident.load_or_create(data_dir)
+        generation = recovery.next_generation(data_dir)
         self.rns = self._start_reticulum(data_dir / ident.IDENTITY_FILE)
         self.links = Links(self.bridge, self.rns.identity, self.rns.destination,
                            self.rns.peer_destination, self._admits)
@@ -96,6 +131,7 @@ class GatewayWorker(Worker):
                 self.add_reader(source, callback)
         self._record(*events.GatewayStarted(
             node=identity.node_id, generation=generation, interfaces=self.rns.interfaces(),
+            reticulum_mode=self.decision.mode.value,
             seat=recovery.seat_event(restored.seat, restored.term).to_data()).entry())
         log.info("gateway of node %s up: generation %d, destination %s", identity.node_id,
                  generation, self.rns.destination.hash.hex())
@@ -104,30 +140,69 @@ class GatewayWorker(Worker):
         assert self.bridge is not None
         cfg = self.config
         rns = RnsNode(self.bridge, identity_path, cfg.channels.state_channel)
+        attach = self.decision.instance if self.decision.mode is shared.Mode.ATTACHED else None
         try:
-            rnsconfig.check_listen_port(cfg.reticulum)
-            config_dir = rnsconfig.write(cfg.reticulum, cfg.node.data_dir)
+            if attach is None:
+                rnsconfig.check_listen_port(cfg.reticulum)
+            config_dir = rnsconfig.write(cfg.reticulum, cfg.node.data_dir, attach=attach)
             rns.start(config_dir,
                       on_announce=lambda *a: self._net().on_announce(*a),
-                      on_packet=lambda data: self._net().on_packet(data))
+                      on_packet=lambda data: self._net().on_packet(data),
+                      require_shared=attach is not None, on_lost=self._on_shared_lost)
         except (rnsconfig.PortTaken, InterfaceFailed) as exc:
             self._interface_failed(str(exc))
+        except SharedInstanceGone:
+            self._exit_reported((
+                f"the shared Reticulum instance at {self.instance.address()} stopped accepting "
+                "clients while this node attached to it; starting again"), EXIT_INTERFACE_FAILED)
         # Reticulum's constructor put in handlers that os._exit(): ours only set a flag.
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        if self.decision.mode is shared.Mode.CONFIG_DIR and rns.attached:
+            self.note += " (attached to a shared instance)"
+        self.ifwatch = InterfaceWatch(self._interface_stats)
+        self.ifwatch.start()
         return rns
 
+    def _interface_stats(self) -> Any:
+        """Reticulum's interface statistics (on the watcher's thread). Attached, a rejected
+        RPC key is read again from the instance's config directory: a shared instance that
+        has just started accepts clients before it writes the identity the key comes from."""
+        assert self.rns is not None
+        try:
+            return self.rns.interface_stats()
+        except multiprocessing.AuthenticationError:
+            fresh = shared.locate(self.config.reticulum, Path.home())
+            if not self.rns.attached or fresh.rpc_key in (None, self.instance.rpc_key):
+                raise
+            assert fresh.rpc_key is not None
+            self.instance = fresh
+            self.rns.set_rpc_key(fresh.rpc_key)
+            return self.rns.interface_stats()
+
     def _interface_failed(self, reason: str) -> None:
-        """Say which interface failed (log and ledger), then exit for the restart policy."""
-        log.error("a Reticulum interface could not start: %s", reason)
+        """Say which interface failed and what solves it (log, ledger, `status`), then exit:
+        for the restart policy, or for good if another program holds what it needs."""
+        message, permanent = shared.explain_failure(
+            reason, self.config.reticulum, self.instance, self.instance.reachable())
+        if permanent:
+            exits.write_reason(self.run_dir, self.name, message)
+        self._exit_reported(message,
+                            exits.EXIT_CONFIG if permanent else EXIT_INTERFACE_FAILED)
+
+    def _exit_reported(self, message: str, code: int) -> None:
+        log.error("a Reticulum interface could not start: %s", message)
         assert self.ledger is not None
-        self.ledger.record(events.GatewayInterfaceFailed(error=reason))
+        self.ledger.record(events.GatewayInterfaceFailed(
+            error=message, restarts_help=code != exits.EXIT_CONFIG))
         if not self.ledger.flush(LEDGER_FLUSH_S):
             log.warning("the ledger did not confirm the failure report in time")
         self.ledger.close()
         if self.bridge is not None:
             self.bridge.close()
-        raise SystemExit(EXIT_INTERFACE_FAILED)
+        # From tick() (a waiting gateway) teardown runs next: nothing is left for it to close.
+        self.ledger = self.bridge = None
+        raise SystemExit(code)
 
     def _subscribe_bus(self) -> None:
         assert self.ctx is not None
@@ -161,6 +236,14 @@ class GatewayWorker(Worker):
 
     def tick(self) -> None:
         now = time.monotonic()
+        if self.net is None:
+            if self.decision.mode is shared.Mode.WAITING and now >= self._next_probe:
+                self._next_probe = now + SHARED_PROBE_S
+                self._look_for_shared_instance()
+            if self.ledger is not None:
+                self.ledger.tick()
+            return
+        self._watch_shared_link()
         self._net().tick(now)
         if self.replicator is not None:
             self.replicator.tick(now)
@@ -173,9 +256,49 @@ class GatewayWorker(Worker):
         if self.ledger is not None:
             self.ledger.tick()
 
+    def _look_for_shared_instance(self) -> None:
+        running = self.instance.reachable()
+        if not running and (self._wait_until is None or time.monotonic() < self._wait_until):
+            return
+        self._set_decision(shared.decide(self.config.reticulum, self.instance, running))
+        self._start_network()
+
+    def _on_shared_lost(self) -> None:
+        self._shared_lost = True
+
+    def _watch_shared_link(self) -> None:
+        """Attached: say when the shared instance goes and comes back. Reticulum reconnects
+        by itself; the node re-announces when the link is up again (`NetNode.tick`)."""
+        if self.rns is None or not self.rns.attached:
+            return
+        if self._shared_lost:
+            message = (f"Reticulum gave up the connection to the shared instance at "
+                       f"{self.instance.address()}; starting again to reattach")
+            log.error("%s", message)
+            self._record(*events.GatewaySharedInstance(
+                address=self.instance.address(), connected=False, error=message).entry())
+            raise SystemExit(EXIT_INTERFACE_FAILED)
+        online = self.rns.shared_link_online()
+        if online == self._shared_online:
+            return
+        self._shared_online = online
+        where = self.instance.address()
+        if online:
+            log.info("reconnected to the shared Reticulum instance at %s", where)
+            self.note = f"reticulum {self.decision.mode.value}: {self.decision.why}"
+        else:
+            log.warning("lost the shared Reticulum instance at %s; reconnecting", where)
+            self.note = (f"reticulum {self.decision.mode.value}: lost the shared instance at "
+                         f"{where}, reconnecting")
+        self._record(*events.GatewaySharedInstance(address=where, connected=online).entry())
+
     def handle(self, request: Request) -> protocol.Message | None:
-        net = self._net()
         msg = request.message
+        if self.net is None:  # waiting for the shared instance
+            if isinstance(msg, protocol.PeerStats):
+                return protocol.PeerStatsReply(stats={"reticulum": self._reticulum_info()})
+            return protocol.Error(code="not_ready", message=self.note)
+        net = self.net
         if isinstance(msg, protocol.PeerList):
             return protocol.PeerListReply(self_id=net.node_id, peers=net.peers())
         if isinstance(msg, protocol.ClusterList):
@@ -209,6 +332,7 @@ class GatewayWorker(Worker):
         stats = self._net().stats()
         assert self.rns is not None and self.bridge is not None and self.ledger is not None
         stats["interfaces"] = self.rns.interfaces()
+        stats["reticulum"] = self._reticulum_info()
         stats["callback_errors"] = self.bridge.errors
         stats["ledger_pending"] = self.ledger.pending()
         stats["link_traffic"] = self.links.traffic() if self.links is not None else {}
@@ -219,6 +343,27 @@ class GatewayWorker(Worker):
         if self.delegator is not None:
             stats["delegation"] = self.delegator.stats()
         return stats
+
+    def _reticulum_info(self) -> dict[str, Any]:
+        """Which mode is in force and why, and the interfaces the node's traffic crosses (the
+        shared instance's when attached), with their bitrates as Reticulum reports them."""
+        decision = self.decision
+        attached = self.rns is not None and self.rns.attached
+        info: dict[str, Any] = {
+            "mode": "attached" if attached else decision.mode.value, "why": decision.why,
+            "shared_instance": self.instance.describe() if attached else None,
+            "ignored_keys": (shared.ignored_keys(self.config.reticulum)
+                             if decision.mode is shared.Mode.ATTACHED else []),
+            "connected": self.rns.shared_link_online() if attached and self.rns else None,
+            "interfaces": [], "interfaces_error": "not started", "slowest_bitrate": None}
+        if self.ifwatch is not None:
+            interfaces, error, _read_at = self.ifwatch.snapshot()
+            if error is not None and attached and self.instance.rpc_key is None:
+                error += (": the shared instance's RPC key is unknown; set [reticulum] "
+                          "shared_instance_dir to its Reticulum config directory")
+            info.update(interfaces=interfaces, interfaces_error=error,
+                        slowest_bitrate=self.ifwatch.slowest_bitrate())
+        return info
 
     # --- stop -----------------------------------------------------------------------------------
 
@@ -231,6 +376,8 @@ class GatewayWorker(Worker):
             self._record(*events.GatewayStopped().entry())
             if not self.ledger.flush(LEDGER_FLUSH_S):
                 log.warning("the ledger did not confirm every event before shutdown")
+        if self.ifwatch is not None:
+            self.ifwatch.close()
         if self.rns is not None:
             self.rns.shutdown()
         for closable in (self.executor, self.delegator, self.replicator, self.ledger,
