@@ -151,6 +151,15 @@ class Zygote:
             raise ZygoteError(body["error"])
         return []
 
+    def kill(self) -> None:
+        """SIGKILL the zygote (dead, stopped or hung alike) and reap it; its children follow
+        through their death signal."""
+        self.sock.close()
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.wait()
+
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop the zygote (its socket closes) and reap it."""
         self.sock.close()

@@ -38,6 +38,7 @@ from workers.executor import replies as taskreplies
 from workers.executor.delegation import Delegation, result_too_large, too_large
 from workers.executor.pool import Dispatch, PoolProcess, TaskPool, cpu_count, describe_exit
 from workers.executor.replies import DeferredReply, Watchers
+from workers.zygote import ZygoteError
 
 log = logging.getLogger(__name__)
 
@@ -292,9 +293,33 @@ class ExecutorWorker(Worker):
     # --- the pool ---------------------------------------------------------------------------
 
     def _add_process(self) -> None:
-        proc = self.pool.spawn()
+        try:
+            proc = self.pool.spawn()
+        except (ZygoteError, OSError) as exc:
+            self._replace_zygote(f"it did not fork a task process: {exc}")
+            return
+        self._watch_process(proc)
+
+    def _watch_process(self, proc: PoolProcess) -> None:
         self.add_reader(proc.fileno(), lambda: self._on_process(proc))
         self._dispatch_due = True
+
+    def _replace_zygote(self, why: str) -> None:
+        """The task processes' fork server died or hangs: start a new one and carry on with
+        the same book and queue; what its processes held is requeued. Only if the new one
+        cannot fork either does the exception end the executor (and the supervisor's
+        restart policy take over)."""
+        assert self.pool.zygote is not None
+        log.error("task fork server (pid %d) lost: %s; starting a new one",
+                  self.pool.zygote.pid, why)
+        self.remove_reader(self.pool.zygote.fileno())
+        stopping, self._stopping_pool = self._stopping_pool, True
+        for proc in self.pool.replace_zygote():
+            self._lost(proc, "its fork server died")
+        self._stopping_pool = stopping
+        self.add_reader(self.pool.zygote.fileno(), self._on_zygote)
+        while not stopping and len(self.pool.processes) < self.pool.size:
+            self._watch_process(self.pool.spawn())
 
     def _on_process(self, proc: PoolProcess) -> None:
         outcomes, alive = proc.read()
@@ -321,7 +346,13 @@ class ExecutorWorker(Worker):
 
     def _on_zygote(self) -> None:
         assert self.pool.zygote is not None
-        for exited in self.pool.zygote.events():
+        try:
+            events = self.pool.zygote.events()
+        except ZygoteError as exc:
+            self._replace_zygote(str(exc))
+            self._settle()
+            return
+        for exited in events:
             proc = self.pool.processes.get(exited.pid)
             if proc is not None:
                 self._lost(proc, describe_exit(exited.returncode))

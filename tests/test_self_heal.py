@@ -1,0 +1,57 @@
+"""A node that heals itself: helpers replaced without their owner dying, FATAL with a way
+back, configuration errors reported, the whole process group stopped in order."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+import akita
+from tests.helpers import Node, pid_alive, wait_for
+
+TASKS: dict[str, dict[str, Any]] = {
+    "supervisor": {"workers": "ledger, executor"},
+    "tasks": {"pool_size": 2, "modules": "tests.sample_tasks", "max_attempts": 2},
+}
+
+
+def fork_server_of(pid: int) -> psutil.Process:
+    """The zygote among `pid`'s children (waits for it)."""
+    def find() -> Any:
+        for child in psutil.Process(pid).children():
+            if "workers.zygote" in " ".join(child.cmdline()):
+                return child
+        return None
+
+    found: psutil.Process = wait_for(find, 10, f"a fork server child of pid {pid}")
+    return found
+
+
+def test_executor_survives_its_fork_server(make_node: Callable[..., Node]) -> None:
+    node = make_node(TASKS)
+    node.start()
+    executor_pid = node.worker("executor")["pid"]
+    with akita.Client(node.config_path, timeout_s=10) as client:
+        assert client.wait(client.submit("sample.add", [1, 2]), timeout=10) == 3
+        before = {p["pid"] for p in client.stats()["pool"]}
+        for sig in (signal.SIGKILL, signal.SIGSTOP):
+            zygote = fork_server_of(executor_pid)
+            zygote.send_signal(sig)
+            if sig == signal.SIGSTOP:  # harmless until a fork is needed: make one needed
+                os.kill(min(p["pid"] for p in client.stats()["pool"]), signal.SIGKILL)
+            slow = client.submit("sample.hang", [0.2])
+            ids = [client.submit("sample.add", [n, 1]) for n in range(20)]
+            assert client.wait_many(ids, timeout=20) == [n + 1 for n in range(20)]
+            assert client.wait(slow, timeout=20) == 0.2
+            wait_for(lambda z=zygote: not pid_alive(z.pid), 5,
+                     f"the old fork server (pid {zygote.pid}) gone")
+            assert fork_server_of(executor_pid).pid != zygote.pid
+        after = {p["pid"] for p in client.stats()["pool"]}
+        assert len(after) == 2 and not after & before
+    worker = node.worker("executor")
+    assert (worker["pid"], worker["state"], worker["restarts"]) == (executor_pid, "running", 0)
+    assert "fork server" in (node.log_dir / "executor.log").read_text()
