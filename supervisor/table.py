@@ -16,6 +16,7 @@ import time
 from typing import Protocol
 
 from akita import config as config_mod
+from akita import exits
 from supervisor.logs import LogFiles, OutputPipe
 from supervisor.process import ACTIVE_STATES, WorkerProcess, WorkerSpec, WorkerState
 from workers.zygote import Zygote, ZygoteError
@@ -106,7 +107,9 @@ class ProcessTable:
         self.dirty = True
         cause = proc.kill_cause or ("stop_requested" if proc.state is WorkerState.STOPPING
                                     else "exited")
-        outcome = proc.exited(returncode, now)
+        reason = exits.take_reason(self.config.node.run_dir, proc.name) \
+            if returncode == exits.EXIT_CONFIG else ""
+        outcome = proc.exited(returncode, now, reason)
         log.log(logging.INFO if cause == "stop_requested" else logging.WARNING,
                 "%s (pid %d) %s; cause: %s; now %s", proc.name, pid,
                 proc.describe_exit(returncode), cause, outcome.state.value)
@@ -116,11 +119,12 @@ class ProcessTable:
         if outcome.state is WorkerState.BACKOFF and self.shutting_down:
             proc.cancel()
         if outcome.state is WorkerState.FATAL:
-            log.error("%s is FATAL: %s; it stays stopped until an operator starts it",
-                      proc.name, proc.last_error)
+            log.error("%s is FATAL: %s%s", proc.name, proc.last_error,
+                      "" if proc.restart_due else "; it waits for an operator or a reload")
             self.host.record("worker.fatal", {
                 "name": proc.name, "restarts": proc.restarts,
-                "window_s": proc.settings.restart_window})
+                "window_s": proc.settings.restart_window, "error": proc.last_error,
+                "retry_in_s": outcome.delay_s})
         self.host.worker_changed(proc)
         if proc.remove_after_stop:
             del self.procs[proc.name]
@@ -152,6 +156,12 @@ class ProcessTable:
         return max(0.0, next_due - time.monotonic())
 
     def _check_one(self, proc: WorkerProcess, now: float) -> float:
+        if proc.state is WorkerState.FATAL and proc.restart_due is not None \
+                and not self.shutting_down:
+            if now >= proc.restart_due:
+                self._retry_fatal(proc)
+                return now + proc.settings.heartbeat_timeout
+            return proc.restart_due
         if proc.state is WorkerState.BACKOFF and proc.restart_due is not None:
             if now >= proc.restart_due:
                 self.spawn(proc)
@@ -172,6 +182,15 @@ class ProcessTable:
         if proc.state in (WorkerState.STARTING, WorkerState.RUNNING) and not proc.kill_cause:
             return proc.last_heartbeat + proc.settings.heartbeat_timeout
         return now + 3600.0
+
+    def _retry_fatal(self, proc: WorkerProcess) -> None:
+        cooldown_s = proc.fatal_cooldown_s()
+        proc.retry_after_cooldown()
+        log.warning("%s: FATAL for %g s; trying again (retry %d)", proc.name, cooldown_s,
+                    proc.fatal_retries)
+        self.host.record("worker.fatal_retry", {"name": proc.name, "retry": proc.fatal_retries,
+                                                "after_s": cooldown_s})
+        self.spawn(proc)
 
     def _advance_start(self, now: float) -> None:
         while self.start_queue:
@@ -218,7 +237,7 @@ class ProcessTable:
                 if attempt == 2:
                     log.error("cannot start %s: %s", proc.name, exc)
                     proc.last_error = f"cannot start: {exc}"
-                    if proc.state is WorkerState.BACKOFF:
+                    if proc.state is WorkerState.BACKOFF or proc.restart_due is not None:
                         proc.restart_due = time.monotonic() + 1.0
                     return
                 self._replace_zygote(f"starting {proc.name} failed: {exc}")
@@ -235,7 +254,7 @@ class ProcessTable:
     def _fork(self, proc: WorkerProcess) -> int:
         pipe, write_fd = self.logs.pipe_for(proc.name)
         args = {"name": proc.name, "config_path": str(self.config.path),
-                "config_text": self.config.text}
+                "config_text": self.config.text, "run_dir": str(self.config.node.run_dir)}
         try:
             pid = self.zygote.spawn(WORKER_ENTRY, args, fds={1: write_fd, 2: write_fd})
         except BaseException:

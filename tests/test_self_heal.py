@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
 import psutil
 
 import akita
+from akita.ledger import chain
 from tests.helpers import Node, pid_alive, wait_for
 
 TASKS: dict[str, dict[str, Any]] = {
@@ -55,3 +57,46 @@ def test_executor_survives_its_fork_server(make_node: Callable[..., Node]) -> No
     worker = node.worker("executor")
     assert (worker["pid"], worker["state"], worker["restarts"]) == (executor_pid, "running", 0)
     assert "fork server" in (node.log_dir / "executor.log").read_text()
+
+
+def ledger_kinds(node: Node, prefix: str) -> list[dict[str, Any]]:
+    return [e.data for e in chain.read_events(chain.db_path(node.config), kind_prefix=prefix)]
+
+
+def test_fatal_is_tried_again_after_the_cooldown(make_node: Callable[..., Node]) -> None:
+    node = make_node({"worker:sampler": {"max_restarts": 1, "restart_window": 60,
+                                         "fatal_cooldown": 1, "backoff_initial": 0}})
+    node.start()
+    pid = node.worker("sampler")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    second = wait_for(lambda: (p := node.worker("sampler")["pid"]) not in (None, pid) and p, 5,
+                      "sampler restarted once")
+    os.kill(second, signal.SIGKILL)
+    fatal = wait_for(lambda: (w := node.worker("sampler"))["state"] == "fatal" and w, 5,
+                     "sampler FATAL")
+    assert "retry in 1 s" in fatal["last_error"]
+    back = wait_for(lambda: (w := node.worker("sampler"))["state"] == "running" and w, 5,
+                    "sampler running again after fatal_cooldown")
+    assert back["pid"] not in (pid, second)
+    retries = wait_for(lambda: ledger_kinds(node, "worker.fatal_retry"), 5,
+                       "a worker.fatal_retry event in the ledger")
+    assert retries[0]["name"] == "sampler" and retries[0]["retry"] == 1
+
+
+def test_a_configuration_error_is_reported_and_not_looped(
+        make_node: Callable[..., Node]) -> None:
+    node = make_node({"supervisor": {"workers": "ledger, executor"},
+                      "worker:executor": {"fatal_cooldown": 1},
+                      "tasks": {"modules": "no_such_module_xyz"}})
+    node.start(wait=False)
+    entry = wait_for(lambda: (w := node.worker("executor"))["state"] == "fatal" and w, 20,
+                     "executor fatal")
+    why = "[tasks] modules: cannot import 'no_such_module_xyz'"
+    assert entry["last_error"].startswith(f"configuration error: {why}")
+    assert entry["restarts"] == 0
+    assert why in (node.log_dir / "supervisor.log").read_text()
+    shown = node.ctl("status")
+    assert why in shown.stdout
+    time.sleep(1.5)  # longer than fatal_cooldown: a retry would have happened by now
+    assert node.worker("executor")["restarts"] == 0
+    assert node.worker("executor")["state"] == "fatal"

@@ -28,8 +28,8 @@ from typing import Any
 import zmq
 
 from akita import config as config_mod
-from akita import transport
-from akita.errors import ProtocolError
+from akita import exits, transport
+from akita.errors import ConfigError, ProtocolError
 from akita.wire import protocol
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,13 @@ def main(args: dict[str, Any]) -> int:
     configure_logging(name)
     try:
         config = config_mod.parse(args["config_text"], Path(args["config_path"]))
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc)
+        run_dir = args.get("run_dir")
+        if isinstance(run_dir, str):
+            exits.write_reason(Path(run_dir), name, str(exc))
+        return exits.EXIT_CONFIG
+    try:
         worker = load_class(name)(config)
         return worker.run()
     except Exception:

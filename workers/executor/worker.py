@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from akita import identity
+from akita import exits, identity
 from akita.errors import AkitaError
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
@@ -61,10 +61,11 @@ class ExecutorWorker(Worker):
         try:
             self.table = TaskTable.load(settings.modules, self.config.commands)
         except TaskDefinitionError as exc:
-            # The operator's mistake, not a bug: one line, and an exit the supervisor's
-            # restart policy turns into FATAL if it persists.
+            # The operator's mistake, not a bug: one line here and in the supervisor's
+            # status, and no restart loop (the same config would fail the same way).
             log.error("cannot start: %s", exc)
-            raise SystemExit(2) from None
+            exits.write_reason(self.run_dir, self.name, str(exc))
+            raise SystemExit(exits.EXIT_CONFIG) from None
         size = settings.pool_size or cpu_count()
         self.pool = TaskPool(size, ["workers.executor.taskproc", *settings.modules],
                              {"max_result_bytes": settings.max_result_bytes,
