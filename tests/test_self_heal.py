@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 import akita
 from akita.ledger import chain
-from tests.helpers import Node, pid_alive, wait_for
+from tests.helpers import REPO, Node, pid_alive, wait_for
 
 TASKS: dict[str, dict[str, Any]] = {
     "supervisor": {"workers": "ledger, executor"},
@@ -100,3 +104,36 @@ def test_a_configuration_error_is_reported_and_not_looped(
     time.sleep(1.5)  # longer than fatal_cooldown: a retry would have happened by now
     assert node.worker("executor")["restarts"] == 0
     assert node.worker("executor")["state"] == "fatal"
+
+
+class GroupNode(Node):
+    """A node whose supervisor leads a process group of its own, as a shell job does."""
+
+    def start(self, wait: bool = True, timeout_s: float = 20.0) -> None:
+        with open(self.root / "supervisor.out", "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.main", "-c", str(self.config_path)],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, process_group=0)
+        if wait:
+            self.wait_running(timeout_s)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_group_stops_the_node_in_order(short_tmp: Path,
+                                                             sig: signal.Signals) -> None:
+    node = GroupNode(short_tmp / "g", {"supervisor": {"workers": "ledger, sampler, executor"},
+                                       "tasks": {"pool_size": 1}})
+    try:
+        node.start()
+        assert node.proc is not None
+        os.killpg(node.proc.pid, sig)
+        assert node.proc.wait(20) == 0
+        log_text = (node.log_dir / "supervisor.log").read_text()
+        assert "stopping workers: executor, sampler, ledger" in log_text
+        assert "zygote" not in log_text and "killed by signal" not in log_text
+        for name in ("executor", "sampler", "ledger"):
+            assert f"{name} (pid" in log_text and "cause: stop_requested" in log_text
+        stopped = ledger_kinds(node, "node.stopped")
+        assert stopped, "node.stopped recorded before the ledger stopped"
+    finally:
+        node.kill_everything()

@@ -183,9 +183,12 @@ class _Server:
 
     def serve(self) -> int:
         die_with_parent(signal.SIGKILL)
-        # The owner decides when its children stop; a terminal's Ctrl-C is for the owner.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # The owner decides when we and our children stop: it closes our socket, and its
+        # death kills us (above). A signal to the owner's whole process group (a terminal's
+        # Ctrl-C, `timeout`, a container runtime's SIGTERM, a hangup) is for the owner, which
+        # then stops its workers in order; dying of it here would take them all at once.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         for module in self.preload:
             try:
                 importlib.import_module(module)
