@@ -17,7 +17,7 @@ import pytest
 
 import akita
 from akita.ledger import chain
-from tests.helpers import REPO, Node, pid_alive, wait_for
+from tests.helpers import REPO, Node, free_port, pid_alive, wait_for
 
 TASKS: dict[str, dict[str, Any]] = {
     "supervisor": {"workers": "ledger, executor"},
@@ -135,5 +135,53 @@ def test_a_signal_to_the_whole_group_stops_the_node_in_order(short_tmp: Path,
             assert f"{name} (pid" in log_text and "cause: stop_requested" in log_text
         stopped = ledger_kinds(node, "node.stopped")
         assert stopped, "node.stopped recorded before the ledger stopped"
+    finally:
+        node.kill_everything()
+
+
+def gateway_node(root: Path) -> GroupNode:
+    """No ledger on purpose: nothing acknowledges the workers' goodbyes, as when the ledger
+    died with the node, so a worker that waits for that ack in its teardown is caught."""
+    return GroupNode(root, {
+        "supervisor": {"workers": "sampler, executor, gateway"},
+        "tasks": {"pool_size": 1},
+        "reticulum": {"auto_interface": "no", "tcp_listen": f"127.0.0.1:{free_port()}"}})
+
+
+def node_processes(node: Node) -> list[psutil.Process]:
+    """Every process of the node but the supervisor and its zygote: workers and theirs."""
+    found = []
+    for worker in node.status()["workers"].values():
+        if worker["pid"]:
+            proc = psutil.Process(worker["pid"])
+            found += [proc, *proc.children(recursive=True)]
+    return found
+
+
+def gone_after_group_kill(node: GroupNode) -> float:
+    """SIGKILL the supervisor's process group (it and its zygote); seconds until every other
+    process of the node was gone."""
+    assert node.proc is not None
+    victims = node_processes(node)
+    killed_at = time.monotonic()
+    os.killpg(node.proc.pid, signal.SIGKILL)
+    node.proc.wait(5)
+    wait_for(lambda: not [p.pid for p in victims if pid_alive(p.pid)], 5,
+             "every worker gone after the supervisor's death")
+    return time.monotonic() - killed_at
+
+
+@pytest.mark.parametrize("moment", ["starting", "running"])
+def test_no_worker_outlives_the_supervisor(short_tmp: Path, moment: str) -> None:
+    """Killed while the gateway starts or once it runs: its goodbye to a ledger that is gone
+    used to hold it for its 2 s flush timeout."""
+    node = gateway_node(short_tmp / "g")
+    try:
+        node.start(wait=False)
+        wait_for(lambda: (w := node.worker("gateway"))["state"] == moment and w["pid"], 20,
+                 f"the gateway {moment}")
+        elapsed_s = gone_after_group_kill(node)
+        # 1 s is the promise; the slack is for a shared, busy test machine.
+        assert elapsed_s < 1.5, f"workers outlived the supervisor by {elapsed_s:.2f} s"
     finally:
         node.kill_everything()

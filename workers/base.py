@@ -34,6 +34,11 @@ from akita.wire import protocol
 
 log = logging.getLogger(__name__)
 
+# Once the supervisor is gone, a worker's teardown gets this long before SIGALRM ends it:
+# an orphan must be gone within a second, whatever it was doing (a Reticulum start, a flush
+# to a ledger that died with the supervisor).
+ORPHAN_GRACE_S = 0.5
+
 # Where each worker's class lives; the gateway is imported only in its own process.
 WORKER_CLASSES = {
     "ledger": "workers.ledger.worker:LedgerWorker",
@@ -79,6 +84,7 @@ class Worker:
         self.poller = zmq.Poller()
         self._readers: dict[Any, Callable[[], None]] = {}
         self._stopping = False
+        self._parent_pid = os.getppid()  # the zygote that forked us, alive as long as the node
         self.bad_frames = 0
         self._next_heartbeat = 0.0
         self._heartbeat_step = 0.05
@@ -127,6 +133,7 @@ class Worker:
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.prefork()
@@ -173,6 +180,10 @@ class Worker:
 
     def _on_signal(self, _signum: int, _frame: Any) -> None:
         self._stopping = True
+        if os.getppid() != self._parent_pid:
+            # Our parent-death signal: the node is gone. Stop by the grace's end even if the
+            # loop is not running yet (start-up) or teardown waits on what died with it.
+            signal.setitimer(signal.ITIMER_REAL, ORPHAN_GRACE_S)
 
     def _on_request(self) -> None:
         assert self.router is not None
