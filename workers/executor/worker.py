@@ -76,7 +76,8 @@ class ExecutorWorker(Worker):
         assert self.ctx is not None
         self.settings = self.config.tasks
         self.node_id = _node_id(self.config)
-        self.ledger = LedgerClient(self.ctx, self.run_dir, "executor", window=LEDGER_WINDOW)
+        self.ledger = LedgerClient(self.ctx, self.run_dir, "executor", window=LEDGER_WINDOW,
+                                   on_refused=self._ledger_refused)
         self.add_reader(self.ledger.sock, self._on_ledger)
         self.book = TaskBook(self.node_id, capabilities=self.settings.capabilities)
         self.delegation = Delegation(self)
@@ -174,7 +175,8 @@ class ExecutorWorker(Worker):
         assert isinstance(msg, protocol.TaskSubmit)
         ids: list[str | None] = [None] * len(msg.tasks)
         errors: list[list[Any]] = []
-        deferred = DeferredReply(request, lambda: protocol.TaskAccepted(ids=ids, errors=errors))
+        deferred = DeferredReply(request, lambda: protocol.TaskAccepted(ids=ids, errors=errors),
+                                 errors)
         now = time.time()
         for index, spec in enumerate(msg.tasks):
             refusal = self._admit(spec, index, ids, deferred, now)
@@ -191,6 +193,9 @@ class ExecutorWorker(Worker):
         task = self.table.parse(spec)
         if isinstance(task, Refusal):
             return task
+        refusal = self._disk_full()
+        if refusal is not None:
+            return refusal
         existing = self.book.get(task.id)
         if existing is not None:  # a resend: the first copy stands
             if existing.name != task.name:
@@ -209,7 +214,32 @@ class ExecutorWorker(Worker):
         self._append("task.submitted", data, lambda _seq: self._submitted(record))
         return None
 
+    def _disk_full(self) -> Refusal | None:
+        refused = self.ledger.refused
+        if refused is None or refused.code != "disk_full":
+            return None
+        return Refusal(refused.code, refused.message)
+
+    def _ledger_refused(self, error: protocol.Error) -> None:
+        """The ledger cannot write (a full disk): answer the submits waiting on it now rather
+        than after the client's timeout, and withdraw their tasks (cancelled, in the ledger
+        right after their submit, should that be written once space returns)."""
+        if error.code != "disk_full":
+            return
+        waiting, self._waiting = self._waiting, {}
+        for task_id, deferreds in waiting.items():
+            record = self.book.get(task_id)
+            if record is not None and record.state is TaskState.SUBMITTED:
+                self.book.cancel(record, time.time())
+                self._append("task.cancelled", {"id": task_id, "attempt": record.attempts,
+                                                "reason": error.message})
+            for deferred, _ids, index in deferreds:
+                deferred.refuse(index, error.code, error.message)
+
     def queue_full(self) -> Refusal | None:
+        refusal = self._disk_full()
+        if refusal is not None:
+            return refusal
         if self.book.queued() + self.book.pending_submits < self.settings.max_queue:
             return None
         return Refusal("queue_full", f"the queue is full ({self.settings.max_queue} tasks, "
