@@ -105,6 +105,7 @@ class LedgerClient:
         # The writer's last refusal (a full disk, say), until it acknowledges again; the
         # refused frames stay in flight and are resent, so nothing is lost meanwhile.
         self.refused: protocol.Error | None = None
+        self.last_seq = 0  # the feed seq of the last of our events known durable
         self.on_refused = on_refused
         self._refusals = LogLimiter(log)
         self._pack = msgpack.Packer(use_bin_type=True).pack  # reused: a Packer per call is slow
@@ -288,6 +289,8 @@ class LedgerClient:
     def _on_acked(self, rid: int | None, acked: protocol.LedgerAcked) -> None:
         self.refused = None
         # Acks are cumulative: every ref up to acked.ref is durable.
+        if acked.ref == rid and acked.last_seq > self.last_seq:
+            self.last_seq = acked.last_seq
         while self._in_flight and self._in_flight[0].ref <= acked.ref:
             frame = self._in_flight.popleft()
             self._pending_events -= len(frame.events)

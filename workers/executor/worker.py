@@ -35,6 +35,7 @@ from akita.wire import protocol
 from workers.base import Request, Worker
 from workers.executor import recovery as taskrecovery
 from workers.executor import replies as taskreplies
+from workers.executor import snapshot
 from workers.executor.delegation import Delegation, result_too_large, too_large
 from workers.executor.pool import Dispatch, PoolProcess, TaskPool, cpu_count, describe_exit
 from workers.executor.replies import DeferredReply, Watchers
@@ -88,6 +89,7 @@ class ExecutorWorker(Worker):
         self._replayed_seq = 0
         self._started_ts = time.time()
         self._catch_up_at = time.monotonic() + CATCH_UP_AFTER_S
+        self.snapshots = snapshot.Snapshots(chain.db_path(self.config))
         self._recover()
         self.delegation.recovered()
         # Every task allocates a few objects that live until it finishes, and the book keeps
@@ -106,12 +108,16 @@ class ExecutorWorker(Worker):
 
     def teardown(self) -> None:
         self._stopping_pool = True
+        if self._catch_up_at:
+            self._catch_up()  # so that the snapshot below may be taken
         for proc in list(self.pool.processes.values()):
             self.pool.kill(proc, "stop")
             self._lost(proc, "the executor stopped")
         self.pool.close()
         if not self.ledger.flush(LEDGER_FLUSH_S):
             log.warning("%d task events not yet durable at shutdown", self.ledger.pending())
+        elif self.snapshots.events and self._quiet():
+            self.snapshots.save(self.book, self._durable_seq())
         self.ledger.close()
 
     def tick(self) -> None:
@@ -124,6 +130,8 @@ class ExecutorWorker(Worker):
             self.pool.kill(proc, "timeout", dispatch.record.id)
             self._lost(proc, "")
         self.delegation.tick(time.monotonic())
+        if self.snapshots.due() and self._quiet():
+            self.snapshots.save(self.book, self._durable_seq())
         busy = bool(self.pool.holder) or self.ledger.pending() > 0
         self.tick_interval_s = BUSY_TICK_S if busy else IDLE_TICK_S
         self._settle()
@@ -131,10 +139,15 @@ class ExecutorWorker(Worker):
     # --- recovery ---------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Rebuild the book from this node's feed, then settle what was running."""
+        """Rebuild the book from the task snapshot and the feed after it, then settle what
+        was running."""
+        db_path = chain.db_path(self.config)
+        from_seq = snapshot.load(self.snapshots.path, db_path, self.book)
         count, self._replayed_seq = taskrecovery.replay(
-            chain.db_path(self.config), self.book,
-            lambda: self._heartbeat(time.monotonic()))
+            db_path, self.book, lambda: self._heartbeat(time.monotonic()), from_seq)
+        self.snapshots.note(count)
+        if from_seq:
+            log.info("task snapshot at seq %d: %d records", from_seq, len(self.book.records))
         requeued, failed = self.book.recover(self.settings.max_attempts)
         for record in requeued:
             self._append("task.requeued", {"id": record.id, "attempts": record.attempts,
@@ -492,6 +505,16 @@ class ExecutorWorker(Worker):
     def _append(self, kind: str, data: dict[str, Any],
                 on_durable: Callable[[int], None] | None = None) -> None:
         self.ledger.append(kind, data, on_durable=on_durable)
+        self.snapshots.note()
+
+    def _quiet(self) -> bool:
+        """The book is exactly the projection of the durable feed: a snapshot may be taken
+        (everything appended is durable, and a previous executor's late submits are in)."""
+        return (not self._catch_up_at and self.ledger.pending() == 0
+                and not self.book.pending_submits)
+
+    def _durable_seq(self) -> int:
+        return max(self.ledger.last_seq, self._replayed_seq)
 
     def _on_ledger(self) -> None:
         self.ledger.on_readable()
