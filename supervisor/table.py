@@ -17,6 +17,7 @@ from typing import Protocol
 
 from akita import config as config_mod
 from akita import exits
+from supervisor.forks import ForkServers
 from supervisor.logs import LogFiles, OutputPipe
 from supervisor.process import ACTIVE_STATES, WorkerProcess, WorkerSpec, WorkerState
 from workers.zygote import Zygote, ZygoteError
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 WORKER_ENTRY = "workers.base:main"
 BASE_PRELOAD = ["zmq", "msgpack", "psutil", "apsw", "workers.base"]
 # Worker modules the zygote imports once so a fork starts warm. The gateway is left out on
-# purpose: only the gateway process may import RNS.
+# purpose: only the gateway process may import RNS (it has a zygote of its own, see forks).
 PRELOADED_WORKERS = ("workers.ledger.worker", "workers.sampler", "workers.executor.worker")
 
 
@@ -54,7 +55,7 @@ class ProcessTable:
     def __init__(self, config: config_mod.Config, zygote: Zygote, logs: LogFiles,
                  host: TableHost) -> None:
         self.config = config
-        self.zygote = zygote
+        self.forks = ForkServers(zygote, zygote_preload(), host.zygote_replaced)
         self.logs = logs
         self.host = host
         self.procs: dict[str, WorkerProcess] = {}
@@ -91,15 +92,17 @@ class ProcessTable:
     # --- events -------------------------------------------------------------------------
 
     def on_zygote_readable(self) -> None:
-        try:
-            events = self.zygote.events()
-        except ZygoteError as exc:
-            self._replace_zygote(str(exc))
-            return
-        for event in events:
-            self.on_exit(event.pid, event.returncode)
+        for zygote in self.forks.all():
+            try:
+                events = zygote.events()
+            except ZygoteError as exc:
+                self._replace_zygote(zygote, str(exc))
+                continue
+            for event in events:
+                self.on_exit(event.pid, event.returncode)
 
     def on_exit(self, pid: int, returncode: int) -> None:
+        self.forks.reaped(pid)
         proc = self.by_pid.pop(pid, None)
         if proc is None:
             return
@@ -240,7 +243,8 @@ class ProcessTable:
                     if proc.state is WorkerState.BACKOFF or proc.restart_due is not None:
                         proc.restart_due = time.monotonic() + 1.0
                     return
-                self._replace_zygote(f"starting {proc.name} failed: {exc}")
+                self._replace_zygote(self.forks.for_worker(proc.name),
+                                     f"starting {proc.name} failed: {exc}")
                 if proc.state in ACTIVE_STATES:
                     return  # replacing the zygote restarted it already
         proc.spawned(pid, time.monotonic())
@@ -255,8 +259,10 @@ class ProcessTable:
         pipe, write_fd = self.logs.pipe_for(proc.name)
         args = {"name": proc.name, "config_path": str(self.config.path),
                 "config_text": self.config.text, "run_dir": str(self.config.node.run_dir)}
+        zygote = self.forks.for_worker(proc.name)
         try:
-            pid = self.zygote.spawn(WORKER_ENTRY, args, fds={1: write_fd, 2: write_fd})
+            pid = zygote.spawn(WORKER_ENTRY, args, fds={1: write_fd, 2: write_fd})
+            self.forks.forked(pid, zygote)
         except BaseException:
             pipe.close()
             raise
@@ -285,17 +291,15 @@ class ProcessTable:
         except ProcessLookupError:
             pass  # already dead: its exit report is on its way
 
-    def _replace_zygote(self, why: str) -> None:
-        """The fork server died: start a new one; its children died with it."""
-        log.error("zygote (pid %d) lost: %s; starting a new one", self.zygote.pid, why)
-        old_fd = self.zygote.fileno()
-        try:
-            self.zygote.close(timeout_s=1.0)
-        except OSError:
-            pass
-        self.zygote = Zygote.start(zygote_preload())
-        self.host.zygote_replaced(old_fd, self.zygote)
-        for pid, proc in list(self.by_pid.items()):
+    def _replace_zygote(self, zygote: Zygote, why: str) -> None:
+        """A fork server died or hangs: start a new one; its children died with it."""
+        log.error("zygote (pid %d) lost: %s; starting a new one", zygote.pid, why)
+        orphans = self.forks.children_of(zygote)
+        self.forks.replace(zygote)
+        for pid in orphans:
+            proc = self.by_pid.get(pid)
+            if proc is None:
+                continue
             if not proc.kill_cause:
                 proc.killed("zygote_exited", "the zygote exited")
             self._signal(proc, signal.SIGKILL)

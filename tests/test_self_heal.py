@@ -185,3 +185,27 @@ def test_no_worker_outlives_the_supervisor(short_tmp: Path, moment: str) -> None
         assert elapsed_s < 1.5, f"workers outlived the supervisor by {elapsed_s:.2f} s"
     finally:
         node.kill_everything()
+
+
+def test_the_gateway_has_a_fork_server_of_its_own(short_tmp: Path) -> None:
+    """Only the gateway's zygote imports Reticulum; losing it costs only the gateway."""
+    node = gateway_node(short_tmp / "g")
+    try:
+        node.start()
+        assert node.proc is not None
+        before = {name: w["pid"] for name, w in node.status()["workers"].items()}
+        parents = {name: psutil.Process(pid).ppid() for name, pid in before.items()}
+        gateway_zygote = psutil.Process(parents["gateway"])
+        common = {parents[name] for name in before if name != "gateway"}
+        assert len(common) == 1 and parents["gateway"] not in common
+        assert "workers.gateway.worker" in " ".join(gateway_zygote.cmdline())
+        assert "RNS" not in " ".join(psutil.Process(common.pop()).cmdline())
+        gateway_zygote.kill()
+        wait_for(lambda: (w := node.worker("gateway"))["state"] == "running"
+                 and w["pid"] != before["gateway"], 20, "the gateway back with a new pid")
+        after = {name: w["pid"] for name, w in node.status()["workers"].items()}
+        assert {n: p for n, p in after.items() if n != "gateway"} == \
+            {n: p for n, p in before.items() if n != "gateway"}
+    finally:
+        node.stop()
+        node.kill_everything()
