@@ -38,14 +38,17 @@ def small_disk(short_tmp: Path) -> Iterator[Path]:
 def fill(disk: Path) -> Path:
     """Write a file until the disk has no room left; returns it."""
     filler = disk / "filler"
-    block = b"\0" * (64 << 10)
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(block)
-                f.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (64 << 10, 4096, 512):  # down to the last few bytes
+            block = b"\0" * size
+            try:
+                while True:
+                    os.write(fd, block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
     return filler
 
 

@@ -50,11 +50,15 @@ def save(path: Path, book: TaskBook, feed: str, seq: int, seq_hash: bytes) -> in
                           "records": records, "finished": book.finished_ids()},
                          use_bin_type=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a half-written file must not hold the space of a full disk
+        raise
     return len(data)
 
 

@@ -130,8 +130,9 @@ class LedgerWorker(Worker):
             try:
                 return self._replication(msg)
             except apsw.Error as exc:
-                log.error("%s failed: %s", msg.KIND, exc)
-                return protocol.Error(code="ledger_unavailable", message=str(exc))
+                code, why = self._describe(exc, msg.KIND)
+                self._commit_errors.log(logging.ERROR, "%s", why)
+                return protocol.Error(code=code, message=why)
         return super().handle(request)
 
     # --- replication ------------------------------------------------------------------------
@@ -219,7 +220,7 @@ class LedgerWorker(Worker):
                           append.answer_ref)
         self._publish(rows)
 
-    def _describe(self, exc: apsw.Error) -> tuple[str, str]:
+    def _describe(self, exc: apsw.Error, what: str = "commit") -> tuple[str, str]:
         """(error code, text for the sender) of a failed write; a full disk says so."""
         try:
             stat = os.statvfs(self.data_dir)
@@ -231,7 +232,7 @@ class LedgerWorker(Worker):
             return "disk_full", (f"{os.strerror(errno.ENOSPC).lower()} where the ledger lives "
                                  f"({self.data_dir}: {max(free, 0)} bytes free); the node "
                                  "records again by itself once space is freed")
-        return "ledger_unavailable", f"commit failed: {exc}"
+        return "ledger_unavailable", f"{what} failed: {exc}"
 
     def _publish(self, rows: list[Row]) -> None:
         """Each committed event on the bus, built from the stored bytes (no re-encoding).
