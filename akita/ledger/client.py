@@ -289,8 +289,8 @@ class LedgerClient:
     def _on_acked(self, rid: int | None, acked: protocol.LedgerAcked) -> None:
         self.refused = None
         # Acks are cumulative: every ref up to acked.ref is durable.
-        if acked.ref == rid and acked.last_seq > self.last_seq:
-            self.last_seq = acked.last_seq
+        # The writer pairs a ref with the seq of its last event (0 when it does not know it).
+        self.last_seq = max(self.last_seq, acked.last_seq)
         while self._in_flight and self._in_flight[0].ref <= acked.ref:
             frame = self._in_flight.popleft()
             self._pending_events -= len(frame.events)
