@@ -5,7 +5,8 @@ gateway process may import Reticulum, so the common zygote leaves the gateway ou
 every gateway start paid for importing RNS and cryptography (130-250 ms, most of a gateway
 restart without AutoInterface). The gateway's own zygote imports them once. Like the
 common one it holds nothing: no Reticulum instance, socket or thread exists in it (an
-import of RNS starts none). It is started with the first start of a gateway.
+import of RNS starts none). It is started with the supervisor when a gateway is configured
+(so its imports overlap the other workers' start), else with the first gateway start.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ Started = Callable[[int, Zygote], None]  # (the fd of the zygote it replaces or 
 class ForkServers:
     """Which zygote forks which worker, and which worker each one forked."""
 
-    def __init__(self, main: Zygote, preload: list[str], on_started: Started) -> None:
+    def __init__(self, main: Zygote, preload: list[str], on_started: Started,
+                 workers: tuple[str, ...] = ()) -> None:
         self.main = main
         self.gateway: Zygote | None = None
         self._preload = preload
         self._on_started = on_started
         self._forked_by: dict[int, Zygote] = {}
+        if GATEWAY in workers:
+            self.for_worker(GATEWAY)
 
     def all(self) -> list[Zygote]:
         return [self.main] + ([self.gateway] if self.gateway is not None else [])

@@ -55,7 +55,8 @@ class ProcessTable:
     def __init__(self, config: config_mod.Config, zygote: Zygote, logs: LogFiles,
                  host: TableHost) -> None:
         self.config = config
-        self.forks = ForkServers(zygote, zygote_preload(), host.zygote_replaced)
+        self.forks = ForkServers(zygote, zygote_preload(), host.zygote_replaced,
+                                 config.supervisor.workers)
         self.logs = logs
         self.host = host
         self.procs: dict[str, WorkerProcess] = {}

@@ -18,6 +18,7 @@ import pytest
 import akita
 from akita.ledger import chain
 from tests.helpers import REPO, Node, free_port, pid_alive, wait_for
+from workers.zygote import Zygote, ZygoteError
 
 TASKS: dict[str, dict[str, Any]] = {
     "supervisor": {"workers": "ledger, executor"},
@@ -209,3 +210,21 @@ def test_the_gateway_has_a_fork_server_of_its_own(short_tmp: Path) -> None:
     finally:
         node.stop()
         node.kill_everything()
+
+
+def test_a_zygote_still_importing_is_waited_for_a_stopped_one_is_not() -> None:
+    slow = Zygote.start(["tests.slow_preload"])
+    try:
+        pid = slow.spawn("os:getpid", None, timeout_s=0.2)  # well within its import time
+        assert pid > 0 and slow.ready
+    finally:
+        slow.close()
+    stopped = Zygote.start(["tests.slow_preload"])
+    try:
+        os.kill(stopped.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(ZygoteError, match="did not fork"):
+            stopped.spawn("os:getpid", None, timeout_s=0.2)
+        assert time.monotonic() - started < 1.0
+    finally:
+        stopped.kill()
