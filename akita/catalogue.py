@@ -74,7 +74,8 @@ WORKERS: tuple[WorkerEntry, ...] = (
                 sections=("node", "tasks", "commands"),
                 preload=("workers.executor.worker",),
                 nouns=("task",), runs_tasks=True),
-    # Not preloaded on purpose: its module imports RNS, which only the gateway may import.
+    # Not in the common zygote on purpose: its module imports RNS, which only the gateway
+    # process may import. It is forked from a zygote of its own (supervisor/forks.py).
     WorkerEntry(GATEWAY, "workers.gateway.worker:GatewayWorker",
                 sections=("node", "cluster", "channels", "tasks", "commands", "reticulum",
                           "security"),

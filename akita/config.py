@@ -261,6 +261,9 @@ class WorkerConfig:
     max_restarts: int = setting(_int_range(0, 1000), "restarts allowed within restart_window "
                                 "before the worker is FATAL", 5)
     restart_window: float = setting(_seconds(0.1, 86400), "the window for max_restarts", 60.0)
+    fatal_cooldown: float = setting(_seconds(0, 86400), "wait before a FATAL worker is tried "
+                                    "again, doubling while it keeps failing (0: stay FATAL "
+                                    "until an operator starts it)", 300.0)
     heartbeat_timeout: float = setting(_seconds(0.1, 3600), "silence after which a worker is "
                                        "killed and restarted", 5.0)
     stop_timeout: float = setting(_seconds(0.1, 600), "grace after SIGTERM before SIGKILL", 5.0)

@@ -1,10 +1,12 @@
 """How a worker tells its supervisor that restarting it cannot help.
 
-Some failures do not change by themselves: a port another program holds, a setting that
-contradicts the host. Restarting such a worker only loops until the restart intensity limit
-makes it FATAL, burying the reason under "N restarts within T s". Instead the worker writes
-the reason to ``run_dir/NAME.fatal`` and exits with `EXIT_CONFIG` (sysexits' EX_CONFIG);
-the supervisor marks it FATAL at once, with that reason as its last error, until an
+Some failures do not change by themselves: a configuration the worker cannot run with (a
+task module that does not import, a value only the worker can check), a port another
+Reticulum program holds. Restarting such a worker only loops until the restart intensity
+limit makes it FATAL, burying the reason under "N restarts within T s". Instead the worker
+writes one line saying what is wrong to ``run_dir/NAME.exit`` and exits with `EXIT_CONFIG`
+(sysexits' EX_CONFIG); the supervisor reads that line with the exit report, shows it as the
+worker's error (status NOTE, `last_error`, its own log) and marks it FATAL at once, until an
 operator starts it again (after fixing the cause) or a reload changes its settings.
 
 A file rather than a bus message: the worker exits right after, and a message published
@@ -17,11 +19,11 @@ import os
 from pathlib import Path
 
 EXIT_CONFIG = 78
-MAX_REASON_BYTES = 1000
+MAX_REASON_BYTES = 2048
 
 
 def reason_path(run_dir: Path, name: str) -> Path:
-    return run_dir / f"{name}.fatal"
+    return run_dir / f"{name}.exit"
 
 
 def write_reason(run_dir: Path, name: str, reason: str) -> None:
@@ -36,7 +38,8 @@ def write_reason(run_dir: Path, name: str, reason: str) -> None:
 
 
 def take_reason(run_dir: Path, name: str) -> str:
-    """The reason a worker left, removed so a later exit never shows a stale one."""
+    """The reason a worker left (empty if none), removed so a later exit never shows a
+    stale one."""
     path = reason_path(run_dir, name)
     try:
         with open(path, "rb") as f:

@@ -1,6 +1,6 @@
 """Restart latency: SIGKILL a worker, time until that worker answers a ping again.
 
-    python bench/restart.py [--worker sampler] [--kills 20]
+    python bench/restart.py [--worker sampler|ledger|executor|gateway] [--kills 20]
 
 Starts a node in a temporary directory, then for each kill: waits until the worker has run
 stably (so the supervisor restarts it at once, as it does a worker that crashes in normal
@@ -18,6 +18,7 @@ import argparse
 import itertools
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -58,12 +59,29 @@ def wait_stable(node: BenchNode, worker: str, old_pid: int | None) -> int:
     raise SystemExit(f"{worker} did not run stably again within {GIVE_UP_S:g} s")
 
 
+def bench_sections(worker: str) -> dict[str, dict[str, object]]:
+    """The node for `worker`: ledger and sampler, plus the worker if it is another one (the
+    gateway on a loopback TCP port of its own, no AutoInterface)."""
+    workers = ["ledger", "sampler"] + ([worker] if worker not in ("ledger", "sampler") else [])
+    sections: dict[str, dict[str, object]] = {
+        "supervisor": {"workers": ", ".join(workers)},
+        f"worker:{worker}": {"max_restarts": 1000, "restart_window": 1}}
+    if worker == "gateway":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        sections["reticulum"] = {"auto_interface": "no", "tcp_listen": f"127.0.0.1:{port}"}
+    if worker == "executor":
+        sections["tasks"] = {"pool_size": 1}
+    return sections
+
+
 def measure_restarts(worker: str, kills: int) -> list[float]:
-    node = BenchNode({"supervisor": {"workers": "ledger, sampler"},
-                      f"worker:{worker}": {"max_restarts": 1000, "restart_window": 1}})
+    sections = bench_sections(worker)
+    node = BenchNode(sections)
     ctx = zmq.Context()
     try:
-        node.start(["ledger", "sampler"])
+        node.start(str(sections["supervisor"]["workers"]).split(", "))
         sock = transport.make_socket(ctx, zmq.DEALER)
         sock.setsockopt(zmq.RECONNECT_IVL, 1)
         sock.connect(transport.endpoint(node.run_dir, worker))
@@ -96,7 +114,8 @@ def measure_fresh_interpreter(runs: int) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--worker", default="sampler", choices=["ledger", "sampler"])
+    parser.add_argument("--worker", default="sampler",
+                        choices=["ledger", "sampler", "executor", "gateway"])
     parser.add_argument("--kills", type=int, default=20)
     args = parser.parse_args()
     restarts = measure_restarts(args.worker, args.kills)

@@ -129,11 +129,11 @@ def apply(table: ProcessTable, new: config_mod.Config) -> Changes:
                 stop(table, proc)
                 proc.restart_after_stop = True
                 changes.restarted.append(name)
-            elif proc.state is WorkerState.FATAL:
-                # Its new settings may be the fix for what made it FATAL: try them.
+            elif proc.state is WorkerState.FATAL and not table.shutting_down:
+                # A new config may have removed the cause (a configuration error waits
+                # for exactly this): try it at once.
                 proc.reset_for_operator_start()
-                table.start_queue.append(name)
-                table.dirty = True
+                table.spawn(proc)
                 changes.restarted.append(name)
     return changes
 

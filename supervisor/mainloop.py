@@ -267,7 +267,7 @@ class Supervisor:
         self.bus.close()
         self.ctx.destroy(linger=0)
         self.logs.close()
-        self.table.zygote.close()
+        self.table.forks.close()
         run_dir = self.config.node.run_dir
         for name in rundir.socket_names():
             try:

@@ -11,6 +11,12 @@ States and their transitions (each transition method checks where it starts):
     starting/running ──stop──▶ stopping
     starting/running/stopping ──exited──▶ backoff (restart due) | stopped | fatal
     backoff ──spawned──▶ starting;  backoff/fatal ──stop──▶ stopped;  fatal ──spawned──▶ starting
+
+A FATAL worker has a way back without an operator: after `fatal_cooldown` the table spawns
+it again (`restart_due` is set), and while it keeps failing within `restart_window` of such
+a retry it goes straight back to FATAL with the cooldown doubled. A worker that exited with
+a configuration error (`EXIT_CONFIG`) is FATAL with no retry: the same config would fail
+the same way, so it waits for a reload or an operator.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from akita.exits import EXIT_CONFIG
 # A worker that ran longer had started properly, so it is restarted at once (supervisord's
 # `startsecs` plays the same part, with the same default).
 STABLE_AFTER_S = 1.0
+FATAL_COOLDOWN_MAX_S = 86400.0  # the doubling cooldown stops growing at a day
 
 
 class WorkerState(str, Enum):
@@ -84,6 +91,7 @@ class WorkerProcess:
     quick_failures: int = 0
     recent_restarts: collections.deque[float] = field(default_factory=collections.deque)
     spawned_once: bool = False
+    fatal_retries: int = 0           # cooldown retries since the worker last ran stably
 
     @property
     def name(self) -> str:
@@ -146,8 +154,9 @@ class WorkerProcess:
     def exited(self, returncode: int, now: float, reason: str = "") -> ExitOutcome:
         """The current incarnation is gone; decide between restart, stopped and fatal.
 
-        `reason` is what a worker that exited with `EXIT_CONFIG` said: a cause restarting
-        cannot fix, so it goes FATAL at once instead of looping until the intensity limit.
+        `reason` is what a worker that exited with `EXIT_CONFIG` said, in its own words: a
+        cause restarting cannot fix, so it goes FATAL at once (no cooldown retry) instead of
+        looping until the intensity limit.
         """
         self._expect("exit", *ACTIVE_STATES)
         requested = self.state is WorkerState.STOPPING
@@ -163,19 +172,22 @@ class WorkerProcess:
         if requested or self.remove_after_stop:
             return self._after_requested_stop()
         if returncode == EXIT_CONFIG:
-            self.last_error = reason or f"{self.last_error} (a cause restarting cannot fix)"
             self.state = WorkerState.FATAL
+            self.restart_due = None
+            self.last_error = reason or "configuration error: see the worker's log"
             return ExitOutcome(self.state)
         self.quick_failures = (self.quick_failures + 1
                                if self.running_since is None or ran_s < STABLE_AFTER_S else 0)
         if not self._policy_restarts(returncode):
             self.state = WorkerState.STOPPED
             return ExitOutcome(self.state)
+        if self.fatal_retries and ran_s < self.settings.restart_window:
+            return self._fatal(now, f"failed again {ran_s:.1f} s after retry "
+                                    f"{self.fatal_retries}; last: {self.last_error}")
+        self.fatal_retries = 0
         if self._intensity_exceeded(now):
-            self.state = WorkerState.FATAL
-            self.last_error = (f"{self.settings.max_restarts} restarts within "
-                               f"{self.settings.restart_window:g} s; last: {self.last_error}")
-            return ExitOutcome(self.state)
+            return self._fatal(now, f"{self.settings.max_restarts} restarts within "
+                                    f"{self.settings.restart_window:g} s; last: {self.last_error}")
         self.recent_restarts.append(now)
         self.state = WorkerState.BACKOFF
         delay_s = self.backoff_delay_s()
@@ -186,8 +198,30 @@ class WorkerProcess:
         """An operator start: forget the restart history that made the worker fatal."""
         self.recent_restarts.clear()
         self.quick_failures = 0
+        self.fatal_retries = 0
+
+    def retry_after_cooldown(self) -> None:
+        """The cooldown of a FATAL worker ran out: it is about to be spawned again."""
+        self._expect("retry", WorkerState.FATAL)
+        self.fatal_retries += 1
+        self.recent_restarts.clear()
+        self.quick_failures = 0
 
     # --- policy -------------------------------------------------------------------------
+
+    def _fatal(self, now: float, why: str) -> ExitOutcome:
+        self.state = WorkerState.FATAL
+        cooldown_s = self.fatal_cooldown_s()
+        self.restart_due = now + cooldown_s if cooldown_s else None
+        self.last_error = why + (f"; retry in {cooldown_s:g} s" if cooldown_s else "")
+        return ExitOutcome(self.state, cooldown_s)
+
+    def fatal_cooldown_s(self) -> float:
+        """The wait before the next retry: fatal_cooldown, doubled for each failed retry."""
+        base_s = self.settings.fatal_cooldown
+        if not base_s:
+            return 0.0
+        return float(min(base_s * 2 ** self.fatal_retries, max(base_s, FATAL_COOLDOWN_MAX_S)))
 
     def _after_requested_stop(self) -> ExitOutcome:
         if self.restart_after_stop and not self.remove_after_stop:

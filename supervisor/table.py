@@ -18,6 +18,7 @@ from typing import Protocol
 from akita import catalogue, exits
 from akita import config as config_mod
 from akita.wire import events
+from supervisor.forks import ForkServers
 from supervisor.logs import LogFiles, OutputPipe
 from supervisor.process import ACTIVE_STATES, WorkerProcess, WorkerSpec, WorkerState
 from workers.zygote import Zygote, ZygoteError
@@ -49,7 +50,8 @@ class ProcessTable:
     def __init__(self, config: config_mod.Config, zygote: Zygote, logs: LogFiles,
                  host: TableHost) -> None:
         self.config = config
-        self.zygote = zygote
+        self.forks = ForkServers(zygote, zygote_preload(), host.zygote_replaced,
+                                 config.supervisor.workers)
         self.logs = logs
         self.host = host
         self.procs: dict[str, WorkerProcess] = {}
@@ -86,15 +88,17 @@ class ProcessTable:
     # --- events -------------------------------------------------------------------------
 
     def on_zygote_readable(self) -> None:
-        try:
-            events = self.zygote.events()
-        except ZygoteError as exc:
-            self._replace_zygote(str(exc))
-            return
-        for event in events:
-            self.on_exit(event.pid, event.returncode)
+        for zygote in self.forks.all():
+            try:
+                events = zygote.events()
+            except ZygoteError as exc:
+                self._replace_zygote(zygote, str(exc))
+                continue
+            for event in events:
+                self.on_exit(event.pid, event.returncode)
 
     def on_exit(self, pid: int, returncode: int) -> None:
+        self.forks.reaped(pid)
         proc = self.by_pid.pop(pid, None)
         if proc is None:
             return
@@ -114,11 +118,11 @@ class ProcessTable:
         if outcome.state is WorkerState.BACKOFF and self.shutting_down:
             proc.cancel()
         if outcome.state is WorkerState.FATAL:
-            log.error("%s is FATAL: %s; it stays stopped until an operator starts it",
-                      proc.name, proc.last_error)
+            log.error("%s is FATAL: %s%s", proc.name, proc.last_error,
+                      "" if proc.restart_due else "; it waits for an operator or a reload")
             self.host.record(events.WorkerFatal(
                 name=proc.name, restarts=proc.restarts, window_s=proc.settings.restart_window,
-                error=proc.last_error or None))
+                error=proc.last_error or None, retry_in_s=outcome.delay_s))
         self.host.worker_changed(proc)
         if proc.remove_after_stop:
             del self.procs[proc.name]
@@ -153,6 +157,12 @@ class ProcessTable:
         return max(0.0, next_due - time.monotonic())
 
     def _check_one(self, proc: WorkerProcess, now: float) -> float:
+        if proc.state is WorkerState.FATAL and proc.restart_due is not None \
+                and not self.shutting_down:
+            if now >= proc.restart_due:
+                self._retry_fatal(proc)
+                return now + proc.settings.heartbeat_timeout
+            return proc.restart_due
         if proc.state is WorkerState.BACKOFF and proc.restart_due is not None:
             if now >= proc.restart_due:
                 self.spawn(proc)
@@ -173,6 +183,15 @@ class ProcessTable:
         if proc.state in (WorkerState.STARTING, WorkerState.RUNNING) and not proc.kill_cause:
             return proc.last_heartbeat + proc.settings.heartbeat_timeout
         return now + 3600.0
+
+    def _retry_fatal(self, proc: WorkerProcess) -> None:
+        cooldown_s = proc.fatal_cooldown_s()
+        proc.retry_after_cooldown()
+        log.warning("%s: FATAL for %g s; trying again (retry %d)", proc.name, cooldown_s,
+                    proc.fatal_retries)
+        self.host.record(events.WorkerFatalRetry(name=proc.name, retry=proc.fatal_retries,
+                                                 after_s=cooldown_s))
+        self.spawn(proc)
 
     def _advance_start(self, now: float) -> None:
         while self.start_queue:
@@ -219,10 +238,11 @@ class ProcessTable:
                 if attempt == 2:
                     log.error("cannot start %s: %s", proc.name, exc)
                     proc.last_error = f"cannot start: {exc}"
-                    if proc.state is WorkerState.BACKOFF:
+                    if proc.state is WorkerState.BACKOFF or proc.restart_due is not None:
                         proc.restart_due = time.monotonic() + 1.0
                     return
-                self._replace_zygote(f"starting {proc.name} failed: {exc}")
+                self._replace_zygote(self.forks.for_worker(proc.name),
+                                     f"starting {proc.name} failed: {exc}")
                 if proc.state in ACTIVE_STATES:
                     return  # replacing the zygote restarted it already
         proc.spawned(pid, time.monotonic())
@@ -235,9 +255,11 @@ class ProcessTable:
     def _fork(self, proc: WorkerProcess) -> int:
         pipe, write_fd = self.logs.pipe_for(proc.name)
         args = {"name": proc.name, "config_path": str(self.config.path),
-                "config_text": self.config.text}
+                "config_text": self.config.text, "run_dir": str(self.config.node.run_dir)}
+        zygote = self.forks.for_worker(proc.name)
         try:
-            pid = self.zygote.spawn(catalogue.WORKER_MAIN, args, fds={1: write_fd, 2: write_fd})
+            pid = zygote.spawn(catalogue.WORKER_MAIN, args, fds={1: write_fd, 2: write_fd})
+            self.forks.forked(pid, zygote)
         except BaseException:
             pipe.close()
             raise
@@ -266,17 +288,15 @@ class ProcessTable:
         except ProcessLookupError:
             pass  # already dead: its exit report is on its way
 
-    def _replace_zygote(self, why: str) -> None:
-        """The fork server died: start a new one; its children died with it."""
-        log.error("zygote (pid %d) lost: %s; starting a new one", self.zygote.pid, why)
-        old_fd = self.zygote.fileno()
-        try:
-            self.zygote.close(timeout_s=1.0)
-        except OSError:
-            pass
-        self.zygote = Zygote.start(zygote_preload())
-        self.host.zygote_replaced(old_fd, self.zygote)
-        for pid, proc in list(self.by_pid.items()):
+    def _replace_zygote(self, zygote: Zygote, why: str) -> None:
+        """A fork server died or hangs: start a new one; its children died with it."""
+        log.error("zygote (pid %d) lost: %s; starting a new one", zygote.pid, why)
+        orphans = self.forks.children_of(zygote)
+        self.forks.replace(zygote)
+        for pid in orphans:
+            proc = self.by_pid.get(pid)
+            if proc is None:
+                continue
             if not proc.kill_cause:
                 proc.killed("zygote_exited", "the zygote exited")
             self._signal(proc, signal.SIGKILL)

@@ -138,3 +138,32 @@ def test_transitions_check_their_start_state() -> None:
 def test_state_values_are_the_documented_words() -> None:
     assert [s.value for s in WorkerState] == [
         "starting", "running", "backoff", "stopping", "stopped", "fatal"]
+
+
+def test_fatal_is_retried_after_the_cooldown_doubling_while_it_fails() -> None:
+    proc = make(max_restarts=1, restart_window=10.0, backoff_initial=0, fatal_cooldown=30.0)
+    run_then_crash(proc, 0.0, 2.0)
+    run_then_crash(proc, 3.0, 2.0)
+    assert proc.state is WorkerState.FATAL and proc.restart_due == 35.0
+    assert "retry in 30 s" in proc.last_error
+    proc.retry_after_cooldown()
+    run_then_crash(proc, 35.0, 2.0)   # fails again soon after the retry: FATAL, 60 s now
+    assert proc.state is WorkerState.FATAL and proc.restart_due == 97.0
+    proc.retry_after_cooldown()
+    run_then_crash(proc, 97.0, 50.0)  # ran past restart_window: recovered, plain restart
+    assert proc.state is WorkerState.BACKOFF and proc.fatal_retries == 0
+
+
+def test_fatal_cooldown_zero_keeps_fatal_until_an_operator() -> None:
+    proc = make(max_restarts=1, backoff_initial=0, fatal_cooldown=0)
+    run_then_crash(proc, 0.0, 2.0)
+    run_then_crash(proc, 3.0, 2.0)
+    assert proc.state is WorkerState.FATAL and proc.restart_due is None
+
+
+def test_a_configuration_error_is_fatal_at_once_without_retry() -> None:
+    proc = make(fatal_cooldown=1.0)
+    proc.spawned(5, 0.0)
+    outcome = proc.exited(78, 0.1, "configuration error: [tasks] modules: cannot import 'x'")
+    assert outcome.state is WorkerState.FATAL and proc.restart_due is None
+    assert proc.last_error == "configuration error: [tasks] modules: cannot import 'x'"

@@ -27,12 +27,18 @@ from typing import Any
 
 import zmq
 
-from akita import catalogue, transport
+from akita import catalogue, exits, transport
 from akita import config as config_mod
-from akita.errors import ProtocolError
+from akita.errors import ConfigError, ProtocolError
 from akita.wire import protocol
 
 log = logging.getLogger(__name__)
+
+# Once the supervisor is gone, a worker's teardown gets this long before SIGALRM ends it:
+# an orphan must be gone within a second, whatever it was doing (a Reticulum start, a flush
+# to a ledger that died with the supervisor).
+ORPHAN_GRACE_S = 0.5
+
 
 @dataclass
 class Request:
@@ -70,6 +76,7 @@ class Worker:
         self.poller = zmq.Poller()
         self._readers: dict[Any, Callable[[], None]] = {}
         self._stopping = False
+        self._parent_pid = os.getppid()  # the zygote that forked us, alive as long as the node
         self.bad_frames = 0
         self._next_heartbeat = 0.0
         self._heartbeat_step = 0.05
@@ -119,6 +126,7 @@ class Worker:
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.prefork()
@@ -166,6 +174,10 @@ class Worker:
 
     def _on_signal(self, _signum: int, _frame: Any) -> None:
         self._stopping = True
+        if os.getppid() != self._parent_pid:
+            # Our parent-death signal: the node is gone. Stop by the grace's end even if the
+            # loop is not running yet (start-up) or teardown waits on what died with it.
+            signal.setitimer(signal.ITIMER_REAL, ORPHAN_GRACE_S)
 
     def _on_request(self) -> None:
         assert self.router is not None
@@ -224,6 +236,13 @@ def main(args: dict[str, Any]) -> int:
     configure_logging(name)
     try:
         config = config_mod.parse(args["config_text"], Path(args["config_path"]))
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc)
+        run_dir = args.get("run_dir")
+        if isinstance(run_dir, str):
+            exits.write_reason(Path(run_dir), name, f"configuration error: {exc}")
+        return exits.EXIT_CONFIG
+    try:
         worker = load_class(name)(config)
         return worker.run()
     except Exception:

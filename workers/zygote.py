@@ -38,6 +38,9 @@ import msgpack
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# A zygote still importing its preload is slow, not dead: a spawn waits for it this long
+# after its start (a small board may take seconds to import Reticulum and cryptography).
+PRELOAD_TIMEOUT_S = 60.0
 _MAX_MESSAGE = 1 << 20
 _MAX_FDS = 8
 
@@ -76,6 +79,9 @@ class Zygote:
     def __init__(self, sock: socket.socket, pid: int) -> None:
         self.sock = sock
         self.pid = pid
+        self.started_at = time.monotonic()
+        self.ready = False  # its preload is imported (it said so)
+        self.ready_at = 0.0
         self._ref = 0
         self._pending: list[Exited] = []
         self._proc: subprocess.Popen[bytes] | None = None
@@ -112,10 +118,13 @@ class Zygote:
         body = msgpack.packb({"op": "spawn", "ref": ref, "target": target, "args": args,
                               "fds": [child for child, _ in targets]}, use_bin_type=True)
         socket.send_fds(self.sock, [body], [ours for _, ours in targets])
-        deadline = time.monotonic() + timeout_s
+        asked_at = time.monotonic()
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            # The time allowed counts from when the zygote could first answer.
+            remaining = max(asked_at, self.ready_at) + timeout_s - time.monotonic()
+            if remaining <= 0 and self._importing():
+                remaining = 0.1  # slow, not dead
+            elif remaining <= 0:
                 raise ZygoteError(f"zygote did not fork {target} within {timeout_s:g} s")
             ready, _, _ = select.select([self.sock], [], [], remaining)
             if not ready:
@@ -125,6 +134,17 @@ class Zygote:
                     return event.pid
                 if isinstance(event, Exited):
                     self._pending.append(event)
+
+    def _importing(self) -> bool:
+        """Still importing its preload (not ready, not stopped, not for too long)."""
+        if self.ready or time.monotonic() - self.started_at >= PRELOAD_TIMEOUT_S:
+            return False
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True  # no /proc: trust the clock alone
+        return state not in ("T", "t", "Z")
 
     def events(self) -> list[Exited]:
         """Exits reported since the last call (non-blocking)."""
@@ -143,6 +163,9 @@ class Zygote:
         if not data:
             raise ZygoteError("zygote exited")
         body = msgpack.unpackb(data, raw=False)
+        if body["op"] == "ready":
+            self.ready, self.ready_at = True, time.monotonic()
+            return []
         if body["op"] == "exited":
             return [Exited(body["pid"], body["returncode"])]
         if body["op"] == "spawned":
@@ -150,6 +173,15 @@ class Zygote:
         if body["op"] == "failed":
             raise ZygoteError(body["error"])
         return []
+
+    def kill(self) -> None:
+        """SIGKILL the zygote (dead, stopped or hung alike) and reap it; its children follow
+        through their death signal."""
+        self.sock.close()
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.wait()
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop the zygote (its socket closes) and reap it."""
@@ -174,15 +206,19 @@ class _Server:
 
     def serve(self) -> int:
         die_with_parent(signal.SIGKILL)
-        # The owner decides when its children stop; a terminal's Ctrl-C is for the owner.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # The owner decides when we and our children stop: it closes our socket, and its
+        # death kills us (above). A signal to the owner's whole process group (a terminal's
+        # Ctrl-C, `timeout`, a container runtime's SIGTERM, a hangup) is for the owner, which
+        # then stops its workers in order; dying of it here would take them all at once.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         for module in self.preload:
             try:
                 importlib.import_module(module)
             except Exception:  # noqa: BLE001 - a broken module is reported when a child needs it
                 print(f"{self.title}: cannot preload {module}:\n{traceback.format_exc()}",
                       file=sys.stderr, flush=True)
+        self._send({"op": "ready"})
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)

@@ -43,6 +43,7 @@ import zmq
 from akita import transport
 from akita.catalogue import LEDGER
 from akita.errors import ProtocolError
+from akita.ratelog import LogLimiter
 from akita.wire import events, protocol
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ MAX_QUEUED_FRAMES = 500
 MAX_FRAME_BYTES = protocol.MAX_FRAME_BYTES - 4096
 
 DurableCallback = Callable[[int], None]
+RefusedCallback = Callable[[protocol.Error], None]
 
 
 @dataclass
@@ -82,7 +84,8 @@ class LedgerClient:
     """Appends events to this node's feed through the ledger worker (DEALER → run_dir/ledger.sock)."""
 
     def __init__(self, ctx: zmq.Context, run_dir: Path, role: str, *, window: int = 8,
-                 resend_after_s: float = 2.0) -> None:
+                 resend_after_s: float = 2.0,
+                 on_refused: RefusedCallback | None = None) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self.source = f"{role}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -99,6 +102,12 @@ class LedgerClient:
         self.dropped = 0
         self.errors = 0
         self.resends = 0
+        # The writer's last refusal (a full disk, say), until it acknowledges again; the
+        # refused frames stay in flight and are resent, so nothing is lost meanwhile.
+        self.refused: protocol.Error | None = None
+        self.last_seq = 0  # the feed seq of the last of our events known durable
+        self.on_refused = on_refused
+        self._refusals = LogLimiter(log)
         self._pack = msgpack.Packer(use_bin_type=True).pack  # reused: a Packer per call is slow
 
     # --- the interface ----------------------------------------------------------------------
@@ -271,13 +280,20 @@ class LedgerClient:
             self._on_acked(rid, reply)
         elif isinstance(reply, protocol.Error):
             self.errors += 1
-            log.warning("ledger worker refused frame %s: %s: %s", rid, reply.code, reply.message)
+            self.refused = reply
+            self._refusals.log(logging.WARNING, "ledger worker refused frame %s: %s: %s", rid,
+                               reply.code, reply.message)
+            if self.on_refused is not None:
+                self.on_refused(reply)
         else:
             self.errors += 1
             log.warning("unexpected reply %s from the ledger worker", reply.KIND)
 
     def _on_acked(self, rid: int | None, acked: protocol.LedgerAcked) -> None:
+        self.refused = None
         # Acks are cumulative: every ref up to acked.ref is durable.
+        # The writer pairs a ref with the seq of its last event (0 when it does not know it).
+        self.last_seq = max(self.last_seq, acked.last_seq)
         while self._in_flight and self._in_flight[0].ref <= acked.ref:
             frame = self._in_flight.popleft()
             self._pending_events -= len(frame.events)

@@ -427,6 +427,22 @@ class TaskBook:
                     requeued.append(record)
         return requeued, failed
 
+    # --- snapshots (workers/executor/snapshot.py) ---------------------------------------------
+
+    def finished_ids(self) -> list[str]:
+        """Ids of the finished records kept, oldest first (the order they are forgotten in)."""
+        return list(self._finished)
+
+    def adopt(self, records: list[TaskRecord], finished_ids: list[str]) -> None:
+        """Take the records of a snapshot (an empty book only); queues are filled by
+        `recover`, and new records are ranked after every adopted one."""
+        assert not self.records, "adopt() fills an empty book"
+        for record in records:
+            self.records[record.id] = record
+        self._finished.extend(task_id for task_id in finished_ids if task_id in self.records)
+        self._finished_bytes = sum(self.records[task_id].size for task_id in self._finished)
+        self._orders = itertools.count(max((r.order for r in records), default=0) + 1)
+
     def finished_trim(self) -> None:
         while self._finished and (len(self._finished) > self.retain_finished
                                   or self._finished_bytes > self.retain_bytes):

@@ -355,7 +355,7 @@ class Refusal(NamedTuple):
     """Why a submitted task is refused: `code` for programs, `message` for people."""
 
     # unknown_task, bad_args, bad_request; and from the executor: queue_full, too_large,
-    # missing_capability
+    # disk_full, missing_capability
     code: str
     message: str
 

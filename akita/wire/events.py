@@ -174,12 +174,25 @@ class WorkerExited(Event):
 @event("worker.fatal")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerFatal(Event):
-    """Too many restarts in the window: the worker stays stopped."""
+    """Too many restarts in the window, or a cause restarting cannot fix (`error`): the
+    worker stays stopped, for `retry_in_s` (its fatal cooldown) or until an operator or a
+    reload starts it."""
 
     name: str
     restarts: int
     window_s: float
     error: str | None = None
+    retry_in_s: float | None = None
+
+
+@event("worker.fatal_retry")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerFatalRetry(Event):
+    """A FATAL worker is tried again after `after_s` of cooldown (its `retry`-th try)."""
+
+    name: str
+    retry: int
+    after_s: float
 
 
 # --- resource: the sampler ------------------------------------------------------------------
@@ -283,11 +296,15 @@ class TaskTimedOut(Event):
 @event("task.cancelled")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskCancelled(Event):
+    """`reason` says why the node itself withdrew a task (e.g. the disk was full when it
+    was submitted); an operator's cancel has none."""
+
     id: str
     attempt: int | None = None
     ran_on: str | None = None
     error: dict[str, Any] | None = None
     duration_s: float | None = None
+    reason: str | None = None
 
 
 TaskOutcome = TaskSucceeded | TaskFailed | TaskTimedOut | TaskCancelled

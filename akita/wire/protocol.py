@@ -520,8 +520,8 @@ class TaskSubmit(Message):
 @dataclass(frozen=True, slots=True)
 class TaskAccepted(Message):
     """`ids` in submit order, None where refused; `errors`: [index, code, message] for each
-    refused task (codes: unknown_task, bad_args, bad_request, queue_full, too_large; and for
-    `task.run_for`, missing_capability)."""
+    refused task (codes: unknown_task, bad_args, bad_request, queue_full, too_large,
+    disk_full; and for `task.run_for`, missing_capability)."""
 
     ids: list[str | None]
     errors: list[list[Any]]

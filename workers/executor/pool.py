@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 PREFETCH_S = 0.02        # work (by estimate) a busy process may hold beyond its current task
 DOUBLE_BUFFER_S = 0.05   # tasks up to this long always have the next one waiting in the process
 MAX_IN_FLIGHT = 512      # tasks a process may hold at once
+SPAWN_TIMEOUT_S = 2.0    # a fork server that does not fork within this is replaced
 SEND_TIMEOUT_S = 5.0     # a process that does not take a frame within this is broken
 # A type's duration estimate falls fast and rises slowly: a run stretched by a busy machine
 # (a task descheduled for a time slice) must not collapse the prefetch of a short type, while
@@ -171,6 +172,7 @@ class TaskPool:
         self.preload = preload
         self.spawn_args = spawn_args
         self.zygote: Zygote | None = None
+        self.zygotes_started = 0
         self.processes: dict[int, PoolProcess] = {}
         self.holder: dict[str, PoolProcess] = {}   # task id → the process it was sent to
         self.estimates: dict[str, float] = {}
@@ -181,16 +183,36 @@ class TaskPool:
     def start_zygote(self) -> None:
         self.zygote = Zygote.start(self.preload, child_death_signal=signal.SIGKILL,
                                    title="akita-tasks")
+        self.zygotes_started += 1
+
+    def replace_zygote(self) -> list[PoolProcess]:
+        """The fork server died (or stopped answering): kill what is left of it, start a new
+        one, and return the task processes it took with it (each marked killed by us, so
+        their tasks are requeued without spending an attempt)."""
+        if self.zygote is not None:
+            self.zygote.kill()
+        self.start_zygote()
+        orphans = list(self.processes.values())
+        for proc in orphans:
+            self.kill(proc, "zygote")
+        return orphans
 
     def spawn(self) -> PoolProcess:
         assert self.zygote is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         memfd = os.memfd_create("akita-task-slot")
+        slot: mmap.mmap | None = None
         try:
             os.ftruncate(memfd, SLOT_BYTES)
             slot = mmap.mmap(memfd, SLOT_BYTES)
             pid = self.zygote.spawn("workers.executor.taskproc:main", self.spawn_args,
-                                    fds={TASK_FD: theirs.fileno(), SLOT_FD: memfd})
+                                    fds={TASK_FD: theirs.fileno(), SLOT_FD: memfd},
+                                    timeout_s=SPAWN_TIMEOUT_S)
+        except BaseException:
+            ours.close()
+            if slot is not None:
+                slot.close()
+            raise
         finally:
             theirs.close()
             os.close(memfd)

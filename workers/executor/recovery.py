@@ -23,18 +23,24 @@ TASK_PREFIX = "task."  # every task event's kind starts so (akita.wire.events)
 REPLAY_CHUNK = 5_000  # events read at once: bounds memory, and how long between heartbeats
 
 
-def replay(path: Path, book: TaskBook, heartbeat: Callable[[], None]) -> tuple[int, int]:
-    """Apply every ``task.*`` event of the node's own feed to `book`, oldest first, calling
-    `heartbeat` between chunks (a long history must not look like a hung worker). Returns
-    (events applied, seq of the last one)."""
-    count = last_seq = 0
+def replay(path: Path, book: TaskBook, heartbeat: Callable[[], None], after_seq: int = 0
+           ) -> tuple[int, int]:
+    """Apply every ``task.*`` event of the node's own feed after `after_seq` (a snapshot's)
+    to `book`, oldest first, calling `heartbeat` between chunks (a long history must not
+    look like a hung worker). Returns (events applied, seq of the last event read)."""
+    count = 0
+    last_seq = after_seq
+    # The whole feed is read through the kind index; the tail after a snapshot by seq (the
+    # kind index would walk every task event ever written to find the few after it).
+    prefix = None if after_seq else TASK_PREFIX
     try:
         while True:
-            chunk = list(chain.read_events(path, kind_prefix=TASK_PREFIX, after_seq=last_seq,
+            chunk = list(chain.read_events(path, kind_prefix=prefix, after_seq=last_seq,
                                             limit=REPLAY_CHUNK))
             for event in chunk:
-                book.apply(event.kind, event.data, event.ts)
-            count += len(chunk)
+                if event.kind.startswith(TASK_PREFIX):
+                    book.apply(event.kind, event.data, event.ts)
+                    count += 1
             if chunk:
                 last_seq = chunk[-1].seq
             if len(chunk) < REPLAY_CHUNK:

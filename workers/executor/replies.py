@@ -20,10 +20,12 @@ class DeferredReply:
     """A reply sent once every ledger event it waits for is durable: `hold()` per event,
     `release()` as each becomes durable, `seal()` once no more will be held."""
 
-    __slots__ = ("build", "request", "sealed", "waiting")
+    __slots__ = ("build", "errors", "request", "sealed", "waiting")
 
-    def __init__(self, request: Request, build: Callable[[], protocol.Message]) -> None:
+    def __init__(self, request: Request, build: Callable[[], protocol.Message],
+                 errors: list[list[Any]] | None = None) -> None:
         self.request, self.build, self.waiting, self.sealed = request, build, 0, False
+        self.errors = errors  # where `refuse` notes [index, code, message], if anywhere
 
     def hold(self) -> None:
         self.waiting += 1
@@ -32,6 +34,12 @@ class DeferredReply:
         self.waiting -= 1
         if self.sealed and self.waiting == 0:
             self.request.reply(self.build())
+
+    def refuse(self, index: int, code: str, message: str) -> None:
+        """What item `index` waited for will not become durable (soon): say why, release."""
+        if self.errors is not None:
+            self.errors.append([index, code, message])
+        self.release()
 
     def seal(self) -> None:
         self.sealed = True

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from akita import catalogue, identity
+from akita import catalogue, exits, identity
 from akita.errors import AkitaError
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
@@ -34,12 +34,13 @@ from akita.tasks.registry import Refusal, TaskDefinitionError, TaskTable
 from akita.tasks.sizes import result_too_large
 from akita.wire import events, protocol
 from workers.base import Request, Worker
-from workers.executor import admission
+from workers.executor import admission, snapshot
 from workers.executor import recovery as taskrecovery
 from workers.executor import replies as taskreplies
 from workers.executor.delegation import Delegation
 from workers.executor.pool import Dispatch, PoolProcess, TaskPool, cpu_count, describe_exit
 from workers.executor.replies import DeferredReply, Watchers
+from workers.zygote import ZygoteError
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,11 @@ class ExecutorWorker(Worker):
         try:
             self.table = TaskTable.load(settings.modules, self.config.commands)
         except TaskDefinitionError as exc:
-            # The operator's mistake, not a bug: one line, and an exit the supervisor's
-            # restart policy turns into FATAL if it persists.
+            # The operator's mistake, not a bug: one line here and in the supervisor's
+            # status, and no restart loop (the same config would fail the same way).
             log.error("cannot start: %s", exc)
-            raise SystemExit(2) from None
+            exits.write_reason(self.run_dir, self.name, f"configuration error: {exc}")
+            raise SystemExit(exits.EXIT_CONFIG) from None
         size = settings.pool_size or cpu_count()
         self.pool = TaskPool(size, ["workers.executor.taskproc", *settings.modules],
                              {"max_result_bytes": settings.max_result_bytes,
@@ -76,7 +78,8 @@ class ExecutorWorker(Worker):
         assert self.ctx is not None
         self.settings = self.config.tasks
         self.node_id = _node_id(self.config)
-        self.ledger = LedgerClient(self.ctx, self.run_dir, "executor", window=LEDGER_WINDOW)
+        self.ledger = LedgerClient(self.ctx, self.run_dir, "executor", window=LEDGER_WINDOW,
+                                   on_refused=self._ledger_refused)
         self.add_reader(self.ledger.sock, self._on_ledger)
         self.book = TaskBook(self.node_id, capabilities=self.settings.capabilities)
         self.delegation: Delegation = Delegation(self)
@@ -87,6 +90,7 @@ class ExecutorWorker(Worker):
         self._replayed_seq = 0
         self._started_ts = time.time()
         self._catch_up_at = time.monotonic() + CATCH_UP_AFTER_S
+        self.snapshots = snapshot.Snapshots(chain.db_path(self.config))
         self._recover()
         self.delegation.recovered()
         # Every task allocates a few objects that live until it finishes, and the book keeps
@@ -105,12 +109,16 @@ class ExecutorWorker(Worker):
 
     def teardown(self) -> None:
         self._stopping_pool = True
+        if self._catch_up_at:
+            self._catch_up()  # so that the snapshot below may be taken
         for proc in list(self.pool.processes.values()):
             self.pool.kill(proc, "stop")
             self._lost(proc, "the executor stopped")
         self.pool.close()
         if not self.ledger.flush(LEDGER_FLUSH_S):
             log.warning("%d task events not yet durable at shutdown", self.ledger.pending())
+        elif self.snapshots.events and self._quiet():
+            self.snapshots.save(self.book, self._durable_seq())
         self.ledger.close()
 
     def tick(self) -> None:
@@ -123,6 +131,8 @@ class ExecutorWorker(Worker):
             self.pool.kill(proc, "timeout", dispatch.record.id)
             self._lost(proc, "")
         self.delegation.tick(time.monotonic())
+        if self.snapshots.due() and self._quiet():
+            self.snapshots.save(self.book, self._durable_seq())
         busy = bool(self.pool.holder) or self.ledger.pending() > 0
         self.tick_interval_s = BUSY_TICK_S if busy else IDLE_TICK_S
         self._settle()
@@ -130,10 +140,15 @@ class ExecutorWorker(Worker):
     # --- recovery ---------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Rebuild the book from this node's feed, then settle what was running."""
+        """Rebuild the book from the task snapshot and the feed after it, then settle what
+        was running."""
+        db_path = chain.db_path(self.config)
+        from_seq = snapshot.load(self.snapshots.path, db_path, self.book)
         count, self._replayed_seq = taskrecovery.replay(
-            chain.db_path(self.config), self.book,
-            lambda: self._heartbeat(time.monotonic()))
+            db_path, self.book, lambda: self._heartbeat(time.monotonic()), from_seq)
+        self.snapshots.note(count)
+        if from_seq:
+            log.info("task snapshot at seq %d: %d records", from_seq, len(self.book.records))
         requeued, failed = self.book.recover(self.settings.max_attempts)
         for record in requeued:
             self.append(events.TaskRequeued(id=record.id, attempts=record.attempts,
@@ -174,7 +189,8 @@ class ExecutorWorker(Worker):
         assert isinstance(msg, protocol.TaskSubmit)
         ids: list[str | None] = [None] * len(msg.tasks)
         errors: list[list[Any]] = []
-        deferred = DeferredReply(request, lambda: protocol.TaskAccepted(ids=ids, errors=errors))
+        deferred = DeferredReply(request, lambda: protocol.TaskAccepted(ids=ids, errors=errors),
+                                 errors)
         now = time.time()
         for index, spec in enumerate(msg.tasks):
             admitted = self.admit(spec, now)
@@ -192,8 +208,33 @@ class ExecutorWorker(Worker):
         is refused (the rules: workers/executor/admission.py)."""
         return admission.admit(self, spec, now, origin)
 
+    def _disk_full(self) -> Refusal | None:
+        refused = self.ledger.refused
+        if refused is None or refused.code != "disk_full":
+            return None
+        return Refusal(refused.code, refused.message)
+
+    def _ledger_refused(self, error: protocol.Error) -> None:
+        """The ledger cannot write (a full disk): answer the submits waiting on it now rather
+        than after the client's timeout, and withdraw their tasks (cancelled, in the ledger
+        right after their submit, should that be written once space returns)."""
+        if error.code != "disk_full":
+            return
+        waiting, self._waiting = self._waiting, {}
+        for task_id, deferreds in waiting.items():
+            record = self.book.get(task_id)
+            if record is not None and record.state is TaskState.SUBMITTED:
+                self.book.cancel(record, time.time())
+                self.append(events.TaskCancelled(id=task_id, attempt=record.attempts,
+                                                 reason=error.message))
+            for deferred, _ids, index in deferreds:
+                deferred.refuse(index, error.code, error.message)
+
     def queue_full(self) -> Refusal | None:
         """The refusal for one more task when the queue is full; None while it has room."""
+        refusal = self._disk_full()
+        if refusal is not None:
+            return refusal
         if self.book.queued() + self.book.pending_submits < self.settings.max_queue:
             return None
         return Refusal("queue_full", f"the queue is full ({self.settings.max_queue} tasks, "
@@ -283,9 +324,33 @@ class ExecutorWorker(Worker):
     # --- the pool ---------------------------------------------------------------------------
 
     def _add_process(self) -> None:
-        proc = self.pool.spawn()
+        try:
+            proc = self.pool.spawn()
+        except (ZygoteError, OSError) as exc:
+            self._replace_zygote(f"it did not fork a task process: {exc}")
+            return
+        self._watch_process(proc)
+
+    def _watch_process(self, proc: PoolProcess) -> None:
         self.add_reader(proc.fileno(), lambda: self._on_process(proc))
         self._dispatch_due = True
+
+    def _replace_zygote(self, why: str) -> None:
+        """The task processes' fork server died or hangs: start a new one and carry on with
+        the same book and queue; what its processes held is requeued. Only if the new one
+        cannot fork either does the exception end the executor (and the supervisor's
+        restart policy take over)."""
+        assert self.pool.zygote is not None
+        log.error("task fork server (pid %d) lost: %s; starting a new one",
+                  self.pool.zygote.pid, why)
+        self.remove_reader(self.pool.zygote.fileno())
+        stopping, self._stopping_pool = self._stopping_pool, True
+        for proc in self.pool.replace_zygote():
+            self._lost(proc, "its fork server died")
+        self._stopping_pool = stopping
+        self.add_reader(self.pool.zygote.fileno(), self._on_zygote)
+        while not stopping and len(self.pool.processes) < self.pool.size:
+            self._watch_process(self.pool.spawn())
 
     def _on_process(self, proc: PoolProcess) -> None:
         outcomes, alive = proc.read()
@@ -312,7 +377,13 @@ class ExecutorWorker(Worker):
 
     def _on_zygote(self) -> None:
         assert self.pool.zygote is not None
-        for exited in self.pool.zygote.events():
+        try:
+            events = self.pool.zygote.events()
+        except ZygoteError as exc:
+            self._replace_zygote(str(exc))
+            self._settle()
+            return
+        for exited in events:
             proc = self.pool.processes.get(exited.pid)
             if proc is not None:
                 self._lost(proc, describe_exit(exited.returncode))
@@ -416,6 +487,16 @@ class ExecutorWorker(Worker):
                on_durable: Callable[[int], None] | None = None) -> None:
         """Append one task event to this node's feed; `on_durable(seq)` once it is durable."""
         self.ledger.record(event, on_durable=on_durable)
+        self.snapshots.note()
+
+    def _quiet(self) -> bool:
+        """The book is exactly the projection of the durable feed: a snapshot may be taken
+        (everything appended is durable, and a previous executor's late submits are in)."""
+        return (not self._catch_up_at and self.ledger.pending() == 0
+                and not self.book.pending_submits)
+
+    def _durable_seq(self) -> int:
+        return max(self.ledger.last_seq, self._replayed_seq)
 
     def _on_ledger(self) -> None:
         self.ledger.on_readable()

@@ -18,7 +18,9 @@ Refused forgeries and detected forks are recorded in this node's own feed
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
 
 import apsw
@@ -27,6 +29,7 @@ import zmq
 
 from akita import catalogue, identity
 from akita.ledger import chain
+from akita.ratelog import LogLimiter
 from akita.wire import protocol
 from workers.base import Request, Worker
 from workers.ledger import store
@@ -38,6 +41,10 @@ log = logging.getLogger(__name__)
 MAX_FRAMES_PER_DRAIN = 5_000
 PRUNE_INTERVAL_S = 3600.0
 WAL_SIZE_LIMIT_BYTES = 64 << 20
+# An I/O error with less room than this left where the ledger lives is a full disk too
+# (SQLite reports some ENOSPC writes as SQLITE_IOERR rather than SQLITE_FULL).
+LOW_SPACE_BYTES = 1 << 20
+ERROR_LOG_INTERVAL_S = 10.0
 
 
 class LedgerWorker(Worker):
@@ -64,6 +71,10 @@ class LedgerWorker(Worker):
         self._bus_prefix = protocol.ledger_committed_prefix(node.node_id)
         self.commits = 0
         self.committed_events = 0
+        self.data_dir = path.parent
+        self._commit_errors = LogLimiter(log, ERROR_LOG_INTERVAL_S)
+        self._housekeeping_errors = LogLimiter(log, ERROR_LOG_INTERVAL_S)
+        self.disk_full = False
 
     def teardown(self) -> None:
         log.info("%d events written in %d commits; %d bad frames", self.committed_events,
@@ -85,7 +96,8 @@ class LedgerWorker(Worker):
                 self._next_prune = now + PRUNE_INTERVAL_S
                 self.store.prune_sources(time.time())
         except apsw.Error as exc:
-            log.error("ledger housekeeping failed (will retry): %s", exc)
+            self._housekeeping_errors.log(logging.ERROR, "ledger housekeeping failed (will "
+                                          "retry): %s", self._describe(exc)[1])
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -119,8 +131,9 @@ class LedgerWorker(Worker):
             try:
                 return self._replication(msg)
             except apsw.Error as exc:
-                log.error("%s failed: %s", msg.KIND, exc)
-                return protocol.Error(code="ledger_unavailable", message=str(exc))
+                code, why = self._describe(exc, msg.KIND)
+                self._commit_errors.log(logging.ERROR, "%s", why)
+                return protocol.Error(code=code, message=why)
         return super().handle(request)
 
     # --- replication ------------------------------------------------------------------------
@@ -182,12 +195,21 @@ class LedgerWorker(Worker):
         try:
             rows = self.store.commit(batch, checkpoint_events=self.settings.checkpoint_events)
         except apsw.Error as exc:
-            # Nothing was written or acknowledged: senders resend, and the store is unchanged.
-            log.error("ledger commit of %d frames failed: %s", len(batch), exc)
+            # Nothing was written or acknowledged: senders resend (every 2 s), and the store
+            # is unchanged, so the first resend after space returns commits.
+            code, why = self._describe(exc)
+            self.disk_full = code == "disk_full"
+            self._commit_errors.log(logging.ERROR, "ledger commit of %d frames failed: %s",
+                                    len(batch), why)
             for append in batch:
                 if append.ack:
-                    append.reply_to.fail("ledger_unavailable", f"commit failed: {exc}")
+                    append.reply_to.fail(code, why)
             return
+        if self.disk_full:
+            self.disk_full = False
+            log.warning("ledger writes again after %d failed commits: space is back in %s",
+                        self._commit_errors.total, self.data_dir)
+            self._commit_errors.total = 0
         self.commits += 1
         self.committed_events += len(rows)
         for append in batch:
@@ -198,6 +220,20 @@ class LedgerWorker(Worker):
                 log.debug("gap from %s: got ref %d, holding %d", append.source, append.ref,
                           append.answer_ref)
         self._publish(rows)
+
+    def _describe(self, exc: apsw.Error, what: str = "commit") -> tuple[str, str]:
+        """(error code, text for the sender) of a failed write; a full disk says so."""
+        try:
+            stat = os.statvfs(self.data_dir)
+            free = stat.f_bavail * stat.f_frsize
+        except OSError:
+            free = -1
+        low = 0 <= free < LOW_SPACE_BYTES
+        if isinstance(exc, apsw.FullError) or (isinstance(exc, apsw.IOError) and low):
+            return "disk_full", (f"{os.strerror(errno.ENOSPC).lower()} where the ledger lives "
+                                 f"({self.data_dir}: {max(free, 0)} bytes free); the node "
+                                 "records again by itself once space is freed")
+        return "ledger_unavailable", f"{what} failed: {exc}"
 
     def _publish(self, rows: list[Row]) -> None:
         """Each committed event on the bus, built from the stored bytes (no re-encoding).
