@@ -36,6 +36,7 @@ from supervisor.logs import LogFiles, OutputPipe
 from supervisor.process import WorkerProcess, WorkerState
 from supervisor.signals import SignalFlags
 from supervisor.status import ResourceView, StatusBoard, StatusSnapshot
+from supervisor.systemd import SystemdNotifier
 from supervisor.table import ProcessTable
 from workers.zygote import Zygote
 
@@ -51,8 +52,9 @@ class Supervisor:
     """One node's supervisor process, from its first worker start to its exit."""
 
     def __init__(self, config: config_mod.Config, identity: NodeIdentity,
-                 zygote: Zygote) -> None:
+                 zygote: Zygote, systemd: SystemdNotifier | None = None) -> None:
         self.config = config
+        self.systemd = systemd or SystemdNotifier(None, None)
         self.identity = identity
         self.started_at = time.monotonic()
         self.ctx = zmq.Context()
@@ -109,6 +111,7 @@ class Supervisor:
             log.info("stopping workers: %s", ", ".join(
                 p.name for p in reversed(self.table.ordered())) or "(none)")
             self.table.stop_all()
+            self.systemd.stopping()
         if self.signals.take_reload():
             self.reload()
         now = time.monotonic()
@@ -118,6 +121,10 @@ class Supervisor:
             self._table_due = now + self.table.check()
             self.status_board.publish(self.table.ordered())
         timeout_s = min(self._table_due - now, _IDLE_WAKEUP_S)
+        self._notify_systemd(now)
+        watchdog_due_s = self.systemd.next_due_s(now)
+        if watchdog_due_s is not None:
+            timeout_s = min(timeout_s, watchdog_due_s)
         if self.ledger is not None and self.ledger.pending():
             if now >= self._ledger_due:
                 self.ledger.tick()
@@ -136,6 +143,12 @@ class Supervisor:
             callback = self._readers.get(source)
             if callback is not None:
                 callback()
+
+    def _notify_systemd(self, now: float) -> None:
+        """READY/STATUS/WATCHDOG from this loop only: a hung loop stops the pings."""
+        if self.systemd.enabled:
+            self.systemd.tick(now, {p.name: p.state.value for p in self.table.ordered()},
+                              self.table.shutting_down)
 
     def _watch(self, source: Any, callback: Callable[[], None]) -> None:
         self._readers[source] = callback
@@ -260,6 +273,7 @@ class Supervisor:
     # --- exit ---------------------------------------------------------------------------
 
     def _close(self) -> None:
+        self.systemd.close()
         self.signals.close()
         if self.ledger is not None:
             self.ledger.close()
