@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import os
 import socket
 from collections.abc import Callable
@@ -318,6 +319,28 @@ class SecurityConfig:
                                                   "in allowlist mode", ())
 
 
+def _listen_address(raw: str, base: Path) -> tuple[str, int] | None:
+    """host:port to listen on, or empty for off; the host must be an IP address."""
+    if not raw:
+        return None
+    host, port = _host_port(raw)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address (e.g. 127.0.0.1:9464; "
+                         "empty turns it off)") from None
+    return host, port
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, int] | None = setting(
+        _listen_address, "ip:port of the Prometheus /metrics endpoint and the dashboard at / "
+        "(empty: off)", ("127.0.0.1", 9464))
+    allow_remote: bool = setting(_boolean, "allow listen on an address other than loopback "
+                                 "(the pages are read-only and unauthenticated)", False)
+
+
 SECTIONS: dict[str, type] = {
     "node": NodeConfig,
     "supervisor": SupervisorConfig,
@@ -328,6 +351,7 @@ SECTIONS: dict[str, type] = {
     "sampler": SamplerConfig,
     "reticulum": ReticulumConfig,
     "security": SecurityConfig,
+    "metrics": MetricsConfig,
 }
 
 # Which sections each worker reads: a change in any of them restarts it on SIGHUP.
@@ -352,6 +376,7 @@ class Config:
     sampler: SamplerConfig
     reticulum: ReticulumConfig
     security: SecurityConfig
+    metrics: MetricsConfig
     workers: dict[str, WorkerConfig]
     commands: dict[str, CommandTask]
 
@@ -497,10 +522,21 @@ def _check(config: Config) -> None:
                           "Reticulum config instead", path=path, section="reticulum",
                           key="config_dir")
     sec = config.security
+    _check_metrics(config)
     if sec.admission == "allowlist" and not sec.allowed_identities:
         raise ConfigError("admission = allowlist needs at least one identity in "
                           "allowed_identities", path=path, section="security",
                           key="allowed_identities")
+
+
+def _check_metrics(config: Config) -> None:
+    listen = config.metrics.listen
+    if listen is not None and not ipaddress.ip_address(listen[0]).is_loopback \
+            and not config.metrics.allow_remote:
+        raise ConfigError(f"{listen[0]} is not a loopback address: the metrics and dashboard "
+                          "pages have no authentication; listen on 127.0.0.1 or ::1, or set "
+                          "allow_remote = yes", path=str(config.path), section="metrics",
+                          key="listen")
 
 
 def load(path: str | os.PathLike[str]) -> Config:

@@ -75,6 +75,9 @@ peer_timeout = {args.peer_timeout}
 [reticulum]
 auto_interface = no
 {link}
+
+[metrics]
+listen =
 """)
 
 

@@ -32,6 +32,7 @@ from akita.wire import protocol
 from supervisor import commands
 from supervisor.bus import Bus
 from supervisor.control import ControlServer
+from supervisor.httpd import OperatorPages
 from supervisor.logs import LogFiles, OutputPipe
 from supervisor.process import WorkerProcess, WorkerState
 from supervisor.signals import SignalFlags
@@ -77,6 +78,7 @@ class Supervisor:
         self.control = ControlServer(self.ctx, run_dir, self._verbs(), self._read_only_verbs(),
                                      self._is_up, self._watch)
         self.ledger: LedgerClient | None = None
+        self.pages: OperatorPages | None = None  # /metrics and the dashboard, once running
         if "ledger" in config.supervisor.workers:
             self._open_ledger()
         self.table = ProcessTable(config, zygote, self.logs, self)
@@ -98,6 +100,7 @@ class Supervisor:
         self.record("node.started", {"pid": os.getpid(), "workers": names})
         self.table.start_all()
         self.control.start()
+        self.pages = OperatorPages.start(self.config, lambda: self.status_board.snapshot)
         try:
             while not (self.table.shutting_down and self.table.all_stopped()):
                 self._step()
@@ -273,6 +276,8 @@ class Supervisor:
     # --- exit ---------------------------------------------------------------------------
 
     def _close(self) -> None:
+        if self.pages is not None:
+            self.pages.stop()
         self.systemd.close()
         self.signals.close()
         if self.ledger is not None:

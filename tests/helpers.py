@@ -71,6 +71,8 @@ TEST_DEFAULTS: dict[str, dict[str, Any]] = {
     "supervisor": {"heartbeat_interval": 0.2, "workers": "ledger, sampler"},
     "sampler": {"interval": 0.5},
     "ledger": {"checkpoint_interval": 0.2},
+    # Off unless a test asks: nodes running side by side would all want the default port.
+    "metrics": {"listen": ""},
 }
 
 
