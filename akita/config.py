@@ -332,6 +332,36 @@ def _listen_address(raw: str, base: Path) -> tuple[str, int] | None:
     return host, port
 
 
+OPERATOR_ROLES = ("read", "submit")
+
+
+def _operator_list(raw: str, base: Path) -> tuple[tuple[str, str], ...]:
+    """HASH:ROLE entries; HASH is an identity hash or an LXMF address (32 hex digits)."""
+    found = []
+    for item in _name_list(raw, base):
+        digest, colon, role = item.partition(":")
+        digest, role = digest.strip().lower(), role.strip() if colon else "read"
+        if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"{item!r}: expected HASH:ROLE, HASH being an identity hash or "
+                             "LXMF address (32 hex digits)")
+        if role not in OPERATOR_ROLES:
+            raise ValueError(f"{item!r}: role {role!r} is not one of "
+                             + ", ".join(OPERATOR_ROLES))
+        found.append((digest, role))
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class OperatorsConfig:
+    identities: tuple[tuple[str, str], ...] = setting(
+        _operator_list, "who may command this node over LXMF: HASH:ROLE list, HASH an "
+        "identity hash or LXMF address, ROLE read or submit (empty: LXMF access off)", ())
+    rate_limit: int = setting(_int_range(1, 600), "commands per minute per operator", 10)
+    announce_interval: float = setting(_seconds(60, 7 * 86400), "how often the node's LXMF "
+                                       "address is announced (also once when an interface "
+                                       "comes up)", 1800.0)
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: tuple[str, int] | None = setting(
@@ -352,6 +382,7 @@ SECTIONS: dict[str, type] = {
     "reticulum": ReticulumConfig,
     "security": SecurityConfig,
     "metrics": MetricsConfig,
+    "operators": OperatorsConfig,
 }
 
 # Which sections each worker reads: a change in any of them restarts it on SIGHUP.
@@ -359,7 +390,8 @@ WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
     "ledger": ("node", "ledger"),
     "sampler": ("node", "sampler"),
     "executor": ("node", "tasks", "commands"),
-    "gateway": ("node", "cluster", "channels", "tasks", "commands", "reticulum", "security"),
+    "gateway": ("node", "cluster", "channels", "tasks", "commands", "reticulum", "security",
+                "operators"),
 }
 
 
@@ -377,6 +409,7 @@ class Config:
     reticulum: ReticulumConfig
     security: SecurityConfig
     metrics: MetricsConfig
+    operators: OperatorsConfig
     workers: dict[str, WorkerConfig]
     commands: dict[str, CommandTask]
 

@@ -26,7 +26,7 @@ import zmq
 from akita import config as config_mod
 from akita import transport
 from akita.errors import ConfigError
-from akita.identity import NodeIdentity
+from akita.identity import NodeIdentity, destination_hash
 from akita.ledger.client import LedgerClient
 from akita.wire import protocol
 from supervisor import commands
@@ -74,7 +74,7 @@ class Supervisor:
         self.status_board = StatusBoard(
             StatusSnapshot(identity.node_id, config.node.name, os.getpid(), self.started_at,
                            str(config.path), str(run_dir), workers=()),
-            self.resources, self._bad_frames)
+            self.resources, self._bad_frames, _status_extra(config, identity))
         self.control = ControlServer(self.ctx, run_dir, self._verbs(), self._read_only_verbs(),
                                      self._is_up, self._watch)
         self.ledger: LedgerClient | None = None
@@ -268,6 +268,7 @@ class Supervisor:
         self.logs.configure(new.supervisor.log_max_bytes, new.supervisor.log_backups)
         if self.ledger is None and "ledger" in new.supervisor.workers:
             self._open_ledger()
+        self.status_board.extra = _status_extra(new, self.identity)
         self.status_board.publish(self.table.ordered(), name=new.node.name)
         log.info("config reloaded: %s", changes.describe())
         self.record("config.reloaded", changes.as_event())
@@ -295,3 +296,11 @@ class Supervisor:
                 transport.socket_path(run_dir, name).unlink()
             except FileNotFoundError:
                 pass
+
+
+def _status_extra(config: config_mod.Config, identity: NodeIdentity) -> dict[str, Any]:
+    """Node fields of `node.status` that only the config changes: the LXMF address, when
+    the gateway runs operator access (it is derived from the node identity)."""
+    if "gateway" not in config.supervisor.workers or not config.operators.identities:
+        return {}
+    return {"lxmf_address": destination_hash(identity.node_id, "lxmf.delivery")}

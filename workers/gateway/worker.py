@@ -38,6 +38,7 @@ from workers.gateway.ledger_requests import LedgerRequests
 from workers.gateway.links import Links
 from workers.gateway.local import ExecutorWatch
 from workers.gateway.node import NetNode
+from workers.gateway.operators import OperatorAccess
 from workers.gateway.replicate import ReplicationTiming, Replicator
 from workers.gateway.rnsnode import InterfaceFailed, RnsNode
 
@@ -62,6 +63,7 @@ class GatewayWorker(Worker):
         self.delegator: Delegator | None = None
         self.replicator: Replicator | None = None
         self.messages: InterCluster | None = None
+        self.operators: OperatorAccess | None = None
 
     # --- start ----------------------------------------------------------------------------------
 
@@ -94,6 +96,8 @@ class GatewayWorker(Worker):
             self.delegator = Delegator(self.net, self.ctx, self.run_dir)
             for source, callback in self.delegator.readers():
                 self.add_reader(source, callback)
+        if cfg.operators.identities:
+            self._start_operator_access()
         self._record("gateway.started", {"node": identity.node_id, "generation": generation,
                                          "interfaces": self.rns.interfaces(),
                                          "seat": recovery.seat_event(restored.seat,
@@ -117,6 +121,16 @@ class GatewayWorker(Worker):
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         return rns
+
+    def _start_operator_access(self) -> None:
+        assert self.bridge is not None and self.rns is not None and self.ctx is not None
+        self.operators = OperatorAccess(self.config, self._net(), self.bridge, self._record)
+        self.operators.start(self.rns.identity, self.ctx, self.run_dir)
+        for source, callback in self.operators.readers():
+            self.add_reader(source, callback)
+        # The LXMF router, like Reticulum, put in handlers that end the process at once.
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
 
     def _interface_failed(self, reason: str) -> None:
         """Say which interface failed (log and ledger), then exit for the restart policy."""
@@ -171,6 +185,8 @@ class GatewayWorker(Worker):
             self.executor.tick(now)
         if self.delegator is not None:
             self.delegator.tick(now)
+        if self.operators is not None:
+            self.operators.tick(now)
         if self.ledger is not None:
             self.ledger.tick()
 
@@ -219,6 +235,9 @@ class GatewayWorker(Worker):
             stats["messages"] = self.messages.stats()
         if self.delegator is not None:
             stats["delegation"] = self.delegator.stats()
+        if self.operators is not None:
+            stats["operators"] = self.operators.stats()
+            stats["lxmf_address"] = self.operators.address
         return stats
 
     # --- stop -----------------------------------------------------------------------------------
@@ -228,6 +247,8 @@ class GatewayWorker(Worker):
             self.net.say_goodbye()
         if self.links is not None:
             self.links.close()
+        if self.operators is not None:
+            self.operators.close()
         if self.ledger is not None:
             self._record("gateway.stopped", {})
             if not self.ledger.flush(LEDGER_FLUSH_S):
