@@ -360,6 +360,8 @@ class OperatorsConfig:
     announce_interval: float = setting(_seconds(60, 7 * 86400), "how often the node's LXMF "
                                        "address is announced (also once when an interface "
                                        "comes up)", 1800.0)
+    page: str = setting(_choice("off", "open", "operators"), "the NomadNet status page: off, "
+                        "open (anyone), operators (only [operators] identities)", "off")
 
 
 @dataclass(frozen=True)
@@ -556,6 +558,10 @@ def _check(config: Config) -> None:
                           key="config_dir")
     sec = config.security
     _check_metrics(config)
+    if config.operators.page == "operators" and not config.operators.identities:
+        raise ConfigError("page = operators serves only [operators] identities, and none "
+                          "are listed; list some, or set page = open or off", path=path,
+                          section="operators", key="page")
     if sec.admission == "allowlist" and not sec.allowed_identities:
         raise ConfigError("admission = allowlist needs at least one identity in "
                           "allowed_identities", path=path, section="security",

@@ -1,4 +1,4 @@
-"""The text of operator replies (LXMF and the NomadNet page): short lines, no payloads.
+"""The text of operator replies (LXMF) and of the NomadNet page: short lines, no payloads.
 
 Pure functions over the gateway's views (`net.peers()`, `net.clusters()`, `net.stats()`) and
 the executor's replies, so they are tested without Reticulum. LXMF replies go through
@@ -8,6 +8,7 @@ the executor's replies, so they are tested without Reticulum. LXMF replies go th
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 
@@ -87,3 +88,52 @@ def _compact(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), default=str)[:200]
     except (TypeError, ValueError):
         return str(value)[:200]
+
+
+# --- the NomadNet page (micron markup) -----------------------------------------------------------
+
+PAGE_EVENTS = 8
+
+
+def _plain(text: Any, limit: int = 48) -> str:
+    """Text from peers or the ledger made inert for micron: no backticks or backslashes,
+    no control characters, bounded."""
+    cleaned = "".join(c for c in str(text) if c.isprintable() and c not in "`\\")
+    return cleaned[:limit]
+
+
+def page(name: str, node_id: str, stats: dict[str, Any], peers: list[dict[str, Any]],
+         clusters: list[dict[str, Any]], workers: list[dict[str, Any]] | None,
+         events: list[tuple[float, str, str]]) -> str:
+    """The read-only status page: node, workers, cluster and coordinator, last events."""
+    names = _names(peers, node_id, name)
+    lines = ["#!c=0", f">Akita node {_plain(name)}", "", f"  id {node_id}", ""]
+    lines.append(">>Workers")
+    if workers is None:
+        lines.append("  (the supervisor did not answer)")
+    for w in workers or []:
+        lines.append(f"  {_plain(w.get('name'), 16):<10} {_plain(w.get('state'), 12):<9} "
+                     f"pid {w.get('pid') or '-'}  restarts {w.get('restarts', 0)}")
+    lines += ["", ">>Cluster"]
+    own = next((c for c in clusters if c.get("id") == stats.get("cluster")), None)
+    if own is None:
+        lines.append("  no cluster yet")
+    else:
+        coordinator = str(own.get("coordinator"))
+        lines.append(f"  cluster {_short(own.get('id'))}  term {own.get('term')}  "
+                     f"coordinator {_plain(names.get(coordinator, _short(coordinator)))}")
+        lines.append("  members " + ", ".join(_plain(names.get(m, _short(m)))
+                                              for m in own.get("members") or []))
+    lines.append(f"  {len(peers)} peers, {len(clusters)} clusters seen")
+    lines += ["", ">>Last events"]
+    for ts, kind, summary in events[-PAGE_EVENTS:]:
+        clock = time.strftime("%H:%M:%S", time.gmtime(ts))
+        lines.append(f"  {clock}Z {_plain(kind, 32)} {_plain(summary, 60)}".rstrip())
+    if not events:
+        lines.append("  none")
+    return "\n".join(lines) + "\n"
+
+
+def denied_page() -> str:
+    return ("#!c=0\n>Akita node\n\n  This page is for the node's operators: identify "
+            "yourself on the link with an identity listed in [operators] identities.\n")

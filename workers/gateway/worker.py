@@ -38,6 +38,7 @@ from workers.gateway.ledger_requests import LedgerRequests
 from workers.gateway.links import Links
 from workers.gateway.local import ExecutorWatch
 from workers.gateway.node import NetNode
+from workers.gateway.nomadpage import NomadPage
 from workers.gateway.operators import OperatorAccess
 from workers.gateway.replicate import ReplicationTiming, Replicator
 from workers.gateway.rnsnode import InterfaceFailed, RnsNode
@@ -64,6 +65,7 @@ class GatewayWorker(Worker):
         self.replicator: Replicator | None = None
         self.messages: InterCluster | None = None
         self.operators: OperatorAccess | None = None
+        self.page: NomadPage | None = None
 
     # --- start ----------------------------------------------------------------------------------
 
@@ -96,8 +98,7 @@ class GatewayWorker(Worker):
             self.delegator = Delegator(self.net, self.ctx, self.run_dir)
             for source, callback in self.delegator.readers():
                 self.add_reader(source, callback)
-        if cfg.operators.identities:
-            self._start_operator_access()
+        self._start_operator_access()
         self._record("gateway.started", {"node": identity.node_id, "generation": generation,
                                          "interfaces": self.rns.interfaces(),
                                          "seat": recovery.seat_event(restored.seat,
@@ -123,14 +124,22 @@ class GatewayWorker(Worker):
         return rns
 
     def _start_operator_access(self) -> None:
+        """LXMF access when [operators] lists identities; the NomadNet page when asked."""
         assert self.bridge is not None and self.rns is not None and self.ctx is not None
-        self.operators = OperatorAccess(self.config, self._net(), self.bridge, self._record)
-        self.operators.start(self.rns.identity, self.ctx, self.run_dir)
-        for source, callback in self.operators.readers():
-            self.add_reader(source, callback)
-        # The LXMF router, like Reticulum, put in handlers that end the process at once.
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        settings = self.config.operators
+        if settings.identities:
+            self.operators = OperatorAccess(self.config, self._net(), self.bridge,
+                                            self._record)
+            self.operators.start(self.rns.identity, self.ctx, self.run_dir)
+            # The LXMF router, like Reticulum, put in handlers that end the process at once.
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        if settings.page != "off":
+            self.page = NomadPage(self.config, self._net(), self.bridge)
+            self.page.start(self.rns.identity, self.ctx, self.run_dir)
+        for side in (self.operators, self.page):
+            for source, callback in side.readers() if side is not None else []:
+                self.add_reader(source, callback)
 
     def _interface_failed(self, reason: str) -> None:
         """Say which interface failed (log and ledger), then exit for the restart policy."""
@@ -187,6 +196,8 @@ class GatewayWorker(Worker):
             self.delegator.tick(now)
         if self.operators is not None:
             self.operators.tick(now)
+        if self.page is not None:
+            self.page.tick(now)
         if self.ledger is not None:
             self.ledger.tick()
 
@@ -238,6 +249,8 @@ class GatewayWorker(Worker):
         if self.operators is not None:
             stats["operators"] = self.operators.stats()
             stats["lxmf_address"] = self.operators.address
+        if self.page is not None:
+            stats["page"] = self.page.stats()
         return stats
 
     # --- stop -----------------------------------------------------------------------------------
@@ -247,8 +260,9 @@ class GatewayWorker(Worker):
             self.net.say_goodbye()
         if self.links is not None:
             self.links.close()
-        if self.operators is not None:
-            self.operators.close()
+        for operator_side in (self.operators, self.page):
+            if operator_side is not None:
+                operator_side.close()
         if self.ledger is not None:
             self._record("gateway.stopped", {})
             if not self.ledger.flush(LEDGER_FLUSH_S):
