@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -32,7 +32,6 @@ from akita.wire import protocol
 from supervisor import commands
 from supervisor.bus import Bus
 from supervisor.control import ControlServer
-from supervisor.httpd import OperatorPages
 from supervisor.logs import LogFiles, OutputPipe
 from supervisor.process import WorkerProcess, WorkerState
 from supervisor.signals import SignalFlags
@@ -40,6 +39,9 @@ from supervisor.status import ResourceView, StatusBoard, StatusSnapshot
 from supervisor.systemd import SystemdNotifier
 from supervisor.table import ProcessTable
 from workers.zygote import Zygote
+
+if TYPE_CHECKING:
+    from supervisor.httpd import OperatorPages
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,11 @@ class Supervisor:
         self.record("node.started", {"pid": os.getpid(), "workers": names})
         self.table.start_all()
         self.control.start()
-        self.pages = OperatorPages.start(self.config, lambda: self.status_board.snapshot)
+        if self.config.metrics.listen is not None:
+            # Imported only when asked for: prometheus_client costs ~5 MB in this process.
+            from supervisor.httpd import OperatorPages
+
+            self.pages = OperatorPages.start(self.config, lambda: self.status_board.snapshot)
         try:
             while not (self.table.shutting_down and self.table.all_stopped()):
                 self._step()
