@@ -66,10 +66,10 @@ class Observer:
         self._finished_in_step = 0
         self._cpu_seen: dict[int, tuple[float, float]] = {}  # pid: (monotonic, cpu seconds)
         self._stop = threading.Event()
+        self._loaded = False  # the saved history is read: saving may replace the file
         self._thread = threading.Thread(target=self._run, name="observer", daemon=True)
 
     def start(self) -> None:
-        self._load_history()
         self._thread.start()
 
     def stop(self) -> None:
@@ -81,6 +81,9 @@ class Observer:
     # --- the thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        # Here rather than in start(): refilling reads up to _REFILL_EVENTS ledger events,
+        # which the supervisor's own start must not wait for.
+        self._load_history()
         ctx = zmq.Context()
         sub = transport.make_socket(ctx, zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -247,6 +250,8 @@ class Observer:
     # --- history across restarts --------------------------------------------------------
 
     def _save_history(self) -> None:
+        if not self._loaded:
+            return
         with self.observations.lock:
             points = list(self.observations.history)
         tmp = self.history_path.with_suffix(".tmp")
@@ -271,6 +276,7 @@ class Observer:
         refill_throughput(points, chain.db_path(self.config), cutoff, self.step_s)
         with self.observations.lock:
             self.observations.history = deque(points, maxlen=int(HISTORY_S / self.step_s) + 1)
+        self._loaded = True
 
 
 def refill_throughput(points: list[dict[str, Any]], db: Path, cutoff: float,
