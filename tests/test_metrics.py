@@ -94,10 +94,12 @@ def test_metrics_cover_workers_tasks_and_ledger(make_node: Callable[..., Node]) 
               'akita_process_cpu_seconds_total{worker="executor"}',
               'akita_process_open_fds{worker="supervisor"}',
               'akita_worker_up{worker="sampler"}']
-    got = sample_when(port, lambda s: all(k in s for k in wanted)
-                      and s[wanted[0]] == 5, "task and process metrics")
+    # Worker figures are refreshed once per observer step, events as they commit: wait for
+    # a step that saw every worker running.
+    got = sample_when(port, lambda s: all(k in s for k in wanted) and s[wanted[0]] == 5
+                      and s.get('akita_worker_state{state="running",worker="executor"}') == 1,
+                      "task and process metrics")
     assert got['akita_tasks_submitted_total{type="sample.add"}'] == 5
-    assert got['akita_worker_state{state="running",worker="executor"}'] == 1
     assert got['akita_task_run_seconds_count'] == 6
     assert got['akita_ledger_commit_latency_seconds_count'] >= 12
     assert got['akita_ledger_events_total{kind="task.succeeded"}'] == 5
