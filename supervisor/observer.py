@@ -67,6 +67,7 @@ class Observer:
         self._cpu_seen: dict[int, tuple[float, float]] = {}  # pid: (monotonic, cpu seconds)
         self._stop = threading.Event()
         self._loaded = False  # the saved history is read: saving may replace the file
+        self._requesters: dict[str, transport.Requester] = {}  # observer thread only
         self._thread = threading.Thread(target=self._run, name="observer", daemon=True)
 
     def start(self) -> None:
@@ -94,6 +95,9 @@ class Observer:
             log.exception("the operator observer failed; /metrics and the dashboard are stale")
         finally:
             sub.close(linger=0)
+            for req in self._requesters.values():
+                req.close()
+            self._requesters.clear()
             ctx.term()
 
     def _loop(self, ctx: zmq.Context, sub: zmq.Socket) -> None:
@@ -228,13 +232,18 @@ class Observer:
         return found
 
     def _ask(self, ctx: zmq.Context, worker: str, request: protocol.Message) -> Any:
+        """One request on a connection kept between steps (ZeroMQ reconnects it when the
+        worker restarts); a connection that failed is dropped, with any late reply."""
         if not transport.socket_path(self.run_dir, worker).exists():
             return None
+        req = self._requesters.get(worker)
+        if req is None:
+            req = self._requesters[worker] = transport.Requester(self.run_dir, worker, ctx=ctx)
         try:
-            with transport.Requester(self.run_dir, worker, ctx=ctx) as req:
-                return req.request(request, REQUEST_TIMEOUT_S)
+            return req.request(request, REQUEST_TIMEOUT_S)
         except (AkitaError, zmq.ZMQError) as exc:
             log.debug("no %s from %s: %s", request.KIND, worker, exc)
+            self._requesters.pop(worker).close()
             return None
 
     def _ledger_figures(self) -> dict[str, Any]:
