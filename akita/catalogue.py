@@ -78,7 +78,7 @@ WORKERS: tuple[WorkerEntry, ...] = (
     # process may import. It is forked from a zygote of its own (supervisor/forks.py).
     WorkerEntry(GATEWAY, "workers.gateway.worker:GatewayWorker",
                 sections=("node", "cluster", "channels", "tasks", "commands", "reticulum",
-                          "security"),
+                          "security", "operators"),
                 nouns=("peer", "cluster", "state", "service", "message")),
 )
 

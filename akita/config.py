@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import os
 import socket
 from collections.abc import Callable
@@ -414,6 +415,60 @@ class SecurityConfig:
                                                   "in allowlist mode", ())
 
 
+def _listen_address(raw: str, base: Path) -> tuple[str, int] | None:
+    """host:port to listen on, or empty for off; the host must be an IP address."""
+    if not raw:
+        return None
+    host, port = _host_port(raw)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address (e.g. 127.0.0.1:9464; "
+                         "empty turns it off)") from None
+    return host, port
+
+
+OPERATOR_ROLES = ("read", "submit")
+
+
+def _operator_list(raw: str, base: Path) -> tuple[tuple[str, str], ...]:
+    """HASH:ROLE entries; HASH is an identity hash or an LXMF address (32 hex digits)."""
+    found = []
+    for item in _name_list(raw, base):
+        digest, colon, role = item.partition(":")
+        digest, role = digest.strip().lower(), role.strip() if colon else "read"
+        if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"{item!r}: expected HASH:ROLE, HASH being an identity hash or "
+                             "LXMF address (32 hex digits)")
+        if role not in OPERATOR_ROLES:
+            raise ValueError(f"{item!r}: role {role!r} is not one of "
+                             + ", ".join(OPERATOR_ROLES))
+        found.append((digest, role))
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class OperatorsConfig:
+    identities: tuple[tuple[str, str], ...] = setting(
+        _operator_list, "who may command this node over LXMF: HASH:ROLE list, HASH an "
+        "identity hash or LXMF address, ROLE read or submit (empty: LXMF access off)", ())
+    rate_limit: int = setting(_int_range(1, 600), "commands per minute per operator", 10)
+    announce_interval: float = setting(_seconds(60, 7 * 86400), "how often the node's LXMF "
+                                       "address is announced (also once when an interface "
+                                       "comes up)", 1800.0)
+    page: str = setting(_choice("off", "open", "operators"), "the NomadNet status page: off, "
+                        "open (anyone), operators (only [operators] identities)", "off")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, int] | None = setting(
+        _listen_address, "ip:port of the Prometheus /metrics endpoint and the dashboard at / "
+        "(empty: off)", ("127.0.0.1", 9464))
+    allow_remote: bool = setting(_boolean, "allow listen on an address other than loopback "
+                                 "(the pages are read-only and unauthenticated)", False)
+
+
 SECTIONS: dict[str, type] = {
     "node": NodeConfig,
     "supervisor": SupervisorConfig,
@@ -424,6 +479,8 @@ SECTIONS: dict[str, type] = {
     "sampler": SamplerConfig,
     "reticulum": ReticulumConfig,
     "security": SecurityConfig,
+    "metrics": MetricsConfig,
+    "operators": OperatorsConfig,
 }
 
 # Which sections each worker reads: a change in any of them restarts it on SIGHUP.
@@ -444,6 +501,8 @@ class Config:
     sampler: SamplerConfig
     reticulum: ReticulumConfig
     security: SecurityConfig
+    metrics: MetricsConfig
+    operators: OperatorsConfig
     workers: dict[str, WorkerConfig]
     commands: dict[str, CommandTask]
 
@@ -583,6 +642,11 @@ def _check(config: Config) -> None:
                           path=path, section="node", key="run_dir")
     _check_reticulum(config.reticulum, path)
     sec = config.security
+    _check_metrics(config)
+    if config.operators.page == "operators" and not config.operators.identities:
+        raise ConfigError("page = operators serves only [operators] identities, and none "
+                          "are listed; list some, or set page = open or off", path=path,
+                          section="operators", key="page")
     if sec.admission == "allowlist" and not sec.allowed_identities:
         raise ConfigError("admission = allowlist needs at least one identity in "
                           "allowed_identities", path=path, section="security",
@@ -606,6 +670,16 @@ def _check_reticulum(ret: ReticulumConfig, path: str) -> None:
     if ret.pipe_bitrate is not None and ret.pipe is None:
         raise ConfigError("pipe_bitrate is set but pipe is empty: give the pipe command",
                           path=path, section="reticulum", key="pipe")
+
+
+def _check_metrics(config: Config) -> None:
+    listen = config.metrics.listen
+    if listen is not None and not ipaddress.ip_address(listen[0]).is_loopback \
+            and not config.metrics.allow_remote:
+        raise ConfigError(f"{listen[0]} is not a loopback address: the metrics and dashboard "
+                          "pages have no authentication; listen on 127.0.0.1 or ::1, or set "
+                          "allow_remote = yes", path=str(config.path), section="metrics",
+                          key="listen")
 
 
 def load(path: str | os.PathLike[str]) -> Config:

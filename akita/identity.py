@@ -94,3 +94,11 @@ def load(data_dir: Path) -> NodeIdentity:
         return NodeIdentity.from_private_bytes(path.read_bytes())
     except FileNotFoundError:
         raise AkitaError(f"no node identity at {path}: start the node once first") from None
+
+
+def destination_hash(node_id: str, full_name: str) -> str:
+    """The hex hash of this identity's Reticulum destination `full_name` (e.g.
+    "lxmf.delivery"), as `RNS.Destination.hash_from_name_and_identity` works it out:
+    SHA-256 over the name's 10-byte hash and the identity hash, cut to 16 bytes."""
+    name_hash = hashlib.sha256(full_name.encode()).digest()[:10]
+    return hashlib.sha256(name_hash + bytes.fromhex(node_id)).digest()[:16].hex()

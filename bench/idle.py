@@ -4,7 +4,9 @@
 
 Starts a node with the default timers (heartbeat every 1 s, a sample every 5 s, an announce
 every 10 s) and every worker: ledger, sampler, executor (pool_size = 2) and, unless
---no-gateway, the gateway with one loopback TCP listener and no peers. Lets it settle, then
+--no-gateway, the gateway with one loopback TCP listener and no peers. With --operators,
+also /metrics and the dashboard (a free loopback port), LXMF operator access (one listed
+identity) and the NomadNet page; without it, [metrics] is off. Lets it settle, then
 measures CPU over the window and USS at its end. Baseline, in the same run: an idle Python
 interpreter that imported zmq, msgpack, psutil and apsw (USS), i.e. what any one process of
 ours costs at the least. Targets: total USS ≤ 100 MB, total CPU ≤ 1 % of one core.
@@ -82,14 +84,23 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--no-gateway", action="store_true", help="leave the gateway out")
+    parser.add_argument("--operators", action="store_true",
+                        help="with /metrics, LXMF operator access and the NomadNet page on")
     args = parser.parse_args()
     workers = ["ledger", "sampler", "executor"] + ([] if args.no_gateway else ["gateway"])
     with socket.socket() as probe:  # a free loopback port for the gateway's listener
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    node = BenchNode({"supervisor": {"workers": ", ".join(workers)},
-                      "tasks": {"pool_size": 2},
-                      "reticulum": {"auto_interface": "no", "tcp_listen": f"127.0.0.1:{port}"}})
+    sections = {"supervisor": {"workers": ", ".join(workers)},
+                "tasks": {"pool_size": 2},
+                "reticulum": {"auto_interface": "no", "tcp_listen": f"127.0.0.1:{port}"},
+                "metrics": {"listen": ""}}
+    if args.operators:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            sections["metrics"] = {"listen": f"127.0.0.1:{probe.getsockname()[1]}"}
+        sections["operators"] = {"identities": "0" * 32 + ":read", "page": "open"}
+    node = BenchNode(sections)
     try:
         node.start(workers)
         assert node.proc is not None

@@ -87,6 +87,9 @@ peer_timeout = {args.peer_timeout}
 auto_interface = no
 shared_instance = own   # its own loopback network, even beside the host's rnsd
 {link}
+
+[metrics]
+listen =
 """)
 
 

@@ -81,6 +81,7 @@ def run(config: config_mod.Config) -> int:
     from akita import identity
     from supervisor.mainloop import Supervisor
     from supervisor.pidlock import PidLock
+    from supervisor.systemd import SystemdNotifier
     from supervisor.table import zygote_preload
     from workers.zygote import Zygote
 
@@ -92,9 +93,11 @@ def run(config: config_mod.Config) -> int:
                           config.supervisor.log_backups)
         node_identity = identity.load_or_create(config.node.data_dir)
         log.info("supervisor pid %d, config %s", os.getpid(), config.path)
+        # Before the zygote forks: it takes systemd's variables out of the environment.
+        systemd = SystemdNotifier.from_environment()
         # The zygote first: it is forked before this process opens any socket.
         zygote = Zygote.start(zygote_preload())
-        return Supervisor(config, node_identity, zygote).run()
+        return Supervisor(config, node_identity, zygote, systemd).run()
     finally:
         lock.release()
 

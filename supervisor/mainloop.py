@@ -19,14 +19,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from akita import catalogue, rundir
 from akita import config as config_mod
 from akita.errors import ConfigError
-from akita.identity import NodeIdentity
+from akita.identity import NodeIdentity, destination_hash
 from akita.ledger.client import LedgerClient
 from akita.wire import events, protocol
 from supervisor import commands
@@ -36,8 +36,12 @@ from supervisor.logs import LogFiles, OutputPipe
 from supervisor.process import WorkerProcess, WorkerState
 from supervisor.signals import SignalFlags
 from supervisor.status import ResourceView, StatusBoard, StatusSnapshot
+from supervisor.systemd import SystemdNotifier
 from supervisor.table import ProcessTable
 from workers.zygote import Zygote
+
+if TYPE_CHECKING:
+    from supervisor.httpd import OperatorPages
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,9 @@ class Supervisor:
     """One node's supervisor process, from its first worker start to its exit."""
 
     def __init__(self, config: config_mod.Config, identity: NodeIdentity,
-                 zygote: Zygote) -> None:
+                 zygote: Zygote, systemd: SystemdNotifier | None = None) -> None:
         self.config = config
+        self.systemd = systemd or SystemdNotifier(None, None)
         self.identity = identity
         self.started_at = time.monotonic()
         self.ctx = zmq.Context()
@@ -71,10 +76,11 @@ class Supervisor:
         self.status_board = StatusBoard(
             StatusSnapshot(identity.node_id, config.node.name, os.getpid(), self.started_at,
                            str(config.path), str(run_dir), workers=()),
-            self.resources, self._bad_frames)
+            self.resources, self._bad_frames, _status_extra(config, identity))
         self.control = ControlServer(self.ctx, run_dir, self._verbs(), self._read_only_verbs(),
                                      self._is_up, self._watch)
         self.ledger: LedgerClient | None = None
+        self.pages: OperatorPages | None = None  # /metrics and the dashboard, once running
         if catalogue.LEDGER in config.supervisor.workers:
             self._open_ledger()
         self.table = ProcessTable(config, zygote, self.logs, self)
@@ -96,6 +102,11 @@ class Supervisor:
         self.record(events.NodeStarted(pid=os.getpid(), workers=names))
         self.table.start_all()
         self.control.start()
+        if self.config.metrics.listen is not None:
+            # Imported only when asked for: prometheus_client costs ~5 MB in this process.
+            from supervisor.httpd import OperatorPages
+
+            self.pages = OperatorPages.start(self.config, lambda: self.status_board.snapshot)
         try:
             while not (self.table.shutting_down and self.table.all_stopped()):
                 self._step()
@@ -109,6 +120,7 @@ class Supervisor:
             log.info("stopping workers: %s", ", ".join(
                 p.name for p in reversed(self.table.ordered())) or "(none)")
             self.table.stop_all()
+            self.systemd.stopping()
         if self.signals.take_reload():
             self.reload()
         now = time.monotonic()
@@ -118,6 +130,10 @@ class Supervisor:
             self._table_due = now + self.table.check()
             self.status_board.publish(self.table.ordered())
         timeout_s = min(self._table_due - now, _IDLE_WAKEUP_S)
+        self._notify_systemd(now)
+        watchdog_due_s = self.systemd.next_due_s(now)
+        if watchdog_due_s is not None:
+            timeout_s = min(timeout_s, watchdog_due_s)
         if self.ledger is not None and self.ledger.pending():
             if now >= self._ledger_due:
                 self.ledger.tick()
@@ -136,6 +152,12 @@ class Supervisor:
             callback = self._readers.get(source)
             if callback is not None:
                 callback()
+
+    def _notify_systemd(self, now: float) -> None:
+        """READY/STATUS/WATCHDOG from this loop only: a hung loop stops the pings."""
+        if self.systemd.enabled:
+            self.systemd.tick(now, {p.name: p.state.value for p in self.table.ordered()},
+                              self.table.shutting_down)
 
     def _watch(self, source: Any, callback: Callable[[], None]) -> None:
         self._readers[source] = callback
@@ -252,6 +274,7 @@ class Supervisor:
         self.logs.configure(new.supervisor.log_max_bytes, new.supervisor.log_backups)
         if self.ledger is None and catalogue.LEDGER in new.supervisor.workers:
             self._open_ledger()
+        self.status_board.extra = _status_extra(new, self.identity)
         self.status_board.publish(self.table.ordered(), name=new.node.name)
         log.info("config reloaded: %s", changes.describe())
         self.record(changes.as_event())
@@ -260,6 +283,9 @@ class Supervisor:
     # --- exit ---------------------------------------------------------------------------
 
     def _close(self) -> None:
+        if self.pages is not None:
+            self.pages.stop()
+        self.systemd.close()
         self.signals.close()
         if self.ledger is not None:
             self.ledger.close()
@@ -274,3 +300,11 @@ class Supervisor:
                 rundir.socket_path(run_dir, name).unlink()
             except FileNotFoundError:
                 pass
+
+
+def _status_extra(config: config_mod.Config, identity: NodeIdentity) -> dict[str, Any]:
+    """Node fields of `node.status` that only the config changes: the LXMF address, when
+    the gateway runs operator access (it is derived from the node identity)."""
+    if catalogue.GATEWAY not in config.supervisor.workers or not config.operators.identities:
+        return {}
+    return {"lxmf_address": destination_hash(identity.node_id, "lxmf.delivery")}

@@ -127,8 +127,9 @@ class StatusBoard:
     """
 
     def __init__(self, snapshot: StatusSnapshot, resources: ResourceView,
-                 bad_frames: Callable[[], int]) -> None:
+                 bad_frames: Callable[[], int], extra: dict[str, Any] | None = None) -> None:
         self.snapshot = snapshot
+        self.extra = extra or {}  # fixed node fields, e.g. lxmf_address
         self.resources = resources
         self.bad_frames = bad_frames
         # Control thread only: the reply built from `_built_from`. Between two publishes
@@ -168,7 +169,8 @@ class StatusBoard:
     def _rebuild(self, snap: StatusSnapshot) -> None:
         self._reply = protocol.NodeStatusReply(
             node={"id": snap.node_id, "name": snap.name, "pid": snap.pid, "uptime_s": None,
-                  "config": snap.config, "run_dir": snap.run_dir, "bad_frames": None},
+                  "config": snap.config, "run_dir": snap.run_dir, "bad_frames": None,
+                  **self.extra},
             workers=[view.entry() for view in snap.workers])
         self._built_from = snap
 

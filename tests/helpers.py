@@ -66,6 +66,8 @@ TEST_DEFAULTS: dict[str, dict[str, Any]] = {
     "ledger": {"checkpoint_interval": 0.2},
     # Never attach to a shared Reticulum instance someone runs on the test host.
     "reticulum": {"shared_instance": "own"},
+    # Off unless a test asks: nodes running side by side would all want the default port.
+    "metrics": {"listen": ""},
 }
 
 

@@ -78,6 +78,8 @@ SAMPLES: list[tuple[events.Event, dict[str, Any]]] = [
      {"node": "n", "generation": 1, "interfaces": [{"name": "tcp", "online": True}],
       "seat": {"seat": None, "term": 0}}),
     (events.GatewayStopped(), {}),
+    (events.OperatorCommand(from_="ab" * 16, via="lxmf", command="status", message="cd" * 32),
+     {"from": "ab" * 16, "via": "lxmf", "command": "status", "message": "cd" * 32}),
     (events.GatewayInterfaceFailed(error="port taken"), {"error": "port taken"}),
     (events.GatewayInterfaceFailed(error="held by rnsd", restarts_help=False),
      {"error": "held by rnsd", "restarts_help": False}),

@@ -225,6 +225,7 @@ class TaskQueue:
         self._heap: list[tuple[int, int, int, TaskRecord]] = []
         self._tokens = itertools.count(1)
         self.count = 0
+        self.by_priority: dict[int, int] = {}  # queued records per priority, for metrics
 
     def __len__(self) -> int:
         return self.count
@@ -235,12 +236,21 @@ class TaskQueue:
         record.token = next(self._tokens)
         heapq.heappush(self._heap, (-record.priority, record.order, record.token, record))
         self.count += 1
+        self.by_priority[record.priority] = self.by_priority.get(record.priority, 0) + 1
 
     def discard(self, record: TaskRecord) -> None:
         """Forget a queued record (it was cancelled, or leaves some other way)."""
         if record.token:
             record.token = 0
             self.count -= 1
+            self._left(record.priority)
+
+    def _left(self, priority: int) -> None:
+        left = self.by_priority.get(priority, 0) - 1
+        if left > 0:
+            self.by_priority[priority] = left
+        else:
+            self.by_priority.pop(priority, None)
 
     def peek(self) -> TaskRecord | None:
         heap = self._heap
@@ -257,6 +267,7 @@ class TaskQueue:
             heapq.heappop(self._heap)
             record.token = 0
             self.count -= 1
+            self._left(record.priority)
         return record
 
     def ordered(self) -> Iterator[TaskRecord]:

@@ -437,6 +437,21 @@ class GatewaySharedInstance(Event):
     error: str | None = None
 
 
+# --- operator: commands from operators across the mesh --------------------------------------
+
+
+@event("operator.command")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperatorCommand(Event):
+    """An accepted operator command: who sent it (identity hash), through what (`via`:
+    lxmf), the command as understood, and the message hash it arrived in."""
+
+    from_: str
+    via: str
+    command: str
+    message: str
+
+
 # --- intercluster: messages between clusters ------------------------------------------------
 
 

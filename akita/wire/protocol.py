@@ -629,6 +629,8 @@ class TaskStatsReply(Message):
     pool: list[dict[str, Any]]
     totals: dict[str, int]
     load: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Queued tasks (both queues) per priority, the priority as a decimal string.
+    by_priority: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 # Delegation: the gateway carries tasks between the executors of two nodes. On the origin it

@@ -154,4 +154,13 @@ def on_stats(ex: QueryOwner, request: Request) -> protocol.Message:
                                            "processes_lost": ex.pool.lost,
                                            "queued": ex.book.queued(),
                                            **ex.delegation.totals()},
-                                   load=ex.delegation.load(counts, ex.table))
+                                   load=ex.delegation.load(counts, ex.table),
+                                   by_priority=_by_priority(ex))
+
+
+def _by_priority(ex: QueryOwner) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for queue in (ex.book.queue, ex.book.for_peers):
+        for priority, count in queue.by_priority.items():
+            merged[str(priority)] = merged.get(str(priority), 0) + count
+    return merged

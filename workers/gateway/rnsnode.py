@@ -174,8 +174,12 @@ class RnsNode:
         self.reticulum.rpc_key = key
 
     def interfaces(self) -> list[dict[str, Any]]:
-        """Name and online flag of each configured interface, for stats."""
-        return [{"name": str(iface), "online": bool(getattr(iface, "online", False))}
+        """Name, online flag, bitrate and byte counters of each interface, for stats (the
+        counters are Reticulum's own: every byte the interface sent or received)."""
+        return [{"name": str(iface), "online": bool(getattr(iface, "online", False)),
+                 "bitrate": int(getattr(iface, "bitrate", 0) or 0),
+                 "rx_bytes": int(getattr(iface, "rxb", 0) or 0),
+                 "tx_bytes": int(getattr(iface, "txb", 0) or 0)}
                 for iface in list(RNS.Transport.interfaces)]
 
     def remember_peer(self, node_id: str, identity: Any) -> None:

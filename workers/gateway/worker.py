@@ -45,6 +45,8 @@ from workers.gateway.ledger_requests import LedgerRequests
 from workers.gateway.links import Links
 from workers.gateway.local import ExecutorWatch
 from workers.gateway.node import NetNode
+from workers.gateway.nomadpage import NomadPage
+from workers.gateway.operators import OperatorAccess
 from workers.gateway.replicate import ReplicationTiming, Replicator
 from workers.gateway.rnsnode import InterfaceFailed, RnsNode, SharedInstanceGone
 
@@ -77,6 +79,8 @@ class GatewayWorker(Worker):
         self._wait_until: float | None = None  # auto, attached last time: own after this
         self._shared_online = True
         self._shared_lost = False
+        self.operators: OperatorAccess | None = None
+        self.page: NomadPage | None = None
 
     # --- start ----------------------------------------------------------------------------------
 
@@ -129,6 +133,7 @@ class GatewayWorker(Worker):
             self.delegator = Delegator(self.net, self.ctx, self.run_dir)
             for source, callback in self.delegator.readers():
                 self.add_reader(source, callback)
+        self._start_operator_access()
         self._record(*events.GatewayStarted(
             node=identity.node_id, generation=generation, interfaces=self.rns.interfaces(),
             reticulum_mode=self.decision.mode.value,
@@ -179,6 +184,24 @@ class GatewayWorker(Worker):
             self.instance = fresh
             self.rns.set_rpc_key(fresh.rpc_key)
             return self.rns.interface_stats()
+
+    def _start_operator_access(self) -> None:
+        """LXMF access when [operators] lists identities; the NomadNet page when asked."""
+        assert self.bridge is not None and self.rns is not None and self.ctx is not None
+        settings = self.config.operators
+        if settings.identities:
+            self.operators = OperatorAccess(self.config, self._net(), self.bridge,
+                                            self._record)
+            self.operators.start(self.rns.identity, self.ctx, self.run_dir)
+            # The LXMF router, like Reticulum, put in handlers that end the process at once.
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        if settings.page != "off":
+            self.page = NomadPage(self.config, self._net(), self.bridge)
+            self.page.start(self.rns.identity, self.ctx, self.run_dir)
+        for side in (self.operators, self.page):
+            for source, callback in side.readers() if side is not None else []:
+                self.add_reader(source, callback)
 
     def _interface_failed(self, reason: str) -> None:
         """Say which interface failed and what solves it (log, ledger, `status`), then exit:
@@ -253,6 +276,10 @@ class GatewayWorker(Worker):
             self.executor.tick(now)
         if self.delegator is not None:
             self.delegator.tick(now)
+        if self.operators is not None:
+            self.operators.tick(now)
+        if self.page is not None:
+            self.page.tick(now)
         if self.ledger is not None:
             self.ledger.tick()
 
@@ -342,6 +369,11 @@ class GatewayWorker(Worker):
             stats["messages"] = self.messages.stats()
         if self.delegator is not None:
             stats["delegation"] = self.delegator.stats()
+        if self.operators is not None:
+            stats["operators"] = self.operators.stats()
+            stats["lxmf_address"] = self.operators.address
+        if self.page is not None:
+            stats["page"] = self.page.stats()
         return stats
 
     def _reticulum_info(self) -> dict[str, Any]:
@@ -372,6 +404,9 @@ class GatewayWorker(Worker):
             self.net.say_goodbye()
         if self.links is not None:
             self.links.close()
+        for operator_side in (self.operators, self.page):
+            if operator_side is not None:
+                operator_side.close()
         if self.ledger is not None:
             self._record(*events.GatewayStopped().entry())
             if not self.ledger.flush(LEDGER_FLUSH_S):
