@@ -190,7 +190,10 @@ class Node:
                                  + self.output()[-3000:]) from None
 
     def kill_everything(self) -> None:
-        """SIGKILL the whole node at once, as a power cut would: nothing gets to say goodbye.
+        """SIGKILL the whole node at once: nothing gets to say goodbye.
+
+        This is a crash of every process, not a power cut: whatever they wrote is already in
+        the kernel and survives. tests/powercut.py makes the power go for real.
 
         The supervisor is frozen first so it cannot restart what dies, and its descendants
         are killed before it, since its death would send the workers a graceful SIGTERM
