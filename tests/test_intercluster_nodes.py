@@ -33,7 +33,7 @@ from akita.errors import RequestFailed
 from akita.ledger import chain
 from akita.subscription import MessageUndeliverable, Subscription
 from akita.wire import protocol
-from tests.helpers import REPO, Node, NotYet, free_port, net_sections, wait_for
+from tests.helpers import REPO, Node, NotYet, free_port, net_sections, stop_all, wait_for
 
 NODES = 6
 MAX_MESSAGE_BYTES = 32768     # above the TCP link MDU (~16 KB): big payloads go as Resources
@@ -123,15 +123,11 @@ def net() -> Iterator[Net]:
         subscriber, bystander = [i for i in in_b if i != c_index]
         yield Net(nodes, ids, target, c_index, subscriber, bystander, in_a[0], in_a[1])
     finally:
-        for node in nodes:
-            try:
-                node.stop()
-            except AssertionError:
-                pass
-            finally:
-                node.kill_everything()
-        if not os.environ.get("AKITA_KEEP_TEST_DIRS"):   # set it to read the nodes' logs
-            shutil.rmtree(root, ignore_errors=True)
+        try:
+            stop_all(nodes)
+        finally:
+            if not os.environ.get("AKITA_KEEP_TEST_DIRS"):   # set it to read the nodes' logs
+                shutil.rmtree(root, ignore_errors=True)
 
 
 # --- helpers ----------------------------------------------------------------------------------
