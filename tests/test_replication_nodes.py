@@ -126,7 +126,6 @@ def test_every_member_holds_every_feed_and_a_returning_node_catches_up(
     marks = {author: own_head(node, author) for node, author in zip(nodes[:2], ids)}
     assert marks[ids[0]] > BULK_EVENTS
     wait_for(holds_all(nodes[:2], marks), REPLICATE_S, "the two running nodes replicating")
-    assert ids[0] not in held(away) or held(away)[ids[0]] < marks[ids[0]]
 
     away.start()
     wait_for(holds_all([away], marks), REPLICATE_S, "the returning node catching up")
