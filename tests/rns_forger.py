@@ -30,9 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from akita.config import ReticulumConfig
 from akita.identity import NodeIdentity
 from akita.ledger import bundles, chain
-from akita.mesh import replication as replicate_plan
-from akita.mesh.cluster import PeerView
-from akita.wire import mesh
+from tests import golden
 from workers.gateway import rnsconfig
 
 EVENTS = 5
@@ -49,16 +47,13 @@ def forged_feed(author: NodeIdentity, forge: str) -> tuple[bytes, bundles.Head]:
         events[2] = (events[2][0], events[2][1], chain.pack_data({"i": "altered"}))
     elif forge != "signature":
         raise SystemExit(f"unknown forgery {forge!r}")
-    bundle = bundles.Bundle(author.node_id, author.public_key, 0, chain.GENESIS_HASH,
-                                events, [bundles.Checkpoint(EVENTS, 2000.0, head, signature)])
-    return bundles.encode_bundle(bundle), bundles.Head(EVENTS, head)
+    bundle = golden.bundle(author.node_id, author.public_key, 0, chain.GENESIS_HASH, events,
+                           [(EVENTS, 2000.0, head, signature)])
+    return bundle, bundles.Head(EVENTS, head)
 
 
 def app_data(node_id: str, seq: int) -> bytes:
-    return mesh.encode_announce(mesh.Announce(
-        name="forger", generation=1, seq=seq, report=PeerView(node_id, 1), load=mesh.Load(),
-        state_version=0, digest=bytes(8), interval_s=ANNOUNCE_EVERY_S,
-        id_tag=bytes.fromhex(node_id)))
+    return golden.announce_app_data(node_id, "forger", 1, seq, interval_s=ANNOUNCE_EVERY_S)
 
 
 def main() -> int:
@@ -108,12 +103,12 @@ def serve(RNS: Any, destination: Any, channel: str, bundle: bytes, head: bundles
     def heads(path: str, data: Any, request_id: bytes, link_id: bytes, remote: Any,
               requested_at: float) -> list[Any]:
         served(path, remote)
-        return [0, bundles.encode_heads({feed: head})]
+        return [0, golden.heads([(feed, head.seq, head.hash)])]
 
     def ranges(path: str, data: Any, request_id: bytes, link_id: bytes, remote: Any,
                requested_at: float) -> list[Any]:
         served(path, remote)
-        return [0, replicate_plan.encode_range_response(bundle, head.seq)]
+        return [0, golden.range_response(bundle, head.seq)]
 
     for verb, generator in (("heads", heads), ("range", ranges)):
         destination.register_request_handler(f"{channel}/{verb}", response_generator=generator,
