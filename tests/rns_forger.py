@@ -10,7 +10,10 @@ serves its own feed, forged:
 
 - signature: five well-chained events whose checkpoint is signed by another key;
 - chain: five events and a checkpoint its own key signed, but one event altered after
-  signing, so the events no longer hash to the signed head.
+  signing, so the events no longer hash to the signed head;
+- fork: an honest feed of five events first; once a node has pulled it, a second history
+  of eight events, as well chained and signed, whose third event differs (its author
+  signed two different entries at seq 3: a fork, arriving over the network).
 
 It prints ``READY <node_id>`` once its interface is up, ``SERVED <path> <peer>`` for each
 request it answers, and idles until killed.
@@ -52,6 +55,41 @@ def forged_feed(author: NodeIdentity, forge: str) -> tuple[bytes, bundles.Head]:
     return bundle, bundles.Head(EVENTS, head)
 
 
+def signed_history(author: NodeIdentity, count: int, variant: str
+                   ) -> tuple[bytes, bundles.Head]:
+    """`count` well-chained events from the start of the feed, checkpoint signed by its
+    author; `variant` changes the third event, so two variants fork at seq 3."""
+    events = [(1000.0 + i, "forked.event", chain.pack_data({"i": i, "v": variant if i == 2
+                                                             else ""}))
+              for i in range(count)]
+    _rows, _seq, head = chain.Chain(author.node_id, 0).extend(events, 0, chain.GENESIS_HASH)
+    signature = author.sign(chain.checkpoint_message(author.node_id, count, head))
+    return (golden.bundle(author.node_id, author.public_key, 0, chain.GENESIS_HASH, events,
+                          [(count, 2000.0, head, signature)]), bundles.Head(count, head))
+
+
+class Histories:
+    """What the forger serves: one (bundle, head), or for `fork` the first to each peer
+    until that peer has been served it, then the second."""
+
+    def __init__(self, first: tuple[bytes, bundles.Head],
+                 second: tuple[bytes, bundles.Head] | None = None) -> None:
+        self.first, self.second = first, second
+        self.served_first: set[str] = set()
+        self.lock = threading.Lock()
+
+    def current(self, peer: str) -> tuple[bytes, bundles.Head]:
+        with self.lock:
+            if self.second is not None and peer in self.served_first:
+                return self.second
+            return self.first
+
+    def served(self, peer: str, bundle: bytes) -> None:
+        with self.lock:
+            if bundle == self.first[0]:
+                self.served_first.add(peer)
+
+
 def app_data(node_id: str, seq: int) -> bytes:
     return golden.announce_app_data(node_id, "forger", 1, seq, interval_s=ANNOUNCE_EVERY_S)
 
@@ -60,7 +98,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument("--connect", required=True)
-    parser.add_argument("--forge", required=True, choices=("signature", "chain"))
+    parser.add_argument("--forge", required=True, choices=("signature", "chain", "fork"))
     parser.add_argument("--channel", default="akita.state")
     parser.add_argument("--ledger-channel", default="akita.ledger")
     args = parser.parse_args()
@@ -73,12 +111,16 @@ def main() -> int:
     RNS.Reticulum(configdir=str(config_dir), loglevel=RNS.LOG_WARNING)
     rns_identity = RNS.Identity()
     author = NodeIdentity.from_private_bytes(rns_identity.get_private_key())
-    bundle, head = forged_feed(author, args.forge)
+    if args.forge == "fork":
+        histories = Histories(signed_history(author, EVENTS, "a"),
+                              signed_history(author, EVENTS + 3, "b"))
+    else:
+        histories = Histories(forged_feed(author, args.forge))
     app, *aspects = args.channel.split(".")
     destination = RNS.Destination(rns_identity, RNS.Destination.IN, RNS.Destination.SINGLE,
                                   app, *aspects)
     destination.set_proof_strategy(RNS.Destination.PROVE_ALL)  # answers the nodes' probes
-    serve(RNS, destination, args.ledger_channel, bundle, head, author.node_id)
+    serve(RNS, destination, args.ledger_channel, histories, author.node_id)
     if not wait_online(RNS):
         print("FAILED interface did not come up", flush=True)
         return 1
@@ -90,24 +132,29 @@ def main() -> int:
         time.sleep(ANNOUNCE_EVERY_S)
 
 
-def serve(RNS: Any, destination: Any, channel: str, bundle: bytes, head: bundles.Head,
-          feed: str) -> None:
+def _peer(remote: Any) -> str:
+    return remote.hash.hex() if remote is not None else "anonymous"
+
+
+def serve(RNS: Any, destination: Any, channel: str, histories: Histories, feed: str) -> None:
     """Answer heads and range requests the way `workers.gateway.links` wraps responses."""
     lock = threading.Lock()
 
     def served(path: str, remote: Any) -> None:
         with lock:
-            peer = remote.hash.hex() if remote is not None else "anonymous"
-            print(f"SERVED {path} {peer}", flush=True)
+            print(f"SERVED {path} {_peer(remote)}", flush=True)
 
     def heads(path: str, data: Any, request_id: bytes, link_id: bytes, remote: Any,
               requested_at: float) -> list[Any]:
         served(path, remote)
+        _bundle, head = histories.current(_peer(remote))
         return [0, golden.heads([(feed, head.seq, head.hash)])]
 
     def ranges(path: str, data: Any, request_id: bytes, link_id: bytes, remote: Any,
                requested_at: float) -> list[Any]:
         served(path, remote)
+        bundle, head = histories.current(_peer(remote))
+        histories.served(_peer(remote), bundle)
         return [0, golden.range_response(bundle, head.seq)]
 
     for verb, generator in (("heads", heads), ("range", ranges)):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import zmq
 
-from akita.ledger import chain
+from akita.ledger import bundles, chain
 from akita.ledger.client import LedgerClient
 from akita.wire import protocol
 from tests.helpers import REPO, Node, NotYet, start_network, wait_for
@@ -229,3 +229,28 @@ def test_forged_feeds_from_a_handmade_mate_are_refused_and_recorded(
     marks = {author: own_head(node, author) for node, author in zip(nodes, ids)}
     wait_for(holds_all(nodes, marks), REPLICATE_S, "the two honest nodes' feeds replicating")
     assert_copies_match(nodes, ids)
+
+
+def test_a_fork_arriving_over_reticulum_is_kept_as_proof_and_refused(
+        make_node: Callable[..., Node], forgers: Callable[[int, str], Forger]) -> None:
+    """The fork test in test_ledger_replication hands the writer a fork directly; here the
+    fork's author is a hand-made mate on Reticulum that serves one history, then another."""
+    nodes = start_network(make_node, 2, cluster={"cluster_size": 3})
+    hub_port = int(nodes[0].sections["reticulum"]["tcp_listen"].rpartition(":")[2])
+    ids = [node_id(node) for node in nodes]
+    forger = forgers(hub_port, "fork")
+    author = forger.wait_line("READY", 20).split()[1]
+    wait_for(lambda: all(cluster_of(node, set(ids) | {author}) for node in nodes), FORM_S,
+             "the forking mate placed in the nodes' cluster")
+    for node in nodes:
+        wait_for(lambda n=node: chain.misbehaviour(db(n), author), REPLICATE_S,
+                 f"{node.root.name} keeping proof of the fork")
+        proofs = chain.misbehaviour(db(node), author)
+        assert [(p.seq, p.kind) for p in proofs] == [(3, "fork")], proofs
+        assert bundles.verify_fork_evidence(proofs[0].evidence) == (author, 3)
+        assert held(node)[author] == 5, "the second history overwrote the first"
+        seen = wait_for(lambda n=node: [e.data for e in chain.read_events(
+            db(n), kind_prefix="ledger.fork_detected")], 10, "ledger.fork_detected recorded")
+        assert [(e["feed"], e["seq"]) for e in seen] == [(author, 3)], seen
+        assert stats(node)["replication"]["forks"] >= 1
+    assert any(line.startswith("SERVED akita.ledger/range") for line in forger.lines())
