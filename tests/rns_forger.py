@@ -15,6 +15,11 @@ serves its own feed, forged:
   of eight events, as well chained and signed, whose third event differs (its author
   signed two different entries at seq 3: a fork, arriving over the network).
 
+With ``--flood N --flood-at NODE_ID`` it also floods: once the file GO appears in --dir
+(the test creates it when the node has placed the forger in its cluster), it opens one Link
+to that node, identifies, sends N range requests for the node's feed at once and prints
+``FLOOD served=S refused=R failed=F reasons=[...]`` when all have been answered.
+
 It prints ``READY <node_id>`` once its interface is up, ``SERVED <path> <peer>`` for each
 request it answers, and idles until killed.
 """
@@ -22,6 +27,7 @@ request it answers, and idles until killed.
 from __future__ import annotations
 
 import argparse
+import queue
 import sys
 import threading
 import time
@@ -101,6 +107,8 @@ def main() -> int:
     parser.add_argument("--forge", required=True, choices=("signature", "chain", "fork"))
     parser.add_argument("--channel", default="akita.state")
     parser.add_argument("--ledger-channel", default="akita.ledger")
+    parser.add_argument("--flood", type=int, default=0, metavar="N")
+    parser.add_argument("--flood-at", default="", metavar="NODE_ID")
     args = parser.parse_args()
     host, _, port = args.connect.rpartition(":")
     config_dir = rnsconfig.write(ReticulumConfig(auto_interface=False,
@@ -125,11 +133,56 @@ def main() -> int:
         print("FAILED interface did not come up", flush=True)
         return 1
     print(f"READY {author.node_id}", flush=True)
+    if args.flood:
+        flood = Flood(RNS, rns_identity, args, args.dir / "GO")
+        RNS.Transport.register_announce_handler(flood)
+        threading.Thread(target=flood.run, daemon=True).start()
     seq = 0
     while True:
         seq += 1
         destination.announce(app_data=app_data(author.node_id, seq))
         time.sleep(ANNOUNCE_EVERY_S)
+
+
+class Flood:
+    """N range requests at once over one identified Link to the node `--flood-at`."""
+
+    def __init__(self, RNS: Any, identity: Any, args: argparse.Namespace, go: Path) -> None:
+        self.RNS, self.identity, self.args, self.go = RNS, identity, args, go
+        self.aspect_filter = args.channel
+        self.node_identity: Any = None
+
+    def received_announce(self, destination_hash: bytes, announced_identity: Any,
+                          app_data: bytes | None) -> None:
+        if announced_identity.hash.hex() == self.args.flood_at:
+            self.node_identity = announced_identity
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 60
+        while not (self.go.exists() and self.node_identity is not None):
+            if time.monotonic() > deadline:
+                print("FAILED no GO or no announce from the node within 60 s", flush=True)
+                return
+            time.sleep(0.05)
+        RNS, args = self.RNS, self.args
+        app, *aspects = args.channel.split(".")
+        out = RNS.Destination(self.node_identity, RNS.Destination.OUT,
+                              RNS.Destination.SINGLE, app, *aspects)
+        ready: queue.Queue[Any] = queue.Queue()
+        RNS.Link(out, established_callback=ready.put)
+        link = ready.get(timeout=10)
+        link.identify(self.identity)
+        answers: queue.Queue[Any] = queue.Queue()
+        body = golden.range_request(args.flood_at, 0, True)
+        for _ in range(args.flood):
+            link.request(f"{args.ledger_channel}/range", body, timeout=20,
+                         response_callback=lambda r: answers.put(list(r.response)),
+                         failed_callback=lambda r: answers.put(None))
+        got = [answers.get(timeout=30) for _ in range(args.flood)]
+        served = sum(1 for a in got if a is not None and a[0] == 0)
+        refused = [a[1] for a in got if a is not None and a[0] != 0]
+        print(f"FLOOD served={served} refused={len(refused)} "
+              f"failed={got.count(None)} reasons={sorted(set(map(str, refused)))}", flush=True)
 
 
 def _peer(remote: Any) -> str:
