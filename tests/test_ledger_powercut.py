@@ -25,8 +25,9 @@ from tests import powercut
 from tests.helpers import Node, wait_for
 
 KIND = "test.power"
-APPEND_S = 3.0        # appending runs this long before the cut
-ACKED_AT_LEAST = 500  # and until this many events were acknowledged
+APPEND_S = 3.0        # appending runs this long before the cut,
+ACKED_AT_LEAST = 500  # and until this many events were acknowledged,
+ACKED_AT_MOST = 40_000  # or stops here, so a fast (unsynced) writer cannot fill the disk
 IN_FLIGHT = 2_000     # events appended but not yet acknowledged, at most
 
 
@@ -65,8 +66,8 @@ def _append_until_cut(node: Node, cut: Callable[[], Path]) -> tuple[list[int], i
                 continue
             before = len(acked)
             client.on_readable()
-            if (len(acked) > before and len(acked) >= ACKED_AT_LEAST
-                    and time.monotonic() - started >= APPEND_S):
+            if len(acked) > before and len(acked) >= ACKED_AT_LEAST and (
+                    time.monotonic() - started >= APPEND_S or len(acked) >= ACKED_AT_MOST):
                 # Nothing between the last acknowledgement and the cut: no teardown, no wait.
                 image = cut()
                 break
@@ -81,8 +82,16 @@ def _append_until_cut(node: Node, cut: Callable[[], Path]) -> tuple[list[int], i
 def _stored(data_dir: Path) -> list[int]:
     db = data_dir / chain.DB_FILE
     assert db.exists(), f"no ledger at all on the disk after the cut: {sorted(data_dir.iterdir())}"
-    # A read-write connection recovers the WAL, as the restarted ledger worker would.
-    apsw.Connection(str(db)).close()
+    # A read-write connection recovers the WAL on its first read, as the restarted ledger
+    # worker's would; a database the cut left unreadable is a failure too.
+    conn = apsw.Connection(str(db))
+    try:
+        check = conn.execute("PRAGMA quick_check").fetchall()
+    except apsw.Error as exc:
+        raise AssertionError(f"the ledger is unreadable after the cut: {exc}") from None
+    finally:
+        conn.close()
+    assert check == [("ok",)], f"the ledger is damaged after the cut: {check[:5]}"
     return [e.data["i"] for e in chain.read_events(db, kind_prefix=KIND)]
 
 
