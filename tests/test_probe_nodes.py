@@ -1,11 +1,11 @@
 """Probes, not announces, keep a cluster's view true when announces are far apart.
 
 Every other multi-node test announces each second against a 4 s peer_timeout, so announces
-alone would keep live peers listed and let a killed one age out. Here announces come once a
-minute (15 × peer_timeout): after discovery, nothing but probes can tell a live member from
-a dead one. A killed member must be dropped within peer_timeout, and the live members must
-never drop each other meanwhile. With probes disabled, the live members time each other out
-(the second check fails).
+alone would keep live peers listed and let a killed one age out. Here announces come every
+25 s against a 2.5 s peer_timeout: after discovery, nothing but probes can tell a live
+member from a dead one. Live members must keep each other through a watch in which nobody
+announced, and a killed member must be dropped within peer_timeout. With probes disabled,
+the live members time each other out.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ bytes here are changed too.
 
 The hand-made Reticulum peers (tests/rns_*.py) build what they send with the builders
 here, so they speak the format as defined, not as the project happens to encode it.
+
+Not pinned here yet: state records (akita/mesh/state.py Record.pack), the inter-cluster
+message bodies (akita/mesh/messaging.py) and the service list answer; no hand-made peer
+sends those.
 """
 
 from __future__ import annotations
