@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Node
+from tests.helpers import Node, stop_all
 
 
 @pytest.fixture
@@ -23,7 +23,8 @@ def short_tmp() -> Iterator[Path]:
 
 @pytest.fixture
 def make_node(short_tmp: Path) -> Iterator[Callable[..., Node]]:
-    """make_node(sections=None, name="n0") → a Node (not started); all are stopped at teardown."""
+    """make_node(sections=None, name="n0") → a Node (not started); all are stopped at teardown,
+    and the test fails if one still running then does not stop cleanly."""
     nodes: list[Node] = []
 
     def make(sections: dict[str, dict[str, Any]] | None = None, name: str = "n0") -> Node:
@@ -34,10 +35,4 @@ def make_node(short_tmp: Path) -> Iterator[Callable[..., Node]]:
     try:
         yield make
     finally:
-        for node in nodes:
-            try:
-                node.stop()
-            except AssertionError:
-                pass
-            finally:
-                node.kill_everything()
+        stop_all(nodes)

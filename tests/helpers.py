@@ -24,6 +24,12 @@ from akita.wire import protocol
 from supervisor.demo import free_port  # re-exported for the tests: one home for it
 
 REPO = Path(__file__).resolve().parent.parent
+# A node asked to stop must be gone within this (workers stop in reverse order, each within
+# its stop_timeout; an idle or busy test node takes well under 5 s).
+CLEAN_STOP_S = 15.0
+# What the supervisor logs when a stop was not clean (supervisor/table.py, mainloop.py).
+UNCLEAN_STOP_MARKS = (" did not stop within ", " were not acknowledged before the ledger stopped",
+                      " not yet durable at shutdown")
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str,
@@ -105,6 +111,7 @@ class Node:
         self.sections = merge_sections(TEST_DEFAULTS, sections or {})
         self.write_config()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.stop_problems: list[str] = []  # every stop that was not clean (see `stop`)
 
     def write_config(self) -> None:
         self.config_path.write_text(render_config(self.sections))
@@ -177,21 +184,55 @@ class Node:
         assert done.returncode == 0, f"akitactl {args} failed ({done.returncode}): {done.stderr}"
         return json.loads(done.stdout)
 
-    def stop(self, timeout_s: float = 20.0) -> int | None:
-        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+    def stop(self, timeout_s: float = CLEAN_STOP_S) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code.
+
+        A stop that is not clean is recorded in `stop_problems` (the fixtures fail the test
+        with them): exit code other than 0, a worker the supervisor had to SIGKILL at its
+        stop_timeout, a ledger event left unacknowledged, a process of the node left behind.
+        Not exiting within `timeout_s` (timed here, not by the node) raises at once.
+        """
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
+        log_before = len(self.output())
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout_s)
+            code = self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-            raise AssertionError(f"supervisor did not stop within {timeout_s:g} s:\n"
-                                 + self.output()[-3000:]) from None
+            problem = (f"supervisor did not stop within {timeout_s:g} s:\n"
+                       + self.output()[-3000:])
+            self.stop_problems.append(f"{self.root.name}: {problem}")
+            raise AssertionError(problem) from None
+        said = self.output()[log_before:]
+        problems = [] if code == 0 else [f"exited with {code} after SIGTERM"]
+        problems += [line.strip() for line in said.splitlines()
+                     if any(mark in line for mark in UNCLEAN_STOP_MARKS)]
+        left = self.leftovers()
+        if left:
+            problems.append(f"left processes behind: {left}")
+        if problems:
+            self.stop_problems.append(f"{self.root.name}: " + "; ".join(problems) + "\n"
+                                      + said[-2000:])
+        return code
+
+    def leftovers(self) -> list[str]:
+        """Processes other than the supervisor still naming this node's config or directory."""
+        markers = (str(self.config_path), str(self.root))
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+            line = " ".join(proc.info["cmdline"] or [])
+            if (proc.pid != self.proc_pid() and proc.info["status"] != psutil.STATUS_ZOMBIE
+                    and any(m in line for m in markers)):
+                found.append(f"{proc.pid} {line[:120]}")
+        return found
 
     def kill_everything(self) -> None:
-        """SIGKILL the whole node at once, as a power cut would: nothing gets to say goodbye.
+        """SIGKILL the whole node at once: nothing gets to say goodbye.
+
+        This is a crash of every process, not a power cut: whatever they wrote is already in
+        the kernel and survives. tests/powercut.py makes the power go for real.
 
         The supervisor is frozen first so it cannot restart what dies, and its descendants
         are killed before it, since its death would send the workers a graceful SIGTERM
@@ -223,6 +264,22 @@ class Node:
 
     def proc_pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
+
+
+def stop_all(nodes: list[Node]) -> None:
+    """Stop every node, kill whatever is left, then fail naming each stop of these nodes that
+    was not clean, during the test or now (see `Node.stop`). A node that a test killed is
+    not judged; one it stopped is."""
+    for node in nodes:
+        try:
+            node.stop()
+        except AssertionError:
+            pass  # recorded in stop_problems
+        finally:
+            node.kill_everything()
+    problems = [problem for node in nodes for problem in node.stop_problems]
+    if problems:
+        raise AssertionError("nodes did not stop cleanly:\n" + "\n".join(problems))
 
 
 # --- networks of nodes (gateway tests) ----------------------------------------------------------

@@ -37,6 +37,7 @@ from akita.config import ReticulumConfig
 from akita.mesh import delegation as plan
 from akita.mesh.cluster import PeerView, Seat
 from akita.wire import mesh
+from tests import golden
 from workers.gateway import rnsconfig
 
 SPACING_S = 1.2        # receivers take one announce of a destination per second
@@ -81,11 +82,11 @@ class Mate:
         for entry in body["results"]:
             say("RESULT", entry)
         ids = [entry["id"] for entry in body["results"]]
-        return [0, plan.encode_outcome(ids, [], "accepted")]
+        return [0, golden.outcome("accepted", ids, [])]
 
     def _renew(self, path: str, data: Any, request_id: bytes, link_id: bytes,
                remote_identity: Any, requested_at: float) -> list[Any]:
-        return [0, plan.encode_outcome(len(plan.decode_pairs(data)), [], "renewed")]
+        return [0, golden.outcome("renewed", len(plan.decode_pairs(data)), [])]
 
     # --- announces ----------------------------------------------------------------------------
 
@@ -107,11 +108,9 @@ class Mate:
         while True:
             seq += 1
             term = self.report.term if self.report is not None else 0
-            self.destination.announce(app_data=mesh.encode_announce(mesh.Announce(
-                name="handmade-mate", generation=1, seq=seq,
-                report=PeerView(self.node_id, 1, seq, seat, term, False), load=mesh.Load(),
-                state_version=0, digest=bytes(8), interval_s=SPACING_S,
-                id_tag=bytes.fromhex(self.node_id))))
+            self.destination.announce(app_data=golden.announce_app_data(
+                self.node_id, "handmade-mate", 1, seq, version=seq,
+                seat=(seat.cluster, seat.number, seat.high), term=term, interval_s=SPACING_S))
             time.sleep(SPACING_S)
 
     # --- requests -------------------------------------------------------------------------------
@@ -151,7 +150,7 @@ def run(mate: Mate, task_channel: str) -> None:
 
     def run_body(*specs: dict[str, Any]) -> bytes:
         term = mate.report.term if mate.report is not None else 0
-        return plan.encode_run(term, 30.0, list(specs))
+        return golden.run_request(term, 30.0, list(specs))
 
     say("STRANGER", mate.ask(run_path, run_body(spec("aa00000000000001", "sample.add", [1, 2]))))
     claim = Seat(seat.cluster, seat.high + 1, seat.high + 1)
@@ -166,11 +165,11 @@ def run(mate: Mate, task_channel: str) -> None:
     say("MEMBER", answer)
     term = mate.report.term if mate.report is not None else 0
     if term > 0:
-        say("OLDTERM", mate.ask(run_path, plan.encode_run(term - 1, 30.0, [
+        say("OLDTERM", mate.ask(run_path, golden.run_request(term - 1, 30.0, [
             spec("aa00000000000003", "sample.add", [1, 2])])))
     say("RUN", mate.ask(run_path, run_body(spec("aa00000000000004", "evil.exfiltrate", []),
                                            spec("aa00000000000005", "sample.add", [1, 2]))))
-    say("INJECT", mate.ask(f"{task_channel}/result", plan.encode_results(
+    say("INJECT", mate.ask(f"{task_channel}/result", golden.results_request(
         [{"id": "aa00000000000006", "attempt": 1, "state": "succeeded", "result": 42}], None)))
 
 

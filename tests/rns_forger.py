@@ -10,7 +10,15 @@ serves its own feed, forged:
 
 - signature: five well-chained events whose checkpoint is signed by another key;
 - chain: five events and a checkpoint its own key signed, but one event altered after
-  signing, so the events no longer hash to the signed head.
+  signing, so the events no longer hash to the signed head;
+- fork: an honest feed of five events first; once a node has pulled it, a second history
+  of eight events, as well chained and signed, whose third event differs (its author
+  signed two different entries at seq 3: a fork, arriving over the network).
+
+With ``--flood N --flood-at NODE_ID`` it also floods: once the file GO appears in --dir
+(the test creates it when the node has placed the forger in its cluster), it opens one Link
+to that node, identifies, sends N range requests for the node's feed at once and prints
+``FLOOD served=S refused=R failed=F reasons=[...]`` when all have been answered.
 
 It prints ``READY <node_id>`` once its interface is up, ``SERVED <path> <peer>`` for each
 request it answers, and idles until killed.
@@ -19,6 +27,7 @@ request it answers, and idles until killed.
 from __future__ import annotations
 
 import argparse
+import queue
 import sys
 import threading
 import time
@@ -30,9 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from akita.config import ReticulumConfig
 from akita.identity import NodeIdentity
 from akita.ledger import bundles, chain
-from akita.mesh import replication as replicate_plan
-from akita.mesh.cluster import PeerView
-from akita.wire import mesh
+from tests import golden
 from workers.gateway import rnsconfig
 
 EVENTS = 5
@@ -49,25 +56,59 @@ def forged_feed(author: NodeIdentity, forge: str) -> tuple[bytes, bundles.Head]:
         events[2] = (events[2][0], events[2][1], chain.pack_data({"i": "altered"}))
     elif forge != "signature":
         raise SystemExit(f"unknown forgery {forge!r}")
-    bundle = bundles.Bundle(author.node_id, author.public_key, 0, chain.GENESIS_HASH,
-                                events, [bundles.Checkpoint(EVENTS, 2000.0, head, signature)])
-    return bundles.encode_bundle(bundle), bundles.Head(EVENTS, head)
+    bundle = golden.bundle(author.node_id, author.public_key, 0, chain.GENESIS_HASH, events,
+                           [(EVENTS, 2000.0, head, signature)])
+    return bundle, bundles.Head(EVENTS, head)
+
+
+def signed_history(author: NodeIdentity, count: int, variant: str
+                   ) -> tuple[bytes, bundles.Head]:
+    """`count` well-chained events from the start of the feed, checkpoint signed by its
+    author; `variant` changes the third event, so two variants fork at seq 3."""
+    events = [(1000.0 + i, "forked.event", chain.pack_data({"i": i, "v": variant if i == 2
+                                                             else ""}))
+              for i in range(count)]
+    _rows, _seq, head = chain.Chain(author.node_id, 0).extend(events, 0, chain.GENESIS_HASH)
+    signature = author.sign(chain.checkpoint_message(author.node_id, count, head))
+    return (golden.bundle(author.node_id, author.public_key, 0, chain.GENESIS_HASH, events,
+                          [(count, 2000.0, head, signature)]), bundles.Head(count, head))
+
+
+class Histories:
+    """What the forger serves: one (bundle, head), or for `fork` the first to each peer
+    until that peer has been served it, then the second."""
+
+    def __init__(self, first: tuple[bytes, bundles.Head],
+                 second: tuple[bytes, bundles.Head] | None = None) -> None:
+        self.first, self.second = first, second
+        self.served_first: set[str] = set()
+        self.lock = threading.Lock()
+
+    def current(self, peer: str) -> tuple[bytes, bundles.Head]:
+        with self.lock:
+            if self.second is not None and peer in self.served_first:
+                return self.second
+            return self.first
+
+    def served(self, peer: str, bundle: bytes) -> None:
+        with self.lock:
+            if bundle == self.first[0]:
+                self.served_first.add(peer)
 
 
 def app_data(node_id: str, seq: int) -> bytes:
-    return mesh.encode_announce(mesh.Announce(
-        name="forger", generation=1, seq=seq, report=PeerView(node_id, 1), load=mesh.Load(),
-        state_version=0, digest=bytes(8), interval_s=ANNOUNCE_EVERY_S,
-        id_tag=bytes.fromhex(node_id)))
+    return golden.announce_app_data(node_id, "forger", 1, seq, interval_s=ANNOUNCE_EVERY_S)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument("--connect", required=True)
-    parser.add_argument("--forge", required=True, choices=("signature", "chain"))
+    parser.add_argument("--forge", required=True, choices=("signature", "chain", "fork"))
     parser.add_argument("--channel", default="akita.state")
     parser.add_argument("--ledger-channel", default="akita.ledger")
+    parser.add_argument("--flood", type=int, default=0, metavar="N")
+    parser.add_argument("--flood-at", default="", metavar="NODE_ID")
     args = parser.parse_args()
     host, _, port = args.connect.rpartition(":")
     config_dir = rnsconfig.write(ReticulumConfig(auto_interface=False,
@@ -78,16 +119,24 @@ def main() -> int:
     RNS.Reticulum(configdir=str(config_dir), loglevel=RNS.LOG_WARNING)
     rns_identity = RNS.Identity()
     author = NodeIdentity.from_private_bytes(rns_identity.get_private_key())
-    bundle, head = forged_feed(author, args.forge)
+    if args.forge == "fork":
+        histories = Histories(signed_history(author, EVENTS, "a"),
+                              signed_history(author, EVENTS + 3, "b"))
+    else:
+        histories = Histories(forged_feed(author, args.forge))
     app, *aspects = args.channel.split(".")
     destination = RNS.Destination(rns_identity, RNS.Destination.IN, RNS.Destination.SINGLE,
                                   app, *aspects)
     destination.set_proof_strategy(RNS.Destination.PROVE_ALL)  # answers the nodes' probes
-    serve(RNS, destination, args.ledger_channel, bundle, head, author.node_id)
+    serve(RNS, destination, args.ledger_channel, histories, author.node_id)
     if not wait_online(RNS):
         print("FAILED interface did not come up", flush=True)
         return 1
     print(f"READY {author.node_id}", flush=True)
+    if args.flood:
+        flood = Flood(RNS, rns_identity, args, args.dir / "GO")
+        RNS.Transport.register_announce_handler(flood)
+        threading.Thread(target=flood.run, daemon=True).start()
     seq = 0
     while True:
         seq += 1
@@ -95,25 +144,71 @@ def main() -> int:
         time.sleep(ANNOUNCE_EVERY_S)
 
 
-def serve(RNS: Any, destination: Any, channel: str, bundle: bytes, head: bundles.Head,
-          feed: str) -> None:
+class Flood:
+    """N range requests at once over one identified Link to the node `--flood-at`."""
+
+    def __init__(self, RNS: Any, identity: Any, args: argparse.Namespace, go: Path) -> None:
+        self.RNS, self.identity, self.args, self.go = RNS, identity, args, go
+        self.aspect_filter = args.channel
+        self.node_identity: Any = None
+
+    def received_announce(self, destination_hash: bytes, announced_identity: Any,
+                          app_data: bytes | None) -> None:
+        if announced_identity.hash.hex() == self.args.flood_at:
+            self.node_identity = announced_identity
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 60
+        while not (self.go.exists() and self.node_identity is not None):
+            if time.monotonic() > deadline:
+                print("FAILED no GO or no announce from the node within 60 s", flush=True)
+                return
+            time.sleep(0.05)
+        RNS, args = self.RNS, self.args
+        app, *aspects = args.channel.split(".")
+        out = RNS.Destination(self.node_identity, RNS.Destination.OUT,
+                              RNS.Destination.SINGLE, app, *aspects)
+        ready: queue.Queue[Any] = queue.Queue()
+        RNS.Link(out, established_callback=ready.put)
+        link = ready.get(timeout=10)
+        link.identify(self.identity)
+        answers: queue.Queue[Any] = queue.Queue()
+        body = golden.range_request(args.flood_at, 0, True)
+        for _ in range(args.flood):
+            link.request(f"{args.ledger_channel}/range", body, timeout=20,
+                         response_callback=lambda r: answers.put(list(r.response)),
+                         failed_callback=lambda r: answers.put(None))
+        got = [answers.get(timeout=30) for _ in range(args.flood)]
+        served = sum(1 for a in got if a is not None and a[0] == 0)
+        refused = [a[1] for a in got if a is not None and a[0] != 0]
+        print(f"FLOOD served={served} refused={len(refused)} "
+              f"failed={got.count(None)} reasons={sorted(set(map(str, refused)))}", flush=True)
+
+
+def _peer(remote: Any) -> str:
+    return remote.hash.hex() if remote is not None else "anonymous"
+
+
+def serve(RNS: Any, destination: Any, channel: str, histories: Histories, feed: str) -> None:
     """Answer heads and range requests the way `workers.gateway.links` wraps responses."""
     lock = threading.Lock()
 
     def served(path: str, remote: Any) -> None:
         with lock:
-            peer = remote.hash.hex() if remote is not None else "anonymous"
-            print(f"SERVED {path} {peer}", flush=True)
+            print(f"SERVED {path} {_peer(remote)}", flush=True)
 
     def heads(path: str, data: Any, request_id: bytes, link_id: bytes, remote: Any,
               requested_at: float) -> list[Any]:
         served(path, remote)
-        return [0, bundles.encode_heads({feed: head})]
+        _bundle, head = histories.current(_peer(remote))
+        return [0, golden.heads([(feed, head.seq, head.hash)])]
 
     def ranges(path: str, data: Any, request_id: bytes, link_id: bytes, remote: Any,
                requested_at: float) -> list[Any]:
         served(path, remote)
-        return [0, replicate_plan.encode_range_response(bundle, head.seq)]
+        bundle, head = histories.current(_peer(remote))
+        histories.served(_peer(remote), bundle)
+        return [0, golden.range_response(bundle, head.seq)]
 
     for verb, generator in (("heads", heads), ("range", ranges)):
         destination.register_request_handler(f"{channel}/{verb}", response_generator=generator,

@@ -33,18 +33,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msgpack
 
 from akita.config import ReticulumConfig
-from akita.mesh.cluster import PeerView
-from akita.wire import mesh
+from tests import golden
 from workers.gateway import rnsconfig
 
 SPACING_S = 1.2  # receivers take one announce of a destination per second
 
 
 def valid_app_data(node_id: str, name: str, seq: int, generation: int = 1) -> bytes:
-    return mesh.encode_announce(mesh.Announce(
-        name=name, generation=generation, seq=seq, report=PeerView(node_id, generation),
-        load=mesh.Load(), state_version=0, digest=bytes(8), interval_s=60.0,
-        id_tag=bytes.fromhex(node_id)))
+    return golden.announce_app_data(node_id, name, generation, seq, interval_s=60.0)
+
+
+def oversized_app_data(node_id: str) -> bytes:
+    """A valid announce padded one byte past the 200-byte limit (through the digest): big
+    enough to be refused by the node, far below what Reticulum itself refuses (~318)."""
+    base = len(golden.announce_app_data(node_id, "oversized", 1, 1))
+    # The digest is bin 8 up to 255 bytes; growing it by k grows the app_data by k.
+    extra = golden.MAX_APP_DATA_BYTES + 1 - base
+    data = golden.announce_app_data(node_id, "oversized", 1, 1, digest=bytes(8 + extra))
+    assert len(data) == golden.MAX_APP_DATA_BYTES + 1, len(data)
+    return data
 
 
 def plan(kind: str, node_id: str) -> list[tuple[str, bytes]]:
@@ -55,8 +62,8 @@ def plan(kind: str, node_id: str) -> list[tuple[str, bytes]]:
         return [
             ("random", os.urandom(40)),
             ("list", msgpack.packb([1, 2, 3])),
-            ("wrong-types", msgpack.packb(body, use_bin_type=True)),
-            ("oversized", msgpack.packb({"p": 1, "n": "x" * 250}, use_bin_type=True)),
+            ("wrong-types", golden.mp(body)),
+            ("oversized", oversized_app_data(node_id)),
             ("impersonating", valid_app_data(other, "look-alike", 1)),
             ("valid", valid_app_data(node_id, "handmade", 2)),
         ]

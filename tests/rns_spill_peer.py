@@ -30,9 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from akita.config import ReticulumConfig
-from akita.mesh import delegation as plan
-from akita.mesh.cluster import PeerView
-from akita.wire import mesh
+from tests import golden
 from tests.rns_delegate_peer import SPACING_S, Mate, say, spec
 from workers.gateway import rnsconfig
 
@@ -59,11 +57,8 @@ class FarNode(Mate):
         seq = 0
         while True:
             seq += 1
-            self.destination.announce(app_data=mesh.encode_announce(mesh.Announce(
-                name="handmade-far", generation=1, seq=seq,
-                report=PeerView(self.node_id, 1, seq, None, 0, False), load=mesh.Load(),
-                state_version=0, digest=bytes(8), interval_s=SPACING_S,
-                id_tag=bytes.fromhex(self.node_id))))
+            self.destination.announce(app_data=golden.announce_app_data(
+                self.node_id, "handmade-far", 1, seq, version=seq, interval_s=SPACING_S))
             time.sleep(SPACING_S)
 
     def ask_node(self, node: str, path: str, body: bytes) -> list[Any]:
@@ -82,7 +77,7 @@ def run(far: FarNode, member: str, head: str, task_channel: str) -> None:
     deadline = time.monotonic() + KNOWN_WAIT_S
     answer: list[Any] = [None, "not tried"]
     while time.monotonic() < deadline:
-        answer = far.ask_node(member, run_path, plan.encode_run(
+        answer = far.ask_node(member, run_path, golden.run_request(
             0, 30.0, [spec("bb00000000000001", "sample.add", [1, 2])], spill=True))
         if not (answer[0] == 1 and "nor a known peer" in str(answer[1])):
             break
@@ -90,7 +85,7 @@ def run(far: FarNode, member: str, head: str, task_channel: str) -> None:
     say("MEMBER", answer)
     deadline = time.monotonic() + KNOWN_WAIT_S
     while time.monotonic() < deadline:
-        answer = far.ask_node(head, run_path, plan.encode_run(
+        answer = far.ask_node(head, run_path, golden.run_request(
             0, 30.0, [spec("bb00000000000003", "sample.add", [1, 2])], spill=True))
         # Until the coordinator knows us, or has read its own load, it refuses.
         if not (answer[0] == 1 and ("nor a known peer" in str(answer[1]) or
@@ -98,7 +93,7 @@ def run(far: FarNode, member: str, head: str, task_channel: str) -> None:
             break
         time.sleep(0.5)
     say("HEAD", answer)
-    say("PLAIN", far.ask_node(head, run_path, plan.encode_run(
+    say("PLAIN", far.ask_node(head, run_path, golden.run_request(
         0, 30.0, [spec("bb00000000000002", "sample.add", [1, 2])])))
 
 

@@ -265,7 +265,8 @@ def test_format_helpers() -> None:
     assert common.format_bytes(1536) == "1.5K"
     assert common.format_bytes(3 << 30) == "3.0G"
     assert common.format_bytes(None) == "-"
-    assert common.format_duration(5.25) == "5.2s"
+    assert common.format_duration(5.24) == "5.2s"   # (no halves: 5.25 rounds to even)
+    assert common.format_duration(5.26) == "5.3s"
     assert common.format_duration(95) == "1m35s"
     assert common.format_duration(7300) == "2h01m"
     assert common.format_duration(90000) == "1d01h"

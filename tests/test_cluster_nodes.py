@@ -100,9 +100,9 @@ def test_three_nodes_form_one_cluster_and_share_state(make_node: Callable[..., N
     assert set_done.returncode == 0, set_done.stderr
     started = time.monotonic()
     for node in nodes:
-        wait_for(sees_color(node, ids[2]), 3 * ANNOUNCE_S + MARGIN_S,
-                 f"node {node.config.node.name} seeing node2's color")
-    assert time.monotonic() - started <= 3 * ANNOUNCE_S + MARGIN_S
+        wait_for(sees_color(node, ids[2]), 20, f"node {node.config.node.name} seeing node2's color")
+        took = time.monotonic() - started
+        assert took <= 3 * ANNOUNCE_S + MARGIN_S, f"{node.config.node.name} took {took:.1f} s"
     state = nodes[0].ctl_json("state", "node2")  # by name too
     assert state["data"]["services"] == ["web"]
     offered = nodes[0].ctl_json("services")["services"]
@@ -124,10 +124,13 @@ def test_three_nodes_form_one_cluster_and_share_state(make_node: Callable[..., N
     # A node that shuts down cleanly says so: the others drop it at once, not after
     # peer_timeout.
     stopped_at = time.monotonic()
-    nodes[2].stop()
+    assert nodes[2].stop() == 0
     for node in nodes[:2]:
-        wait_for(forgot(node, ids[2]), PEER_TIMEOUT_S, "a cleanly stopped node dropped")
-    assert time.monotonic() - stopped_at < PEER_TIMEOUT_S
+        wait_for(forgot(node, ids[2]), 3 * PEER_TIMEOUT_S, "a cleanly stopped node dropped")
+        took = time.monotonic() - stopped_at
+        # Silence alone takes peer_timeout (4 s) after the last announce: the leave must
+        # beat that by a clear margin.
+        assert took < PEER_TIMEOUT_S / 2, f"{node.config.node.name} dropped it after {took:.1f} s"
     # Joined and left are in the ledger.
     db = chain.db_path(nodes[0].config)
     joined = {e.data["node"] for e in chain.read_events(db, kind_prefix="peer.joined")}

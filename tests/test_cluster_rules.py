@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
+import re
 from collections.abc import Iterable
 
 import msgpack
@@ -99,17 +101,40 @@ def test_cluster_size_three_examples(count: int, expected: list[int]) -> None:
             assert len({locals_[n].term for n in cluster.members}) == 1
 
 
+def _coordinator_rank(cluster: str, node: str) -> int:
+    """The rank as defined (every node, of every version, must compute the same): the first
+    8 bytes, big-endian, of BLAKE2b-64 over "akita.coordinator" 0x1f cluster 0x1f node."""
+    data = b"akita.coordinator\x1f" + cluster.encode() + b"\x1f" + node.encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
 def test_coordinator_is_the_member_with_the_highest_score() -> None:
     _locals, assignment = settled(POOL[:6], 3)
     for cluster in assignment.clusters:
-        best = max(cluster.members, key=lambda n: coordinator_score(cluster.id, n))
+        best = max(cluster.members, key=lambda n: _coordinator_rank(cluster.id, n))
         assert cluster.coordinator == best
+
+
+def test_coordinator_rank_is_pinned() -> None:
+    """Known answers, so that a change of the rank is a visible decision."""
+    one, two, three = ("0" * 31 + d for d in "123")
+    assert coordinator_score("c0ffee01", one) == 0xD3194CDA5C47C14E
+    assert coordinator_score("c0ffee01", two) == 0x5B7997EBEA87D556
+    assert coordinator_score("c0ffee01", three) == 0x9F65DEB970243003
+    assert new_cluster_id(one, 1, 0) == _cluster_id(one, 1, 0) == "44f07f19"
+
+
+def _cluster_id(founder: str, generation: int, version: int) -> str:
+    """As defined: BLAKE2b-32 over "akita.cluster" 0x1f founder 0x1f generation 0x1f version
+    0x1f attempt (0 unless the id is taken), in lower-case hex."""
+    data = f"akita.cluster\x1f{founder}\x1f{generation}\x1f{version}\x1f0".encode()
+    return hashlib.blake2b(data, digest_size=4).hexdigest()
 
 
 def test_cluster_ids_are_short_and_derived_from_the_founder() -> None:
     _locals, assignment = settled(POOL[:6], 3)
     for cluster in assignment.clusters:
-        assert len(cluster.id) == 8 and int(cluster.id, 16) >= 0
+        assert re.fullmatch(r"[0-9a-f]{8}", cluster.id), cluster.id
     founder_ids = {new_cluster_id(n, 1, 0) for n in POOL[:6]}
     assert {c.id for c in assignment.clusters} <= founder_ids
     taken = new_cluster_id(POOL[0], 1, 0)

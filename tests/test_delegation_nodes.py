@@ -28,7 +28,7 @@ import pytest
 import akita
 from akita.ledger import chain
 from akita.wire import protocol
-from tests.helpers import REPO, Node, NotYet, free_port, net_sections, wait_for
+from tests.helpers import REPO, Node, NotYet, free_port, net_sections, stop_all, wait_for
 
 WORKERS = {"workers": "ledger, executor, gateway"}
 TASKS: dict[str, Any] = {"modules": "tests.sample_tasks", "module_path": str(REPO),
@@ -56,13 +56,7 @@ def start_nodes(root: Path, sections: list[dict[str, Any]], first: int = 0) -> l
 
 
 def stop_nodes(nodes: list[Node]) -> None:
-    for node in nodes:
-        try:
-            node.stop()
-        except AssertionError:
-            pass
-        finally:
-            node.kill_everything()
+    stop_all(nodes)
 
 
 def node_id(node: Node) -> str:

@@ -39,8 +39,9 @@ def test_demo_forms_clusters_and_ctrl_c_stops_everything(tmp_path: Path) -> None
         assert shown.count("coordinator node") == 2  # 3 nodes, clusters of 2: two clusters
         started = time.monotonic()
         demo.send_signal(signal.SIGINT)
-        assert demo.wait(30) == 0
-        assert time.monotonic() - started < 30
+        assert demo.wait(60) == 0
+        took = time.monotonic() - started
+        assert took < 30, f"the demo took {took:.1f} s to stop its nodes"
         wait_for(lambda: not demo_processes(), 5, "every demo process to be gone")
         assert not root.exists()
     finally:

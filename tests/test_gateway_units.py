@@ -466,7 +466,12 @@ def test_resolve_node_by_id_prefix_and_name() -> None:
 def test_generation_rises_on_every_start(tmp_path: Any) -> None:
     assert [recovery.next_generation(tmp_path) for _ in range(3)] == [1, 2, 3]
     (tmp_path / recovery.GENERATION_FILE).write_text("garbage")
-    assert recovery.next_generation(tmp_path) > 0
+    fresh = recovery.next_generation(tmp_path)
+    # A fresh start above the 3 it replaces (from 3 random bytes: the chance of landing at
+    # or below 3 is 3 in 16 million), stored, and rising from there.
+    assert 3 < fresh <= 1 << 24, fresh
+    assert (tmp_path / recovery.GENERATION_FILE).read_text() == f"{fresh}\n"
+    assert recovery.next_generation(tmp_path) == fresh + 1
     assert recovery.load(tmp_path / "missing.db") == recovery.Restored()
 
 

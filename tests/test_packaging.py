@@ -3,6 +3,7 @@ pyproject.toml declares its packages explicitly so that nothing else is picked u
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from pathlib import Path
 
@@ -15,7 +16,13 @@ def test_imported_supervisor_is_ours() -> None:
     assert supervisor.__file__ is not None
     assert REPO in Path(supervisor.__file__).resolve().parents
     assert callable(supervisor.main.main)
-    assert not hasattr(supervisor, "supervisord"), "supervisord's package shadows ours"
+    # Every directory the package is searched in is ours, so none of supervisord's modules
+    # (supervisor/supervisord.py, supervisor/options.py) can be found under the name.
+    outside = [p for p in supervisor.__path__ if REPO not in Path(p).resolve().parents]
+    assert not outside, f"the supervisor package is also searched in {outside}"
+    assert importlib.util.find_spec("supervisor.supervisord") is None, (
+        "supervisord's package is importable as ours")
+    assert importlib.util.find_spec("supervisor.mainloop") is not None
 
 
 def test_pyproject_declares_packages_explicitly() -> None:

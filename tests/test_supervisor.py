@@ -110,9 +110,10 @@ def test_supervisor_sigkill_leaves_no_orphans(make_node: MakeNode) -> None:
     node.proc.kill()
     node.proc.wait(5)
     killed_at = time.monotonic()
-    wait_for(lambda: not [p for p in everything if pid_alive(p)], 2.0,
-             "zygote and workers gone within 2 s of the supervisor's SIGKILL")
-    assert time.monotonic() - killed_at < 2.0
+    wait_for(lambda: not [p for p in everything if pid_alive(p)], 10,
+             "zygote and workers gone after the supervisor's SIGKILL")
+    took = time.monotonic() - killed_at
+    assert took < 2.0, f"zygote and workers took {took:.1f} s to go"
 
 
 def test_restart_after_sigkill_reuses_run_dir(make_node: MakeNode) -> None:

@@ -31,7 +31,7 @@ from akita.tasks.offer import offer
 from akita.tasks.queue import Foreign, TaskBook, TaskState
 from akita.tasks.registry import Submission, TaskTable
 from akita.wire import protocol
-from tests.helpers import Node, wait_for
+from tests.helpers import Node, stop_all, wait_for
 
 # --- pure logic -------------------------------------------------------------------------------
 
@@ -219,14 +219,10 @@ def nodes() -> Iterator[tuple[Node, Node]]:
             node.wait_running()
         yield started[0], started[1]
     finally:
-        for node in started:
-            try:
-                node.stop()
-            except AssertionError:
-                pass
-            finally:
-                node.kill_everything()
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            stop_all(started)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

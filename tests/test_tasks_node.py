@@ -16,7 +16,7 @@ import pytest
 
 import akita
 from akita.ledger import chain
-from tests.helpers import Node, pid_alive, wait_for
+from tests.helpers import Node, pid_alive, stop_all, wait_for
 
 SECTIONS: dict[str, dict[str, Any]] = {
     "supervisor": {"workers": "ledger, executor"},
@@ -35,11 +35,8 @@ def node() -> Iterator[Node]:
         yield started
     finally:
         try:
-            started.stop()
-        except AssertionError:
-            pass
+            stop_all([started])
         finally:
-            started.kill_everything()
             shutil.rmtree(root, ignore_errors=True)
 
 
