@@ -351,11 +351,13 @@ def test_a_frozen_subscriber_makes_a_real_partial_delivery(net: Net) -> None:
         finally:
             os.kill(frozen, signal.SIGCONT)
         # The last try may have been cut by the deadline while the coordinator still waited
-        # on the frozen member, so the reason names either; the coordinator's ledger says
-        # what it did with each try.
+        # on the frozen member: then the reason is the sender's own timeout (the link's, or
+        # its timer's on a busy host) instead of the coordinator's partial answer; the
+        # coordinator's ledger says what it did with each try.
         reason = str(partial.value)
         assert "within the deadline" in reason and attempts_in(reason) >= 2, reason
-        assert "reached 1 of 2 subscribers" in reason or "no response" in reason, reason
+        assert any(why in reason for why in ("reached 1 of 2 subscribers", "no response",
+                                             "no answer from coordinator")), reason
         got = receive(coord_sub, "alerts.partial at the coordinator")
         assert got["topic"] == "alerts.partial"
 
