@@ -43,16 +43,21 @@ def node_sections(port: int, index: int, **tasks: Any) -> dict[str, Any]:
                         tasks={**TASKS, **tasks})
 
 
-def start_nodes(root: Path, sections: list[dict[str, Any]], first: int = 0) -> list[Node]:
-    """Start nodes `first`, `first` + 1… in order (node 0 is the hub) and wait until all run."""
-    nodes = []
+def start_nodes(root: Path, sections: list[dict[str, Any]], first: int = 0,
+                into: list[Node] | None = None) -> list[Node]:
+    """Start nodes `first`, `first` + 1… in order (node 0 is the hub) and wait until all run.
+    Each node is added to `into` as soon as it exists, so the caller's cleanup stops it even
+    when a later start fails."""
+    started: list[Node] = []
     for index, node_config in enumerate(sections, start=first):
         node = Node(root / f"n{index}", node_config)
-        nodes.append(node)
+        started.append(node)
+        if into is not None:
+            into.append(node)
         node.start(wait=index == 0, timeout_s=30)
-    for node in nodes:
+    for node in started:
         node.wait_running(30)
-    return nodes
+    return started
 
 
 def stop_nodes(nodes: list[Node]) -> None:
@@ -115,11 +120,11 @@ def cluster() -> Iterator[tuple[list[Node], list[str]]]:
              node_sections(port, 2, capabilities="gpu")]
     nodes: list[Node] = []
     try:
-        nodes = start_nodes(root, first)
+        start_nodes(root, first, into=nodes)
         ids = [node_id(node) for node in nodes]
         wait_for(lambda: ready_to_delegate(nodes, ids, [[0, 1, 2]]), 40,
                  "one full cluster of nodes 0-2", 0.3)
-        nodes += start_nodes(root, [node_sections(port, i) for i in (3, 4, 5)], first=3)
+        start_nodes(root, [node_sections(port, i) for i in (3, 4, 5)], first=3, into=nodes)
         ids += [node_id(node) for node in nodes[3:]]
         wait_for(lambda: ready_to_delegate(nodes, ids, [[0, 1, 2], [3, 4, 5]]), 60,
                  "two clusters, 0-2 and 3-5, whose members know each other's task types "

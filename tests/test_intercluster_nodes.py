@@ -92,9 +92,10 @@ def _settled(nodes: list[Node], ids: set[str]) -> Any:
     return check
 
 
-def _start(root: Path) -> list[Node]:
+def _start(root: Path, nodes: list[Node]) -> list[Node]:
+    """Start the network into `nodes` (each added as soon as it exists, so the caller's
+    cleanup stops it even when a later start fails)."""
     port = free_port()
-    nodes = []
     for index in range(NODES):
         node = Node(root / f"n{index}", net_sections(
             port, index == 0, f"node{index}",
@@ -111,7 +112,7 @@ def net() -> Iterator[Net]:
     root = Path(tempfile.mkdtemp(prefix="ak-ic-", dir="/tmp"))
     nodes: list[Node] = []
     try:
-        nodes = _start(root)
+        _start(root, nodes)
         ids = [_node_id(node) for node in nodes]
         view = wait_for(_settled(nodes, set(ids)), 45,
                         "six nodes agreeing on two clusters of three, settled")

@@ -69,11 +69,11 @@ def cluster() -> Iterator[tuple[list[Node], list[str], str]]:
     port = free_port()
     nodes: list[Node] = []
     try:
-        nodes = start_nodes(root, [node_sections(port, i) for i in (0, 1, 2)])
+        start_nodes(root, [node_sections(port, i) for i in (0, 1, 2)], into=nodes)
         ids = [node_id(node) for node in nodes]
         wait_for(lambda: ready_to_delegate(nodes, ids, [[0, 1, 2]]), 40,
                  "one full cluster of nodes 0-2", 0.3)
-        nodes += start_nodes(root, [node_sections(port, i) for i in (3, 4, 5)], first=3)
+        start_nodes(root, [node_sections(port, i) for i in (3, 4, 5)], first=3, into=nodes)
         ids += [node_id(node) for node in nodes[3:]]
         wait_for(lambda: ready_to_delegate(nodes, ids, [[0, 1, 2], [3, 4, 5]]), 60,
                  "two clusters, 0-2 and 3-5, whose members know each other's task types "
@@ -162,7 +162,7 @@ def test_only_a_coordinator_takes_spill_over_from_another_cluster(short_tmp: Pat
     nodes: list[Node] = []
     far: FarNode | None = None
     try:
-        nodes = start_nodes(short_tmp, sections)
+        start_nodes(short_tmp, sections, into=nodes)
         ids = [node_id(node) for node in nodes]
         wait_for(lambda: ready_to_delegate(nodes, ids, [[0, 1]]), 40,
                  "one cluster of nodes 0 and 1", 0.3)
