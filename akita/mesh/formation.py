@@ -17,7 +17,7 @@ from akita.mesh import cluster as rules
 @dataclass(frozen=True)
 class RoundResult:
     report_changed: bool       # our report (seat, term, coordinator) changed: announce it
-    seat_changed: bool         # our seat or term changed: persist it
+    seat_changed: bool         # our seat, term or mates changed: persist them
     view_changed: bool         # the clusters as we see them changed: publish
     moved: bool                # we changed cluster (or got our first seat)
 
@@ -26,10 +26,12 @@ class Formation:
     """The node's `Local` and the latest assignment it computed."""
 
     def __init__(self, node_id: str, generation: int, cluster_size: int, grace_s: float,
-                 seat: rules.Seat | None = None, term: int = 0) -> None:
+                 seat: rules.Seat | None = None, term: int = 0,
+                 mates: tuple[tuple[str, rules.Seat], ...] = ()) -> None:
         self.cluster_size = cluster_size
         self.grace_s = grace_s
-        self.local = rules.Local(node_id, generation, seat=seat, term=term)
+        # The saved mates are what this node's first round checks claims against.
+        self.local = rules.Local(node_id, generation, seat=seat, term=term, known=mates)
         self.assignment: rules.Assignment | None = None
         self.rounds = 0
 
@@ -44,13 +46,15 @@ class Formation:
         """One discovery round over the latest reports of the live peers."""
         before = self.local
         old_view = self._view_key()
+        old_mates = self.cluster_mates()
         result = rules.advance(self.local, reports, self.cluster_size, now, self.grace_s)
         self.local = result.local
         self.assignment = result.assignment
         self.rounds += 1
         return RoundResult(
             report_changed=self.local.version != before.version,
-            seat_changed=(self.local.seat, self.local.term) != (before.seat, before.term),
+            seat_changed=((self.local.seat, self.local.term) != (before.seat, before.term)
+                          or self.cluster_mates() != old_mates),
             view_changed=self._view_key() != old_view,
             moved=result.moved)
 
@@ -60,6 +64,12 @@ class Formation:
         return (self.assignment.clusters, self.local.term)
 
     # --- queries ------------------------------------------------------------------------------
+
+    def mate_seats(self) -> list[tuple[str, rules.Seat]]:
+        """The other members of this node's cluster with their seats (saved with the seat)."""
+        if self.assignment is None:
+            return []
+        return [(node, self.assignment.seats[node]) for node in sorted(self.cluster_mates())]
 
     def own_cluster(self) -> rules.Cluster | None:
         if self.assignment is None or self.node_id not in self.assignment.seats:

@@ -75,7 +75,8 @@ class NetNode:
         self.paths = Paths.from_config(config)
         self.formation = Formation(self.node_id, generation, cl.cluster_size,
                                    grace_s=cl.peer_timeout + cl.discovery_interval,
-                                   seat=restored.seat, term=restored.term)
+                                   seat=restored.seat, term=restored.term,
+                                   mates=restored.mates)
         self.table = PeerTable(cl.peer_timeout)
         self.prober = Prober(ProbeTiming.derive(cl.peer_timeout, cl.probe_interval,
                                                 cl.probe_timeout))
@@ -166,7 +167,8 @@ class NetNode:
     def round_done(self, result: RoundResult) -> None:
         local = self.formation.local
         if result.seat_changed:
-            self.record(recovery.SEAT_EVENT, recovery.seat_event(local.seat, local.term))
+            self.record(recovery.SEAT_EVENT, recovery.seat_event(
+                local.seat, local.term, self.formation.mate_seats()))
         if result.view_changed:
             own = self.formation.own_cluster()
             clusters = self.clusters()

@@ -12,7 +12,9 @@ so a replayed announce cannot bring it back either.
 Liveness: any sign of life (announce, probe proof, indirect ack, link traffic) refreshes
 `last_heard`. A peer silent for longer than its timeout is dropped: `peer_timeout` for
 members of this node's cluster, which probe each other; for other peers, whose only sign
-of life is their announce, also at least `ANNOUNCE_GRACE` of their own announce intervals.
+of life is their announce, also at least `ANNOUNCE_GRACE` of their own announce intervals;
+the interval a peer claims counts only up to `max_interval_s`, so a peer claiming a huge one
+is not kept for months after one announce.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class Counters:
 @dataclass
 class PeerTable:
     peer_timeout_s: float
+    max_interval_s: float = 3600.0
     peers: dict[str, Peer] = field(default_factory=dict)
     tombstones: dict[str, tuple[int, int]] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
@@ -130,7 +133,8 @@ class PeerTable:
         """How long `peer` may stay silent; `health` ≥ 1 widens it when this node is slow."""
         if is_member:
             return self.peer_timeout_s * health
-        return max(self.peer_timeout_s, ANNOUNCE_GRACE * peer.info.interval_s) * health
+        interval = min(peer.info.interval_s, self.max_interval_s)
+        return max(self.peer_timeout_s, ANNOUNCE_GRACE * interval) * health
 
     def expire(self, now: float, members: set[str], health: float = 1.0) -> list[Peer]:
         """Drop every peer silent past its timeout; returns the dropped ones."""

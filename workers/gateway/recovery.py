@@ -4,15 +4,21 @@
   gateway start, written and fsynced before the first announce: announces of a node are
   ordered by (generation, seq), so a generation must never be used twice, even when the
   gateway is killed a moment after it started (a ledger event could still be in flight).
-- The ledger holds the node's last seat and term (``cluster.seat``), its own state record
+- The ledger holds the node's last seat, term and cluster mates (``cluster.seat``), its own
+  state record
   with the custom keys (``state.own``) and the last merged view (``state.view``); a restarted
   gateway returns to its cluster and serves the state it had.
+- What the ledger holds is checked like a claim from the mesh: a seat or a term out of range
+  (written by an older version that adopted a poisoned claim) is dropped with a warning, so
+  the node starts without it and takes its cluster's term from its mates; records in the
+  saved view go through the same checks as records pulled from a peer.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,7 @@ from akita.wire.mesh import BAD_INPUT
 log = logging.getLogger(__name__)
 
 GENERATION_FILE = "gateway.generation"
+MAX_SAVED_MATES = 256
 
 SEAT_EVENT = "cluster.seat"
 OWN_STATE_EVENT = "state.own"
@@ -35,6 +42,7 @@ VIEW_EVENT = "state.view"
 class Restored:
     seat: rules.Seat | None = None
     term: int = 0
+    mates: tuple[tuple[str, rules.Seat], ...] = ()
     own_record: st.Record | None = None
     view: dict[str, Any] | None = None
 
@@ -70,15 +78,19 @@ def load(db_path: Path) -> Restored:
         view_events = chain.tail(db_path, 1, kind_prefix=VIEW_EVENT)
     except chain.LedgerNotFound:
         return Restored()
-    seat, term = _seat(seat_events[-1].data if seat_events else None)
-    return Restored(seat=seat, term=term,
+    seat_data = seat_events[-1].data if seat_events else None
+    seat, term = _seat(seat_data)
+    return Restored(seat=seat, term=term, mates=_mates(seat_data, seat),
                     own_record=_record(own_events[-1].data if own_events else None),
                     view=view_events[-1].data if view_events
                     and isinstance(view_events[-1].data, dict) else None)
 
 
-def seat_event(seat: rules.Seat | None, term: int) -> dict[str, Any]:
-    return {"seat": None if seat is None else seat.pack(), "term": term}
+def seat_event(seat: rules.Seat | None, term: int,
+               mates: Iterable[tuple[str, rules.Seat]] = ()) -> dict[str, Any]:
+    """The ``cluster.seat`` event: own seat and term, and the mates' seat numbers."""
+    return {"seat": None if seat is None else seat.pack(), "term": term,
+            "mates": [[node, mate.number] for node, mate in mates]}
 
 
 def _seat(data: Any) -> tuple[rules.Seat | None, int]:
@@ -87,10 +99,29 @@ def _seat(data: Any) -> tuple[rules.Seat | None, int]:
     try:
         seat = rules.Seat.unpack(data["seat"])
     except BAD_INPUT as exc:
-        log.warning("ignoring an unreadable seat in the ledger: %s", exc)
+        log.warning("healing the saved seat: dropped an unreadable or out-of-range seat (%s)",
+                    exc)
         return None, 0
     term = data.get("term")
-    return seat, term if isinstance(term, int) and term >= 0 else 0
+    if not isinstance(term, int) or isinstance(term, bool) or not 0 <= term <= rules.MAX_TERM:
+        log.warning("healing the saved term: %r is out of range (0..%d); starting from 0 and "
+                    "taking the cluster's term from its members", term, rules.MAX_TERM)
+        return seat, 0
+    return seat, term
+
+
+def _mates(data: Any, seat: rules.Seat | None) -> tuple[tuple[str, rules.Seat], ...]:
+    """The saved mates (node, seat): only well-formed entries of the saved seat's cluster."""
+    raw = data.get("mates") if isinstance(data, dict) else None
+    if seat is None or not isinstance(raw, list):
+        return ()
+    mates = []
+    for entry in raw[:MAX_SAVED_MATES]:
+        if (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                and len(entry[0]) == 32 and isinstance(entry[1], int)
+                and not isinstance(entry[1], bool) and 0 <= entry[1] <= rules.MAX_SEAT):
+            mates.append((entry[0], rules.Seat(seat.cluster, entry[1], seat.high)))
+    return tuple(mates)
 
 
 def _record(data: Any) -> st.Record | None:
