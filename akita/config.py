@@ -316,6 +316,23 @@ class SecurityConfig:
     admission: str = setting(_choice("open", "allowlist"), "open | allowlist", "open")
     allowed_identities: tuple[str, ...] = setting(_identity_list, "identity hashes admitted "
                                                   "in allowlist mode", ())
+    max_request_bytes: int = setting(_int_range(4096, 1 << 30), "largest request a peer may "
+                                     "send (refused from its Resource advertisement, before "
+                                     "any data is taken)", 2 << 20)
+    max_peers: int = setting(_int_range(1, 100_000), "most peers held in the peer table "
+                             "(cluster mates are never evicted; newcomers are refused)", 256)
+    max_new_peers_per_minute: int = setting(_int_range(1, 100_000), "most new identities "
+                                            "taken into the peer table per minute", 60)
+    max_peer_interval: float = setting(_seconds(1, 86400), "longest announce interval a "
+                                       "peer's claim counts for (a silent peer is dropped "
+                                       "after 2.5 of them at most)", 3600.0)
+    max_record_bytes: int = setting(_int_range(1024, 16 << 20), "largest state record "
+                                    "(encoded) taken from a peer", 64 << 10)
+    max_record_keys: int = setting(_int_range(8, 100_000), "most keys in a state record "
+                                   "taken from a peer", 256)
+    max_pull_backoff: float = setting(_seconds(1, 86400), "longest wait before pulling "
+                                      "state again from a peer that did not answer (the wait "
+                                      "doubles from announce_interval on each failure)", 300.0)
 
 
 SECTIONS: dict[str, type] = {

@@ -20,6 +20,7 @@ import psutil
 
 from akita import config as config_mod
 from akita import resources
+from akita.cli import cluster as cluster_cli
 from akita.cli import common
 from akita.errors import AkitaError, NodeNotResponding
 from akita.wire import protocol
@@ -105,7 +106,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     reply = _status(args)
     workers = [{**{key: None for key in STATUS_FIELDS}, **w} for w in reply.workers]
     if args.json:
-        common.print_json({"node": reply.node, "workers": workers})
+        common.print_json({"node": reply.node, "workers": workers,
+                           "security": _security(args, workers)})
         return common.EXIT_OK
     node = reply.node
     print(f"node {node.get('name', '?')}  pid {node.get('pid', '-')}  "
@@ -116,6 +118,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     common.print_table(["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "NOTE"],
                        rows)
     return common.EXIT_OK
+
+
+def _security(args: argparse.Namespace, workers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The gateway's refusal counters, or None without a running gateway."""
+    if not any(w["name"] == "gateway" and w["state"] == "running" for w in workers):
+        return None
+    try:
+        return cluster_cli.security_counters(args)
+    except AkitaError:
+        return None
 
 
 def _percent(value: float | None) -> str:

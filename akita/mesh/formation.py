@@ -20,6 +20,7 @@ class RoundResult:
     seat_changed: bool         # our seat, term or mates changed: persist them
     view_changed: bool         # the clusters as we see them changed: publish
     moved: bool                # we changed cluster (or got our first seat)
+    refused: tuple[str, ...] = ()   # peers whose claim on our cluster was not adopted
 
 
 class Formation:
@@ -47,16 +48,31 @@ class Formation:
         before = self.local
         old_view = self._view_key()
         old_mates = self.cluster_mates()
+        reports = list(reports)
         result = rules.advance(self.local, reports, self.cluster_size, now, self.grace_s)
         self.local = result.local
         self.assignment = result.assignment
         self.rounds += 1
         return RoundResult(
+            refused=self._refused(reports),
             report_changed=self.local.version != before.version,
             seat_changed=((self.local.seat, self.local.term) != (before.seat, before.term)
                           or self.cluster_mates() != old_mates),
             view_changed=self._view_key() != old_view,
             moved=result.moved)
+
+    def _refused(self, reports: list[rules.PeerView]) -> tuple[str, ...]:
+        """Peers claiming a seat in our cluster that we did not give them, or a term the
+        cluster's members contradict."""
+        own = self.own_cluster()
+        if own is None:
+            return ()
+        claims = [r for r in reports if r.seat is not None and r.seat.cluster == own.id
+                  and r.node != self.node_id]
+        ceiling = rules.credible_terms([r.term for r in claims if r.node in own.members]
+                                       + [self.local.term])
+        return tuple(sorted(r.node for r in claims
+                            if r.node not in own.members or r.term > ceiling))
 
     def _view_key(self) -> Any:
         if self.assignment is None:
@@ -108,6 +124,8 @@ class Formation:
             known = [terms.get(node, 0) for node in found.members]
             if self.node_id in found.members:
                 known.append(self.local.term)
+            ceiling = rules.credible_terms(known)   # a term its members contradict is a claim
             out.append({"id": found.id, "members": list(found.members),
-                        "coordinator": found.coordinator, "term": max(known, default=0)})
+                        "coordinator": found.coordinator,
+                        "term": max((t for t in known if t <= ceiling), default=0)})
         return out

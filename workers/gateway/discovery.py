@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from akita.mesh.formation import Formation, RoundResult
 from akita.wire import mesh
+from workers.gateway.defence import Defence
 from workers.gateway.peers import AnnounceOutcome, Peer, PeerTable
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class Discovery:
     rns: RnsPort
     events: DiscoveryEvents
     build_app_data: Callable[[int], bytes]        # seq → app_data
+    defence: Defence = field(default_factory=Defence)
     rng: random.Random = field(default_factory=random.Random)
     counters: AnnounceCounters = field(default_factory=AnnounceCounters)
     seq: int = 0
@@ -169,9 +171,14 @@ class Discovery:
             return
         if not self.admission.admits(node_id):
             self.counters.not_admitted += 1
+            self.defence.refused("not_admitted", node_id, "announce")
             return
         info = self._decode(node_id, app_data)
         if info is None:
+            return
+        full = self.table.room_for(node_id, now)
+        if full:
+            self.defence.refused("over_quota", node_id, full)
             return
         outcome = self.table.on_announce(node_id, info, now)
         peer = self.table.get(node_id)
@@ -194,16 +201,18 @@ class Discovery:
     def _decode(self, node_id: str, app_data: bytes | None) -> mesh.Announce | None:
         if app_data is not None and len(app_data) > mesh.MAX_APP_DATA_BYTES:
             self.counters.oversized += 1
-            log.debug("oversized app_data (%d bytes) from %s ignored", len(app_data), node_id)
+            self.defence.refused("oversized", node_id, f"app_data of {len(app_data)} bytes")
             return None
         try:
             return mesh.decode_announce(node_id, app_data)
         except mesh.Impersonation:
             self.counters.impersonating += 1
-            log.info("announce from %s carries another node's app_data: ignored", node_id)
+            self.defence.refused("impersonating", node_id, "another node's app_data")
         except mesh.WireError as exc:
             self.counters.garbage += 1
-            log.debug("malformed app_data from %s ignored: %s", node_id, exc)
+            # A claim out of range (a term or seat past its bound) is a refused claim.
+            reason = "claim_refused" if "whole number from 0 to" in str(exc) else "garbage"
+            self.defence.refused(reason, node_id, str(exc))
         return None
 
     # --- the timer --------------------------------------------------------------------------------

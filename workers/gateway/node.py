@@ -18,8 +18,10 @@ from akita import identity as ident
 from akita.config import Config
 from akita.mesh import state as st
 from akita.mesh.formation import Formation, RoundResult
+from akita.text import clean
 from akita.wire import mesh, protocol
 from workers.gateway import recovery, views
+from workers.gateway.defence import Defence
 from workers.gateway.discovery import Admission, Discovery, DiscoveryTiming
 from workers.gateway.links import IncomingRequest, Links, RequestRefused
 from workers.gateway.load import LoadTracker
@@ -61,8 +63,10 @@ class NetNode:
 
     def __init__(self, config: Config, identity: ident.NodeIdentity, generation: int,
                  rns: Any, links: Links, publish: Publish, record: Record,
-                 restored: recovery.Restored, tick_interval_s: float = 0.1) -> None:
-        cl = config.cluster
+                 restored: recovery.Restored, tick_interval_s: float = 0.1,
+                 defence: Defence | None = None) -> None:
+        cl, sec = config.cluster, config.security
+        self.defence = defence or Defence()
         self.config = config
         self.node_id = identity.node_id
         self.identity = identity
@@ -77,10 +81,15 @@ class NetNode:
                                    grace_s=cl.peer_timeout + cl.discovery_interval,
                                    seat=restored.seat, term=restored.term,
                                    mates=restored.mates)
-        self.table = PeerTable(cl.peer_timeout)
+        self.table = PeerTable(cl.peer_timeout, max_interval_s=sec.max_peer_interval,
+                               max_peers=sec.max_peers,
+                               max_new_per_minute=sec.max_new_peers_per_minute)
         self.prober = Prober(ProbeTiming.derive(cl.peer_timeout, cl.probe_interval,
                                                 cl.probe_timeout))
         self.sync = StateSync.create(identity, generation, restored.own_record)
+        self.sync.max_record_bytes = sec.max_record_bytes
+        self.sync.max_record_keys = sec.max_record_keys
+        self.sync.on_refused = self.defence.refused
         if restored.view:
             log.info("restored %d state records from the ledger", self.sync.restore(restored.view))
         self.sync.update_own({st.KEY_TASK_TYPES: [],
@@ -91,11 +100,12 @@ class NetNode:
             timing=DiscoveryTiming(cl.announce_interval, cl.discovery_interval),
             table=self.table, formation=self.formation,
             admission=Admission(config.security.admission, config.security.allowed_identities),
-            rns=rns, events=self, build_app_data=self._app_data)
+            rns=rns, events=self, build_app_data=self._app_data, defence=self.defence)
         self.load = LoadTracker()
         self._id_bytes = bytes.fromhex(self.node_id)
         self._pulling: set[str] = set()
         self._last_pull: dict[str, float] = {}
+        self._pull_backoff = PullBackoff(cl.announce_interval, sec.max_pull_backoff)
         self._snapshot_due = False
         self._last_snapshot = 0.0
         self._last_tick = time.monotonic()
@@ -127,7 +137,7 @@ class NetNode:
     # --- discovery events ---------------------------------------------------------------------
 
     def peer_joined(self, peer: Peer) -> None:
-        log.info("peer joined: %s (%s) generation %d", peer.node_id, peer.name,
+        log.info("peer joined: %s (%s) generation %d", peer.node_id, clean(peer.name),
                  peer.info.generation)
         self.publish("peer.joined", protocol.PeerJoined(node=peer.node_id, name=peer.name,
                                                         generation=peer.info.generation))
@@ -138,7 +148,7 @@ class NetNode:
             hook(peer.node_id)
 
     def peer_restarted(self, peer: Peer) -> None:
-        log.info("peer restarted: %s (%s) generation %d", peer.node_id, peer.name,
+        log.info("peer restarted: %s (%s) generation %d", peer.node_id, clean(peer.name),
                  peer.info.generation)
         self.links.close_peer(peer.node_id)  # its old link died with its old process
         self.record("peer.restarted", {"node": peer.node_id, "name": peer.name,
@@ -154,9 +164,10 @@ class NetNode:
             hook(peer.node_id)
 
     def peer_left(self, peer: Peer, reason: str) -> None:
-        log.info("peer left: %s (%s): %s", peer.node_id, peer.name, reason)
+        log.info("peer left: %s (%s): %s", peer.node_id, clean(peer.name), clean(reason))
         self.links.close_peer(peer.node_id)
         self._pulling.discard(peer.node_id)
+        self._pull_backoff.forget(peer.node_id)
         self.sync.forget_except(self.table.alive_ids())
         self.publish("peer.left", protocol.PeerLeft(node=peer.node_id, name=peer.name,
                                                     reason=reason))
@@ -165,6 +176,8 @@ class NetNode:
             hook(peer.node_id)
 
     def round_done(self, result: RoundResult) -> None:
+        for node in result.refused:
+            self.defence.refused("claim_refused", node, "a seat or term in our cluster")
         local = self.formation.local
         if result.seat_changed:
             self.record(recovery.SEAT_EVENT, recovery.seat_event(
@@ -286,12 +299,13 @@ class NetNode:
         behind = self.sync.behind(peer.node_id, own_stamp)
         mate = peer.node_id in self.formation.cluster_mates()
         differs = mate and peer.info.digest != self.sync.store.digest()
-        recently = time.monotonic() - self._last_pull.get(peer.node_id, float("-inf")) \
+        now = time.monotonic()
+        recently = now - self._last_pull.get(peer.node_id, float("-inf")) \
             < self.config.cluster.announce_interval
-        if behind or (differs and not recently):
-            self._pull(peer.node_id)
+        if (behind or (differs and not recently)) and self._pull_backoff.due(peer.node_id, now):
+            self._pull(peer.node_id, own_stamp)
 
-    def _pull(self, node_id: str) -> None:
+    def _pull(self, node_id: str, advertised: st.Stamp = (0, 0)) -> None:
         if node_id in self._pulling:
             return
         self._pulling.add(node_id)
@@ -301,10 +315,14 @@ class NetNode:
         def done(data: bytes) -> None:
             self._pulling.discard(node_id)
             self._took(self.sync.take(data, self._live))
+            # A peer that announces a record it does not serve is asked less and less often.
+            self._pull_backoff.result(node_id, not self.sync.behind(node_id, advertised),
+                                      time.monotonic())
 
         def failed(reason: str) -> None:
             self._pulling.discard(node_id)
-            log.debug("state pull from %s failed: %s", node_id, reason)
+            self._pull_backoff.result(node_id, False, time.monotonic())
+            log.debug("state pull from %s failed: %s", node_id, clean(reason))
 
         self.links.request(node_id, self.paths.pull, self.sync.encode_summary(), done, failed,
                            timeout_s=self._request_timeout())
@@ -416,7 +434,32 @@ class NetNode:
             "links": vars(self.links.stats).copy(),
             "state": {**vars(self.sync.counters), "version": self.sync.own.version,
                       "records": len(self.sync.store.records)},
+            "security": self.defence.snapshot(),
         }
+
+
+class PullBackoff:
+    """When a peer may be pulled again: after each failed pull (no answer, or not the record
+    it announced) the wait doubles from `base_s` up to `max_s`; a good pull resets it."""
+
+    def __init__(self, base_s: float, max_s: float) -> None:
+        self.base_s, self.max_s = base_s, max_s
+        self._failures: dict[str, int] = {}
+        self._next: dict[str, float] = {}
+
+    def due(self, node_id: str, now: float) -> bool:
+        return now >= self._next.get(node_id, float("-inf"))
+
+    def result(self, node_id: str, ok: bool, now: float) -> None:
+        if ok:
+            self.forget(node_id)
+            return
+        failures = self._failures[node_id] = min(self._failures.get(node_id, 0) + 1, 32)
+        self._next[node_id] = now + min(self.max_s, self.base_s * 2 ** (failures - 1))
+
+    def forget(self, node_id: str) -> None:
+        self._failures.pop(node_id, None)
+        self._next.pop(node_id, None)
 
 
 def _ignore(_response: bytes) -> None:
