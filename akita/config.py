@@ -330,6 +330,14 @@ class SecurityConfig:
                                     "(encoded) taken from a peer", 64 << 10)
     max_record_keys: int = setting(_int_range(8, 100_000), "most keys in a state record "
                                    "taken from a peer", 256)
+    delegate_to: str = setting(_choice("members", "allowlist"), "who may be handed work and "
+                               "trusted with the capabilities it declares: members (of this "
+                               "node's cluster, or coordinators of others for spill-over, "
+                               "seated for settle_time) | allowlist (allowed_identities)",
+                               "members")
+    settle_time: float = setting(_seconds(0, 86400), "seconds a peer must have held its seat "
+                                 "before it is handed work (0: peer_timeout + "
+                                 "discovery_interval)", 0.0)
     max_pull_backoff: float = setting(_seconds(1, 86400), "longest wait before pulling "
                                       "state again from a peer that did not answer (the wait "
                                       "doubles from announce_interval on each failure)", 300.0)

@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from akita.identity import NodeIdentity
+from akita.mesh.delegation import work_admitted
 from akita.text import clean
 from tests.test_gateway_units import A, announce
 from workers.gateway.defence import Defence
@@ -99,3 +100,18 @@ def test_refusals_are_counted_and_logged_once_per_peer_and_reason(
 def test_clean_escapes_what_a_terminal_would_obey(raw: str, shown: str) -> None:
     assert clean(raw) == shown
     assert len(clean("x" * 10_000)) <= 257
+
+
+@pytest.mark.parametrize("policy, node, alive, since, now, expected", [
+    ("members", A, True, 0.0, 10.0, True),        # seated for the settling period
+    ("members", A, True, 5.0, 10.0, False),       # seated too recently
+    ("members", A, True, None, 10.0, False),      # never seated here (an intruder)
+    ("members", A, False, 0.0, 10.0, False),      # suspected or gone
+    ("allowlist", A, True, 0.0, 10.0, True),
+    ("allowlist", B, True, 0.0, 10.0, False),     # not listed, however long it sat
+])
+def test_work_goes_only_to_peers_the_policy_admits(policy: str, node: str, alive: bool,
+                                                   since: float | None, now: float,
+                                                   expected: bool) -> None:
+    assert work_admitted(policy, [A], node, alive, since, now, settle_s=9.0) is expected
+

@@ -87,6 +87,10 @@ class Formation:
             return []
         return [(node, self.assignment.seats[node]) for node in sorted(self.cluster_mates())]
 
+    def seated_since(self, node_id: str) -> float | None:
+        """When this node first saw `node_id` in the cluster it sits in (its own clock)."""
+        return dict(self.local.since).get(node_id)
+
     def own_cluster(self) -> rules.Cluster | None:
         if self.assignment is None or self.node_id not in self.assignment.seats:
             return None

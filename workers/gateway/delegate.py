@@ -142,7 +142,8 @@ class OriginSide:
         for mate in sorted(net.formation.cluster_mates()):
             peer = net.table.get(mate)
             record = net.sync.store.get(mate)
-            if peer is None or peer.state is not PeerState.ALIVE or record is None:
+            if peer is None or peer.state is not PeerState.ALIVE or record is None \
+                    or not net.admits_work(mate, now):   # [security] delegate_to
                 continue
             types = frozenset(name for name in _names(record.get(st.KEY_TASK_TYPES))
                               if now >= self.refused_types.get((mate, name), 0.0))

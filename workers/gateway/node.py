@@ -16,6 +16,7 @@ from typing import Any
 
 from akita import identity as ident
 from akita.config import Config
+from akita.mesh import delegation
 from akita.mesh import state as st
 from akita.mesh.formation import Formation, RoundResult
 from akita.text import clean
@@ -25,7 +26,7 @@ from workers.gateway.defence import Defence
 from workers.gateway.discovery import Admission, Discovery, DiscoveryTiming
 from workers.gateway.links import IncomingRequest, Links, RequestRefused
 from workers.gateway.load import LoadTracker
-from workers.gateway.peers import Peer, PeerTable
+from workers.gateway.peers import Peer, PeerState, PeerTable
 from workers.gateway.probes import DirectProbe, IndirectProbe, Prober, ProbeTiming, Suspect
 from workers.gateway.sync import StateSync
 
@@ -399,6 +400,20 @@ class NetNode:
         self.record(recovery.OWN_STATE_EVENT, {"record": self.sync.own.pack()},
                     on_durable=on_durable)
         self._own_changed()
+
+    # --- who gets work ---------------------------------------------------------------------------
+
+    def admits_work(self, node_id: str, now: float) -> bool:
+        """`[security] delegate_to`: may `node_id` be handed tasks (and be trusted with the
+        capabilities it declares)? members: alive and seated, in this node's view, for
+        `settle_time`; allowlist: listed in `allowed_identities`."""
+        sec, cl = self.config.security, self.config.cluster
+        peer = self.table.get(node_id)
+        return delegation.work_admitted(
+            sec.delegate_to, sec.allowed_identities, node_id,
+            peer is not None and peer.state is PeerState.ALIVE,
+            self.formation.seated_since(node_id), now,
+            sec.settle_time or cl.peer_timeout + cl.discovery_interval)
 
     # --- the operator's view -------------------------------------------------------------------
 

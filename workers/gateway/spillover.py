@@ -49,7 +49,8 @@ def targets(origin: OriginSide, now: float) -> list[plan.Candidate]:
             continue
         peer = d.net.table.get(head)
         record = d.net.sync.store.get(head)
-        if peer is None or peer.state is not PeerState.ALIVE or record is None:
+        if peer is None or peer.state is not PeerState.ALIVE or record is None \
+                or not d.net.admits_work(head, now):   # [security] delegate_to
             continue
         types = frozenset(name for name in _names(record.get(st.KEY_TASK_TYPES))
                           if now >= origin.refused_types.get((head, name), 0.0))
