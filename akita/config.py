@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from akita import keyring
 from akita.errors import ConfigError
 
 # The worker processes a supervisor knows how to run, in start order.
@@ -159,6 +160,13 @@ def _identity_list(raw: str, base: Path) -> tuple[str, ...]:
         if len(item) != 32 or any(c not in "0123456789abcdef" for c in item.lower()):
             raise ValueError(f"{item!r} is not an identity hash (32 hex digits)")
     return tuple(item.lower() for item in items)
+
+
+def _key_list(raw: str, base: Path) -> tuple[str, ...]:
+    items = _name_list(raw, base)
+    for item in items:
+        keyring.decode(item)
+    return tuple(items)
 
 
 def _node_name(raw: str, _base: Path) -> str:
@@ -313,9 +321,13 @@ class ReticulumConfig:
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    admission: str = setting(_choice("open", "allowlist"), "open | allowlist", "open")
+    admission: str = setting(_choice("open", "allowlist", "key"), "open | allowlist | key",
+                             "open")
     allowed_identities: tuple[str, ...] = setting(_identity_list, "identity hashes admitted "
                                                   "in allowlist mode", ())
+    network_key: tuple[str, ...] = setting(_key_list, "shared network keys (base64, from "
+                                           "akitactl keygen) for admission = key: the first "
+                                           "signs, every one is accepted", ())
     max_request_bytes: int = setting(_int_range(4096, 1 << 30), "largest request a peer may "
                                      "send (refused from its Resource advertisement, before "
                                      "any data is taken)", 2 << 20)
@@ -526,6 +538,9 @@ def _check(config: Config) -> None:
         raise ConfigError("admission = allowlist needs at least one identity in "
                           "allowed_identities", path=path, section="security",
                           key="allowed_identities")
+    if sec.admission == "key" and not sec.network_key:
+        raise ConfigError("admission = key needs a key in network_key (akitactl keygen "
+                          "prints one)", path=path, section="security", key="network_key")
 
 
 def load(path: str | os.PathLike[str]) -> Config:

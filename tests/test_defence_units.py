@@ -4,9 +4,12 @@ the pull backoff, the refusal counters and the escaping of peer-supplied text.""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
+from akita import config, keyring
+from akita.errors import ConfigError
 from akita.identity import NodeIdentity
 from akita.mesh.delegation import work_admitted
 from akita.text import clean
@@ -115,3 +118,27 @@ def test_work_goes_only_to_peers_the_policy_admits(policy: str, node: str, alive
                                                    expected: bool) -> None:
     assert work_admitted(policy, [A], node, alive, since, now, settle_s=9.0) is expected
 
+
+
+def test_network_keys_are_checked_in_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "akita.ini"
+    node = "[node]\ndata_dir = data\nrun_dir = run\nlog_dir = log\n"
+    with pytest.raises(ConfigError, match=r"network_key.*not base64"):
+        config.parse(node + "[security]\nadmission = key\nnetwork_key = not-a-key!\n", path)
+    with pytest.raises(ConfigError, match=r"network_key.*32 bytes"):
+        config.parse(node + "[security]\nnetwork_key = c2hvcnQ=\n", path)
+    with pytest.raises(ConfigError, match="admission = key needs a key"):
+        config.parse(node + "[security]\nadmission = key\n", path)
+    key = keyring.generate()
+    parsed = config.parse(node + f"[security]\nadmission = key\nnetwork_key = {key}\n",
+                          path)
+    assert parsed.security.network_key == (key,)
+
+
+def test_a_keyring_signs_with_the_first_key_and_accepts_any() -> None:
+    old, new = (keyring.decode(keyring.generate()) for _ in range(2))
+    rotating = keyring.Keyring((new, old))
+    assert keyring.Keyring((old, new)).verify(rotating.sign(A, 1, 2), A, 1, 2) == 1
+    assert rotating.verify(keyring.Keyring((old,)).sign(A, 1, 2), A, 1, 2) == 1
+    assert rotating.verify(rotating.sign(A, 1, 2), A, 1, 3) is None, "bound to the announce"
+    assert rotating.verify(rotating.sign(A, 1, 2), B, 1, 2) is None, "bound to the identity"

@@ -16,10 +16,20 @@ from typing import Any
 import pytest
 
 from akita import identity as ident
+from akita import keyring
 from akita.ledger import chain
 from akita.mesh.cluster import MAX_TERM
 from akita.wire import protocol
-from tests.helpers import NET_CLUSTER, REPO, Node, NotYet, start_network, wait_for
+from tests.helpers import (
+    NET_CLUSTER,
+    REPO,
+    Node,
+    NotYet,
+    free_port,
+    net_sections,
+    start_network,
+    wait_for,
+)
 from tests.test_cluster_nodes import agreed, clusters, node_id
 from workers.ledger.store import Append, LedgerStore, parse_events
 
@@ -232,3 +242,35 @@ def test_peer_names_are_escaped_in_human_output_and_logs(
     assert "\x1b" not in listed.stdout
     log = (node.log_dir / "gateway.log").read_bytes()
     assert b"\x1b" not in log and b"\x07" not in log
+
+
+# --- network key -----------------------------------------------------------------------------
+
+
+def test_a_network_key_admits_holders_and_rotates_without_a_flag_day(
+        make_node: Callable[..., Node], hostile: Callable[..., HostilePeer]) -> None:
+    old, new, other = keyring.generate(), keyring.generate(), keyring.generate()
+    port = free_port()
+    # Mid-rotation: node 0 still signs with the old key, node 1 already with the new one;
+    # each accepts both. Node 2 holds an unrelated key.
+    keys = [f"{old}, {new}", f"{new}, {old}", other]
+    nodes = []
+    for index, key in enumerate(keys):
+        node = make_node(net_sections(port, index == 0, f"node{index}",
+                                      security={"admission": "key", "network_key": key}),
+                         name=f"n{index}")
+        node.start(wait=index == 0)
+        nodes.append(node)
+    for node in nodes[1:]:
+        node.wait_running()
+    ids = [node_id(node) for node in nodes]
+    wait_for(agreed(nodes[:2], set(ids[:2]), [2]), 20,
+             "the two key holders agreeing on one cluster")
+    wait_for(lambda: refused(nodes[0], "bad_key") > 0 and refused(nodes[2], "bad_key") > 0,
+             10, "announces without a valid tag refused and counted")
+    assert ids[2] not in {p["id"] for p in nodes[0].ctl_json("peers")["peers"]}
+    assert {p["id"] for p in nodes[2].ctl_json("peers")["peers"]} == set()
+    # A peer without the key cannot even ask for state: its request goes unanswered.
+    hostile(port, "request", "--to", ids[0], "--path", "akita.state/pull", "--bytes", "16")
+    wait_for(lambda: refused(nodes[0], "not_admitted") >= 1, 40,
+             "a request from an identity without the key refused and counted")

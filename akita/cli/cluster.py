@@ -11,6 +11,7 @@ import argparse
 import json
 from typing import Any
 
+from akita import keyring
 from akita.cli import common
 from akita.wire import protocol
 
@@ -37,6 +38,11 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
          "Counters of what this node's gateway refused, per reason (garbage, oversized, "
          "impersonating, not_admitted, bad_signature, over_quota, claim_refused, bad_key), "
          "and the identities refused most.")
+    keygen = sub.add_parser("keygen", parents=[parent], help="print a fresh network key",
+                            description="Print a fresh random key for [security] network_key "
+                            "(admission = key). To rotate without a flag day, put the new key "
+                            "second on every node, then first, then drop the old one.")
+    keygen.set_defaults(func=cmd_keygen)
     verb("services", cmd_services, "which nodes offer which task types and services",
          "List every task type and named service offered in the network, with the nodes "
          "offering it.")
@@ -126,6 +132,11 @@ def _parse_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def cmd_keygen(_args: argparse.Namespace) -> int:
+    print(keyring.generate())
+    return common.EXIT_OK
 
 
 def security_counters(args: argparse.Namespace) -> dict[str, Any]:

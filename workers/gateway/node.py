@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from akita import identity as ident
+from akita import keyring
 from akita.config import Config
+from akita.keyring import Keyring
 from akita.mesh import delegation
 from akita.mesh import state as st
 from akita.mesh.formation import Formation, RoundResult
@@ -100,8 +102,11 @@ class NetNode:
             node_id=self.node_id,
             timing=DiscoveryTiming(cl.announce_interval, cl.discovery_interval),
             table=self.table, formation=self.formation,
-            admission=Admission(config.security.admission, config.security.allowed_identities),
+            admission=Admission(sec.admission, sec.allowed_identities,
+                                Keyring(tuple(keyring.decode(k) for k in sec.network_key))),
             rns=rns, events=self, build_app_data=self._app_data, defence=self.defence)
+        # In key mode, requests are served to identities whose keyed announce we took.
+        self.discovery.admission.keyed = self.table.__contains__
         self.load = LoadTracker()
         self._id_bytes = bytes.fromhex(self.node_id)
         self._pulling: set[str] = set()
@@ -130,7 +135,8 @@ class NetNode:
             name=self.name, generation=self.generation, seq=seq,
             report=self.formation.report(), load=self.load.summary,
             state_version=self.sync.own.version, digest=self.sync.store.digest(),
-            interval_s=self.config.cluster.announce_interval, id_tag=self._id_bytes))
+            interval_s=self.config.cluster.announce_interval, id_tag=self._id_bytes,
+            key_tag=self.discovery.admission.keyring.sign(self.node_id, self.generation, seq)))
 
     def on_announce(self, node_id: str, identity: Any, app_data: bytes | None) -> None:
         self.discovery.on_announce(node_id, identity, app_data, time.monotonic())
