@@ -15,8 +15,7 @@ from akita.mesh.delegation import work_admitted
 from akita.text import clean
 from tests.test_gateway_units import A, announce
 from workers.gateway.defence import Defence
-from workers.gateway.node import PullBackoff
-from workers.gateway.peers import PeerTable
+from workers.gateway.peers import PeerTable, PullBackoff
 from workers.gateway.sync import StateSync
 
 B = "b" * 32

@@ -28,7 +28,7 @@ from workers.gateway.defence import Defence
 from workers.gateway.discovery import Admission, Discovery, DiscoveryTiming
 from workers.gateway.links import IncomingRequest, Links, RequestRefused
 from workers.gateway.load import LoadTracker
-from workers.gateway.peers import Peer, PeerState, PeerTable
+from workers.gateway.peers import Peer, PeerState, PeerTable, PullBackoff
 from workers.gateway.probes import DirectProbe, IndirectProbe, Prober, ProbeTiming, Suspect
 from workers.gateway.sync import StateSync
 
@@ -457,30 +457,6 @@ class NetNode:
                       "records": len(self.sync.store.records)},
             "security": self.defence.snapshot(),
         }
-
-
-class PullBackoff:
-    """When a peer may be pulled again: after each failed pull (no answer, or not the record
-    it announced) the wait doubles from `base_s` up to `max_s`; a good pull resets it."""
-
-    def __init__(self, base_s: float, max_s: float) -> None:
-        self.base_s, self.max_s = base_s, max_s
-        self._failures: dict[str, int] = {}
-        self._next: dict[str, float] = {}
-
-    def due(self, node_id: str, now: float) -> bool:
-        return now >= self._next.get(node_id, float("-inf"))
-
-    def result(self, node_id: str, ok: bool, now: float) -> None:
-        if ok:
-            self.forget(node_id)
-            return
-        failures = self._failures[node_id] = min(self._failures.get(node_id, 0) + 1, 32)
-        self._next[node_id] = now + min(self.max_s, self.base_s * 2 ** (failures - 1))
-
-    def forget(self, node_id: str) -> None:
-        self._failures.pop(node_id, None)
-        self._next.pop(node_id, None)
 
 
 def _ignore(_response: bytes) -> None:
