@@ -23,6 +23,7 @@ from akita import resources
 from akita.cli import cluster as cluster_cli
 from akita.cli import common
 from akita.errors import AkitaError, NodeNotResponding
+from akita.text import clean
 from akita.wire import protocol
 
 # Fields `status --json` always carries for each worker, in this order.
@@ -283,7 +284,7 @@ def _print_event(topic: str, msg: protocol.Message, as_json: bool) -> None:
     if as_json:
         line = common.json_line({"topic": topic, "kind": msg.KIND, **_fields(msg)})
     else:
-        line = f"{time.strftime('%H:%M:%S')} {topic} {_summary(msg)}"
+        line = f"{time.strftime('%H:%M:%S')} {topic} {clean(_summary(msg), 4096)}"
     print(line, flush=True)
 
 
