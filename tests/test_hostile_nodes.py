@@ -17,6 +17,7 @@ import pytest
 
 from akita import identity as ident
 from akita import keyring
+from akita.client import Client
 from akita.ledger import chain
 from akita.mesh.cluster import MAX_TERM
 from akita.wire import protocol
@@ -220,6 +221,11 @@ def test_a_flood_of_identities_is_bounded(make_node: Callable[..., Node],
     attacker.wait_line("SENT", 30)
     wait_for(lambda: refused(node, "over_quota") >= 10, 15, "the flood refused and counted")
     assert stats(node)["peers"] <= 10
+    shown = node.ctl("security")
+    assert shown.returncode == 0 and "over_quota" in shown.stdout, shown.stderr
+    assert "IDENTITY" in shown.stdout, "the top offenders are listed"
+    with Client(node.config_path) as client:
+        assert client.security()["refused"]["over_quota"] >= 10
 
 
 # --- output -------------------------------------------------------------------------------
