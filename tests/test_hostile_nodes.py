@@ -32,6 +32,9 @@ from tests.helpers import (
     wait_for,
 )
 from tests.test_cluster_nodes import agreed, clusters, node_id
+from tests.test_delegation_nodes import TASKS as DELEGATION_TASKS
+from tests.test_delegation_nodes import WORKERS as DELEGATION_WORKERS
+from tests.test_delegation_nodes import ready_to_delegate
 from workers.ledger.store import Append, LedgerStore, parse_events
 
 HOSTILE_PEER = REPO / "tests" / "rns_hostile_peer.py"
@@ -280,3 +283,34 @@ def test_a_network_key_admits_holders_and_rotates_without_a_flag_day(
     hostile(port, "request", "--to", ids[0], "--path", "akita.state/pull", "--bytes", "16")
     wait_for(lambda: refused(nodes[0], "not_admitted") >= 1, 40,
              "a request from an identity without the key refused and counted")
+
+
+# --- work ---------------------------------------------------------------------------------
+
+
+def test_no_work_goes_to_a_peer_before_it_has_held_its_seat_for_the_settling_period(
+        make_node: Callable[..., Node]) -> None:
+    # Node 1 stands for a newcomer that just took the free seat in node 0's cluster: under
+    # the default delegate_to = members it gets no task, and sees no task's arguments,
+    # until it has held its seat for settle_time (long here).
+    port = free_port()
+    nodes = []
+    for index in range(2):
+        node = make_node(net_sections(
+            port, index == 0, f"node{index}", supervisor=dict(DELEGATION_WORKERS),
+            tasks={**DELEGATION_TASKS, "pool_size": 1},
+            security={"settle_time": 600} if index == 0 else {}), name=f"n{index}")
+        node.start(wait=index == 0)
+        nodes.append(node)
+    nodes[1].wait_running()
+    ids = [node_id(node) for node in nodes]
+    wait_for(lambda: ready_to_delegate(nodes, ids, [[0, 1]]), 30,
+             "one cluster whose members know each other's task types and load", 0.3)
+    with Client(nodes[0].config_path) as client:
+        tasks = [client.submit("akita.sleep", [0.2]) for _ in range(8)]
+        for task_id in tasks:
+            client.wait(task_id, timeout=30)
+    events = chain.read_events(chain.db_path(nodes[0].config), kind_prefix="task.delegated")
+    assert [e.data for e in events if e.kind == "task.delegated"] == []
+    on_peer = chain.read_events(chain.db_path(nodes[1].config), kind_prefix="task.submitted")
+    assert [e for e in on_peer if e.kind == "task.submitted"] == []
