@@ -8,7 +8,8 @@ Attacks (every announce is valid and correctly signed, by identities of its own)
 - flood --count N: N fresh identities announce once each.
 - seats --cluster ID --count K --for-s T: K identities claim seat 0 of cluster ID, the
   highest term the wire allows, and to coordinate; re-announced for T seconds.
-- name: one identity announces a name full of terminal escapes.
+- name [--interval S]: one identity announces, twice, a name full of terminal escapes and
+  an announce interval of S seconds (default 60), then goes silent.
 - request --to NODE --path P --bytes B [--abort]: open a Link to NODE, identify, send a
   request of B bytes for P; with --abort, tear the link down once the first 1 MiB segment
   is through. Prints ``RESPONSE``, ``FAILED <seconds>`` or ``ABORTED``.
@@ -72,10 +73,11 @@ def seats(RNS: Any, channel: str, cluster: str, count: int, for_s: float) -> Non
     print(f"CLAIMED {seq}", flush=True)
 
 
-def name(RNS: Any, channel: str) -> None:
+def name(RNS: Any, channel: str, interval_s: float) -> None:
     identity, destination = new_destination(RNS, channel)
     for seq in (1, 2):
-        destination.announce(app_data=app_data(identity.hash.hex(), seq, EVIL_NAME))
+        destination.announce(app_data=app_data(identity.hash.hex(), seq, EVIL_NAME,
+                                               interval_s=interval_s))
         time.sleep(SPACING_S)
     print(f"NAMED {identity.hash.hex()}", flush=True)
 
@@ -144,6 +146,7 @@ def main() -> int:
     parser.add_argument("--path", default="akita.state/pull")
     parser.add_argument("--bytes", type=int, default=1 << 20)
     parser.add_argument("--abort", action="store_true")
+    parser.add_argument("--interval", type=float, default=60.0)
     args = parser.parse_args()
     host, _, port = args.connect.rpartition(":")
     config_dir = rnsconfig.write(ReticulumConfig(auto_interface=False,
@@ -164,7 +167,7 @@ def main() -> int:
     elif args.attack == "seats":
         seats(RNS, args.channel, args.cluster, args.count, args.for_s)
     elif args.attack == "name":
-        name(RNS, args.channel)
+        name(RNS, args.channel, args.interval)
     else:
         request(RNS, args.channel, args.to, args.path, args.bytes, args.abort)
     print("DONE", flush=True)

@@ -231,6 +231,20 @@ def test_a_flood_of_identities_is_bounded(make_node: Callable[..., Node],
         assert client.security()["refused"]["over_quota"] >= 10
 
 
+def test_a_peer_claiming_a_huge_announce_interval_is_not_kept_for_it(
+        make_node: Callable[..., Node], hostile: Callable[..., HostilePeer]) -> None:
+    # cluster_size 1: the peer is no mate, so no probe drops it; only its announces count.
+    (node,) = start_network(make_node, 1, security={"max_peer_interval": 2},
+                            cluster={"cluster_size": 1})
+    attacker = hostile(hub_port(node), "name", "--interval", "9999999")
+    silent = attacker.wait_line("NAMED", 30).split()[1]
+    wait_for(lambda: silent in {p["id"] for p in node.ctl_json("peers")["peers"]}, 15,
+             "the peer known")
+    # Silent after two announces: dropped after max(peer_timeout, 2.5 x 2 s), not 289 days.
+    wait_for(lambda: silent not in {p["id"] for p in node.ctl_json("peers")["peers"]}, 20,
+             "the silent peer dropped")
+
+
 # --- output -------------------------------------------------------------------------------
 
 
