@@ -111,6 +111,7 @@ class NetNode:
         self._id_bytes = bytes.fromhex(self.node_id)
         self._pulling: set[str] = set()
         self._last_pull: dict[str, float] = {}
+        self._claims_refused: set[str] = set()
         self._pull_backoff = PullBackoff(cl.announce_interval, sec.max_pull_backoff)
         self._snapshot_due = False
         self._last_snapshot = 0.0
@@ -183,8 +184,10 @@ class NetNode:
             hook(peer.node_id)
 
     def round_done(self, result: RoundResult) -> None:
-        for node in result.refused:
+        # Counted once per episode (a peer starts claiming), not once per round.
+        for node in set(result.refused) - self._claims_refused:
             self.defence.refused("claim_refused", node, "a seat or term in our cluster")
+        self._claims_refused = set(result.refused)
         local = self.formation.local
         if result.seat_changed:
             self.record(recovery.SEAT_EVENT, recovery.seat_event(
