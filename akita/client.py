@@ -361,6 +361,14 @@ class Client:
         assert isinstance(reply, protocol.PeerListReply)
         return {"self": reply.self_id, "peers": reply.peers}
 
+    def security(self) -> dict[str, Any]:
+        """What the gateway refused from the mesh: {"refused": {reason: count}, "total",
+        "top_offenders": [{"id", "refused"}]}, as `akitactl security --json` prints it."""
+        reply = self._gateway(protocol.PeerStats())
+        assert isinstance(reply, protocol.PeerStatsReply)
+        found = reply.stats.get("security")
+        return found if isinstance(found, dict) else {}
+
     def clusters(self) -> list[dict[str, Any]]:
         """Each cluster as this node sees it: {"id", "members", "coordinator", "term"}."""
         reply = self._gateway(protocol.ClusterList())

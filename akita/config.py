@@ -21,6 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from akita import keyring
 from akita.catalogue import WORKER_ORDER, WORKERS
 from akita.errors import ConfigError
 from akita.mesh import airtime
@@ -217,6 +218,13 @@ def _lora_bandwidth(raw: str, _base: Path) -> int:
     return value
 
 
+def _key_list(raw: str, base: Path) -> tuple[str, ...]:
+    items = _name_list(raw, base)
+    for item in items:
+        keyring.decode(item)
+    return tuple(items)
+
+
 def _node_name(raw: str, _base: Path) -> str:
     name = raw or socket.gethostname()
     if len(name.encode()) > 32:
@@ -410,9 +418,38 @@ class ReticulumConfig:
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    admission: str = setting(_choice("open", "allowlist"), "open | allowlist", "open")
+    admission: str = setting(_choice("open", "allowlist", "key"), "open | allowlist | key",
+                             "open")
     allowed_identities: tuple[str, ...] = setting(_identity_list, "identity hashes admitted "
                                                   "in allowlist mode", ())
+    network_key: tuple[str, ...] = setting(_key_list, "shared network keys (base64, from "
+                                           "akitactl keygen) for admission = key: the first "
+                                           "signs, every one is accepted", ())
+    max_request_bytes: int = setting(_int_range(4096, 1 << 30), "largest request a peer may "
+                                     "send (refused from its Resource advertisement, before "
+                                     "any data is taken)", 2 << 20)
+    max_peers: int = setting(_int_range(1, 100_000), "most peers held in the peer table "
+                             "(cluster mates are never evicted; newcomers are refused)", 256)
+    max_new_peers_per_minute: int = setting(_int_range(1, 100_000), "most new identities "
+                                            "taken into the peer table per minute", 60)
+    max_peer_interval: float = setting(_seconds(1, 86400), "longest announce interval a "
+                                       "peer's claim counts for (a silent peer is dropped "
+                                       "after 2.5 of them at most)", 3600.0)
+    max_record_bytes: int = setting(_int_range(1024, 16 << 20), "largest state record "
+                                    "(encoded) taken from a peer", 64 << 10)
+    max_record_keys: int = setting(_int_range(8, 100_000), "most keys in a state record "
+                                   "taken from a peer", 256)
+    delegate_to: str = setting(_choice("members", "allowlist"), "who may be handed work and "
+                               "trusted with the capabilities it declares: members (of this "
+                               "node's cluster, or coordinators of others for spill-over, "
+                               "seated for settle_time) | allowlist (allowed_identities)",
+                               "members")
+    settle_time: float = setting(_seconds(0, 86400), "seconds a peer must have held its seat "
+                                 "before it is handed work (0: peer_timeout + "
+                                 "discovery_interval)", 0.0)
+    max_pull_backoff: float = setting(_seconds(1, 86400), "longest wait before pulling "
+                                      "state again from a peer that did not answer (the wait "
+                                      "doubles from announce_interval on each failure)", 300.0)
 
 
 def _listen_address(raw: str, base: Path) -> tuple[str, int] | None:
@@ -651,6 +688,9 @@ def _check(config: Config) -> None:
         raise ConfigError("admission = allowlist needs at least one identity in "
                           "allowed_identities", path=path, section="security",
                           key="allowed_identities")
+    if sec.admission == "key" and not sec.network_key:
+        raise ConfigError("admission = key needs a key in network_key (akitactl keygen "
+                          "prints one)", path=path, section="security", key="network_key")
 
 
 def _check_reticulum(ret: ReticulumConfig, path: str) -> None:

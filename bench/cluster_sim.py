@@ -30,15 +30,12 @@ from akita.mesh.cluster import (
     Assignment,
     Cluster,
     Grace,
-    Local,
     NodeId,
     PeerView,
-    Round,
-    advance,
     cluster_count,
     form_clusters,
-    settle,
 )
+from akita.mesh.rounds import Local, Round, advance, settle
 
 INTERVAL_S = 1.0  # one round is one discovery interval
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,14 @@ class BenchNode:
         raise SystemExit(f"workers {workers} not running after {timeout_s:g} s; saw {last}")
 
     def status(self) -> dict[str, dict[str, Any]]:
-        with transport.Requester(self.run_dir, transport.CONTROL) as req:
-            reply = req.request(protocol.NodeStatus(), 5.0)
+        reply = self.request(protocol.NodeStatus())
         assert isinstance(reply, protocol.NodeStatusReply)
         return {w["name"]: w for w in reply.workers}
+
+    def request(self, msg: protocol.Message, timeout_s: float = 5.0) -> protocol.Message:
+        """One request through the node's control socket."""
+        with transport.Requester(self.run_dir, transport.CONTROL) as req:
+            return req.request(msg, timeout_s)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -78,6 +83,24 @@ class BenchNode:
                 self.proc.kill()
                 self.proc.wait(5)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str,
+             poll_s: float = 0.1) -> Any:
+    """Poll `condition` until it returns something truthy; exit naming `what` and the last
+    value seen if `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = condition()
+        except AkitaError as exc:  # a node still starting answers with these
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(poll_s)
+    raise SystemExit(f"timed out after {timeout_s:g} s waiting for {what}; last saw {last!r}")
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -42,27 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import akita
 from akita import config as config_mod
-from akita.errors import AkitaError
 from akita.mesh.airtime import profile
-from bench.node_fixture import BenchNode
+from bench.node_fixture import BenchNode, wait_for
 from supervisor.radio import query_stats
 
 CAPABILITY = "radio-bench"
-
-
-def wait(condition: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-        except AkitaError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(poll_s)
-    raise SystemExit(f"timed out after {timeout_s:g} s waiting for {what}; last saw {last!r}")
 
 
 def node_sections(sock: Path, index: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -132,7 +116,7 @@ def main() -> int:
                                 "--socket", str(sock), "--profile", args.profile])
     nodes: list[BenchNode] = []
     try:
-        wait(sock.exists, 10, "the channel's socket")
+        wait_for(sock.exists, 10, "the channel's socket")
         print(f"channel {args.profile}: {lora.bitrate:.0f} bit/s, a 200-byte frame is "
               f"{lora.time_on_air_s(200):.2f} s on air")
         nodes = [BenchNode(node_sections(sock, i, args)) for i in range(args.nodes)]
@@ -143,7 +127,7 @@ def main() -> int:
         ids = {str(c.peers()["self"]) for c in clients}
         interval = announce_interval(nodes[0])
         clusters = math.ceil(args.nodes / args.cluster_size)
-        wait(agreed(clients, ids, clusters), args.timeout_s, "one agreed view")
+        wait_for(agreed(clients, ids, clusters), args.timeout_s, "one agreed view")
         formed = time.monotonic() - up
         print(f"formation: {formed:.1f} s from gateways up = {formed / interval:.2f} announce "
               f"intervals of {interval:g} s (target ≤ 3)")
@@ -173,7 +157,7 @@ def state_phase(clients: list[akita.Client], interval: float, args: argparse.Nam
     def everywhere() -> bool:
         return all("bench" in c.state(me)["data"] for c in mates)
 
-    wait(everywhere, args.timeout_s, "the state change at every mate")
+    wait_for(everywhere, args.timeout_s, "the state change at every mate")
     seen = time.monotonic() - started
     print(f"state set seen by {len(mates)} mates after {seen:.1f} s = {seen / interval:.2f} "
           f"announce intervals (target ≤ 2)")
@@ -220,7 +204,7 @@ def kill_phase(nodes: list[BenchNode], clients: list[akita.Client],
         except ProcessLookupError:
             pass
     started = time.monotonic()
-    wait(lambda: all(victim_id not in {p["id"] for p in c.peers()["peers"]} for c in others),
+    wait_for(lambda: all(victim_id not in {p["id"] for p in c.peers()["peers"]} for c in others),
          args.timeout_s, "every node to drop the killed one")
     print(f"killed node dropped by all after {time.monotonic() - started:.1f} s")
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as hs
 from akita import identity as ident
 from akita.config import ReticulumConfig
 from akita.mesh import state as st
-from akita.mesh.cluster import PeerView, Seat
+from akita.mesh.cluster import MAX_SEAT, MAX_TERM, PeerView, Seat
 from akita.mesh.formation import Formation
 from akita.wire import mesh
 from workers.gateway import recovery, rnsconfig, views
@@ -36,9 +36,11 @@ C = "cc" * 16
 
 
 def announce(node: str = A, seq: int = 1, generation: int = 1, name: str = "n",
-             interval_s: float = 1.0, seat: Seat | None = None) -> mesh.Announce:
+             interval_s: float = 1.0, seat: Seat | None = None,
+             term: int = 0) -> mesh.Announce:
     return mesh.Announce(name=name, generation=generation, seq=seq,
-                         report=PeerView(node, generation, seat=seat), load=mesh.Load(1, 2, 3),
+                         report=PeerView(node, generation, seat=seat, term=term),
+                         load=mesh.Load(1, 2, 3),
                          state_version=4, digest=b"12345678", interval_s=interval_s,
                          id_tag=bytes.fromhex(node)[:mesh.ID_TAG_BYTES])
 
@@ -47,7 +49,7 @@ def announce(node: str = A, seq: int = 1, generation: int = 1, name: str = "n",
 
 
 def test_announce_round_trip_and_size_limit() -> None:
-    info = announce(name="n" * 32, seat=Seat("0a0b0c0d", 2**40, 2**40))
+    info = announce(name="n" * 32, seat=Seat("0a0b0c0d", MAX_SEAT, MAX_SEAT), term=MAX_TERM)
     data = mesh.encode_announce(info)
     assert len(data) <= mesh.MAX_APP_DATA_BYTES
     assert mesh.decode_announce(A, data) == info

@@ -30,6 +30,7 @@ import zmq
 from akita import catalogue, exits, transport
 from akita import config as config_mod
 from akita.errors import ConfigError, ProtocolError
+from akita.text import CleanFormatter
 from akita.wire import protocol
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,8 @@ class Worker:
 def configure_logging(name: str) -> None:
     """Log lines to stderr, which the supervisor writes into this process's log file."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
+    # Escaping formatter: a log line may carry text a peer chose (names, reasons).
+    handler.setFormatter(CleanFormatter(
         f"%(asctime)s %(levelname)s {name}[%(process)d] %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -11,6 +11,7 @@ import argparse
 import json
 from typing import Any
 
+from akita import keyring
 from akita.cli import common
 from akita.wire import protocol
 
@@ -33,6 +34,15 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                   "'state set KEY VALUE' sets a custom key in this node's own record, "
                   "replicated to its cluster; VALUE is JSON when it parses as JSON, else text.")
     parser.add_argument("words", nargs="*", metavar="NODE | set KEY VALUE")
+    verb("security", cmd_security, "what the gateway refused from the mesh, and from whom",
+         "Counters of what this node's gateway refused, per reason (garbage, oversized, "
+         "impersonating, not_admitted, bad_signature, over_quota, claim_refused, bad_key), "
+         "and the identities refused most.")
+    keygen = sub.add_parser("keygen", parents=[parent], help="print a fresh network key",
+                            description="Print a fresh random key for [security] network_key "
+                            "(admission = key). To rotate without a flag day, put the new key "
+                            "second on every node, then first, then drop the old one.")
+    keygen.set_defaults(func=cmd_keygen)
     verb("services", cmd_services, "which nodes offer which task types and services",
          "List every task type and named service offered in the network, with the nodes "
          "offering it.")
@@ -122,6 +132,35 @@ def _parse_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def cmd_keygen(_args: argparse.Namespace) -> int:
+    print(keyring.generate())
+    return common.EXIT_OK
+
+
+def security_counters(args: argparse.Namespace) -> dict[str, Any]:
+    """The gateway's "security" stats (empty when it has none)."""
+    reply = common.request(args, protocol.PeerStats())
+    assert isinstance(reply, protocol.PeerStatsReply)
+    found = reply.stats.get("security")
+    return found if isinstance(found, dict) else {}
+
+
+def cmd_security(args: argparse.Namespace) -> int:
+    found = security_counters(args)
+    if args.json:
+        common.print_json(found)
+        return common.EXIT_OK
+    refused = found.get("refused", {})
+    print(f"refused from the mesh: {found.get('total', 0)}")
+    common.print_table(["REASON", "COUNT"], [[r, n] for r, n in refused.items()])
+    offenders = found.get("top_offenders", [])
+    if offenders:
+        print()
+        common.print_table(["IDENTITY", "REFUSED"], [[o["id"], o["refused"]]
+                                                     for o in offenders])
+    return common.EXIT_OK
 
 
 def cmd_services(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import zmq
 from akita import config as config_mod
 from akita import transport
 from akita.errors import NodeNotRunning, ProtocolError
+from akita.text import clean
 from akita.wire import protocol
 
 EXIT_OK = 0
@@ -68,10 +69,16 @@ def _jsonable(value: Any) -> Any:
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [headers] + [["" if c is None else str(c) for c in row] for row in rows]
+    """Rows under headers; every cell escaped (`akita.text.clean`): names and other text in
+    a table may come from peers."""
+    cells = [headers] + [["" if c is None else clean(c, TABLE_CELL_CHARS) for c in row]
+                         for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+TABLE_CELL_CHARS = 4096
 
 
 def usage_error(text: str) -> int:

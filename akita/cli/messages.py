@@ -15,6 +15,7 @@ from typing import Any
 
 from akita import subscription
 from akita.cli import common
+from akita.text import clean
 
 # The keys `subscribe --json` prints, in this order.
 MESSAGE_KEYS = ("from", "cluster", "topic", "payload")
@@ -100,7 +101,8 @@ def _print(message: dict[str, Any], as_json: bool) -> None:
     if as_json:
         line = common.json_line({key: message[key] for key in MESSAGE_KEYS})
     else:
-        line = (f"{message['topic']}  from {message['from']} (cluster "
-                f"{message['cluster'] or '-'})  {common.json_line(message['payload'])}")
+        # The topic and sender come from another cluster: escaped (the payload is JSON).
+        line = (f"{clean(message['topic'])}  from {clean(message['from'])} (cluster "
+                f"{clean(message['cluster'] or '-')})  {common.json_line(message['payload'])}")
     sys.stdout.write(line + "\n")
     sys.stdout.flush()

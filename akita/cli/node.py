@@ -20,8 +20,10 @@ import psutil
 
 from akita import catalogue, resources, rundir
 from akita import config as config_mod
+from akita.cli import cluster as cluster_cli
 from akita.cli import common, gateway_status
 from akita.errors import AkitaError, NodeNotResponding
+from akita.text import clean
 from akita.wire import protocol
 
 # Fields `status --json` always carries for each worker, in this order.
@@ -105,7 +107,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     workers = [{**{key: None for key in STATUS_FIELDS}, **w} for w in reply.workers]
     reticulum = gateway_status.fetch(args, workers)
     if args.json:
-        common.print_json({"node": reply.node, "workers": workers, "reticulum": reticulum})
+        common.print_json({"node": reply.node, "workers": workers, "reticulum": reticulum,
+                           "security": _security(args, workers)})
         return common.EXIT_OK
     node = reply.node
     print(f"node {node.get('name', '?')}  pid {node.get('pid', '-')}  "
@@ -124,6 +127,16 @@ def _note(worker: dict[str, Any]) -> str:
     """What a live worker says about itself, else why it last failed."""
     live = worker["state"] in ("starting", "running") and worker.get("note")
     return str(live or worker.get("last_error") or "")
+
+
+def _security(args: argparse.Namespace, workers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The gateway's refusal counters, or None without a running gateway."""
+    if not any(w["name"] == "gateway" and w["state"] == "running" for w in workers):
+        return None
+    try:
+        return cluster_cli.security_counters(args)
+    except AkitaError:
+        return None
 
 
 def _percent(value: float | None) -> str:
@@ -279,7 +292,7 @@ def _print_event(topic: str, msg: protocol.Message, as_json: bool) -> None:
     if as_json:
         line = common.json_line({"topic": topic, "kind": msg.KIND, **_fields(msg)})
     else:
-        line = f"{time.strftime('%H:%M:%S')} {topic} {_summary(msg)}"
+        line = f"{time.strftime('%H:%M:%S')} {topic} {clean(_summary(msg), 4096)}"
     print(line, flush=True)
 
 

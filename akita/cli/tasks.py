@@ -16,6 +16,7 @@ from akita.cli import common
 from akita.client import Client, TaskFailed
 from akita.tasks.queue import TaskState
 from akita.tasks.registry import CAPABILITY, MAX_PRIORITY, MIN_PRIORITY
+from akita.text import clean
 
 # The keys of `task ID --json`, in this order; "result" or "error" follows once finished.
 TASK_FIELDS = ("id", "name", "state", "priority", "attempts", "ran_on")
@@ -149,11 +150,13 @@ def cmd_task(args: argparse.Namespace) -> int:
     error = view.get("error")
     if error:
         rows.append(["error", f"{error.get('type')}: {error.get('message')}"])
+    # A delegated task's error comes from the peer that ran it: escaped, line by line.
     for key, value in rows:
-        print(f"{key + ':':<14}{value}")
+        print(f"{key + ':':<14}{clean(value, common.TABLE_CELL_CHARS)}")
     if error and error.get("traceback"):
         print()
-        print(error["traceback"].rstrip())
+        for line in str(error["traceback"]).rstrip().splitlines():
+            print(clean(line, common.TABLE_CELL_CHARS))
     return common.EXIT_OK
 
 

@@ -27,13 +27,33 @@ The rules, in the order `form_clusters` applies them
        rendezvous hashing, so a node's choice does not depend on the other clusters.
     6. The coordinator of a cluster is its member with the highest hash(cluster, node).
 
+Claims are checked against this node's own view (`akita.mesh.rounds` keeps it)
+    A report is a claim. A node remembers the seat it computed for every live node in its
+    last round and since when. A claimant that this node has seated in the cluster it claims
+    for a settling period (`SETTLE_GRACES` grace periods) is established: it ranks before
+    every other claimant of that cluster (a newcomer, whatever seat number it claims), and a
+    newcomer's claimed number already held by an established member is replaced by a fresh
+    one. Surplus clusters with no established member dissolve first. So a member is never
+    displaced by a newcomer. Among claimants not yet established (nodes starting together,
+    two nodes that took the last free seat at once) the shared order by claimed number
+    decides, so views that differed for a moment still converge. A member that comes back
+    from a partition in the same boot generation is still established; a restarted node is
+    a newcomer (it gets its seat back only while there is room). A node returning to a
+    saved seat takes, in its first round, the saved mates and the claims it hears as
+    established: it has nothing else to go by. The price of all this: after a partition,
+    nodes that joined a cluster on both sides, which is over size once it heals, each keep
+    their seat. Seat numbers and terms are bounded (`MAX_SEAT`, `MAX_TERM`) on the wire and
+    in every computation.
+
 Terms (fencing without a vote)
-    Only a coordinator issues a term; members adopt the highest term reported by anyone in
-    their cluster. A node that becomes coordinator takes max(seen) + 1, and bumps again if a
-    rival in its cluster claims to coordinate at a term not below its own, or if anyone
-    reports a higher term. A node that changes cluster drops its old cluster's term. So the
-    term every member holds rises on every change of coordinator, and `accepts` refuses a
-    command from an older term.
+    Only a coordinator issues a term; members adopt the highest *credible* term reported by
+    a member of their cluster: a term more than `MAX_TERM_STEP` above the lower median of
+    the members' terms (this node's own included when it stayed) contradicts the cluster's
+    view and is ignored, so a minority of members cannot drag the others' terms up. A node
+    that becomes coordinator takes max(seen) + 1, and bumps again if a rival in its cluster
+    claims to coordinate at a term not below its own, or if anyone reports a higher term. A
+    node that changes cluster drops its old cluster's term. So the term every member holds
+    rises on every change of coordinator, and `accepts` refuses a command from an older term.
 """
 
 from __future__ import annotations
@@ -54,6 +74,21 @@ ClusterId = str
 # clusters founded with the same id on both sides of a partition merge into one over-size
 # cluster when it heals, which rule 2 already resolves.
 CLUSTER_ID_BYTES = 4
+
+# Bounds on what a report may claim. Honest terms rise by one per change of coordinator and
+# seat numbers by one per join, so neither bound is reached in practice; a claim above them
+# is malformed, and computations clamp to them, so no term or seat ever leaves its range.
+MAX_SEAT = 2**32 - 1
+MAX_TERM = 2**48 - 1
+# How far above the cluster's (lower median) term a member's term may be and still be adopted.
+MAX_TERM_STEP = 64
+# A member is established once this node has seated it in its cluster for this many grace
+# periods: long enough for two nodes that took one seat at once to be told apart by the
+# shared order first, even when announces arrive a few rounds late.
+SETTLE_GRACES = 2
+# Departed members remembered (most recent first): one that comes back from a partition in
+# the same boot generation is still established; a restarted one is a newcomer.
+GONE_LIMIT = 1024
 
 
 # --- hashing --------------------------------------------------------------------------------
@@ -97,10 +132,10 @@ def new_cluster_id(founder: NodeId, generation: int, version: int = 0,
 # --- what nodes report -------------------------------------------------------------------
 
 
-def _check_int(value: Any, field: str) -> int:
+def _check_int(value: Any, field: str, limit: int = (1 << 63) - 1) -> int:
     # bool is an int subclass; a report with True for a number is malformed.
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
-        raise ProtocolError(f"expected a whole number from 0 to 2**63-1, got {value!r}",
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+        raise ProtocolError(f"expected a whole number from 0 to {limit}, got {value!r}",
                             kind="cluster.report", field=field)
     return value
 
@@ -132,7 +167,8 @@ class Seat:
         if not isinstance(raw, bytes) or len(raw) != CLUSTER_ID_BYTES:
             raise ProtocolError(f"expected {CLUSTER_ID_BYTES} bytes, got {raw!r}",
                                 kind="cluster.report", field="seat.cluster")
-        return cls(raw.hex(), _check_int(number, "seat.number"), _check_int(high, "seat.high"))
+        return cls(raw.hex(), _check_int(number, "seat.number", MAX_SEAT),
+                   _check_int(high, "seat.high", MAX_SEAT))
 
 
 _NO_SEAT: tuple[Any, ...] = (0, "", 0, 0)
@@ -173,7 +209,8 @@ class PeerView:
             raise ProtocolError(f"expected true or false, got {coordinator!r}",
                                 kind="cluster.report", field="coordinator")
         return cls(node, _check_int(generation, "generation"), _check_int(version, "version"),
-                   None if seat is None else Seat.unpack(seat), _check_int(term, "term"),
+                   None if seat is None else Seat.unpack(seat),
+                   _check_int(term, "term", MAX_TERM),
                    coordinator)
 
 
@@ -252,19 +289,34 @@ def _check_size(cluster_size: int) -> None:
         raise ValueError(f"cluster_size must be at least 1, got {cluster_size}")
 
 
+Known = Mapping[NodeId, Seat]
+
+
+def _incumbent(report: PeerView, known: Known) -> bool:
+    """Is `report.node` established (in `known`) in the cluster it now claims?"""
+    held = known.get(report.node)
+    return report.seat is not None and held is not None and held.cluster == report.seat.cluster
+
+
+def _rank(report: PeerView, known: Known) -> tuple[int, int, NodeId]:
+    """Join order in a cluster: established members first, each part by claimed number."""
+    assert report.seat is not None
+    return (0 if _incumbent(report, known) else 1, report.seat.number, report.node)
+
+
 def _join_order(report: PeerView) -> tuple[int, NodeId]:
     assert report.seat is not None
     return (report.seat.number, report.node)
 
 
-def _claims(reports: Iterable[PeerView]) -> dict[ClusterId, list[PeerView]]:
-    """Claimants of each cluster, in join order."""
+def _claims(reports: Iterable[PeerView], known: Known) -> dict[ClusterId, list[PeerView]]:
+    """Claimants of each cluster, incumbents first, each part in join order."""
     claims: dict[ClusterId, list[PeerView]] = {}
     for report in reports:
         if report.seat is not None:
             claims.setdefault(report.seat.cluster, []).append(report)
     for members in claims.values():
-        members.sort(key=_join_order)
+        members.sort(key=lambda r: _rank(r, known))
     return claims
 
 
@@ -277,32 +329,62 @@ def _kept(claims: Mapping[ClusterId, list[PeerView]],
 
 
 def _dissolving(kept: Mapping[ClusterId, list[PeerView]], nodes: int, cluster_size: int,
-                expired: Collection[ClusterId]) -> list[ClusterId]:
-    """Rule 3: expired under-full clusters, smallest first, while there are more than k."""
+                expired: Collection[ClusterId], protected: Collection[ClusterId]
+                ) -> list[ClusterId]:
+    """Rule 3: expired under-full clusters while there are more than k: unprotected ones
+    first (clusters that appeared with the surplus cannot make an established one
+    dissolve), then the smallest."""
     surplus = len(kept) - cluster_count(nodes, cluster_size)
-    candidates = sorted((len(kept[cid]), cid) for cid in expired
+    candidates = sorted((cid in protected, len(kept[cid]), cid) for cid in expired
                         if cid in kept and under_full(len(kept[cid]), cluster_size))
-    return [cid for _size, cid in candidates[:max(0, surplus)]]
+    return [cid for _protected, _size, cid in candidates[:max(0, surplus)]]
+
+
+def _numbered(cid: ClusterId, kept: list[PeerView], known: Known,
+              high: dict[ClusterId, int]) -> list[tuple[int, NodeId]]:
+    """Seat numbers of a cluster's kept claimants: each keeps its claimed number, unless a
+    newcomer claims one an established member holds (then it gets a fresh one)."""
+    taken = {r.seat.number for r in kept if r.seat is not None and _incumbent(r, known)}
+    out = []
+    for report in kept:
+        assert report.seat is not None
+        number = report.seat.number
+        if not _incumbent(report, known) and number in taken:
+            number = high[cid] = min(MAX_SEAT, high[cid] + 1)
+            taken.add(number)
+        out.append((number, report.node))
+    return out
+
+
+def _highs(claims: Mapping[ClusterId, list[PeerView]]) -> dict[ClusterId, int]:
+    """The highest seat number claimed in each cluster (bounded by MAX_SEAT on the wire)."""
+    return {cid: max(max(r.seat.number, r.seat.high) for r in members if r.seat)
+            for cid, members in claims.items()}
 
 
 def form_clusters(view: Iterable[PeerView], cluster_size: int,
-                  expired: Collection[ClusterId] = ()) -> Assignment:
+                  expired: Collection[ClusterId] = (),
+                  known: Known | None = None,
+                  protected: Collection[ClusterId] = ()) -> Assignment:
     """The assignment for the live nodes in `view` (rules 1–6 of the module docstring).
 
     `expired`: clusters whose grace period has run out (`Grace.expired`); only those below
-    full size, smallest first, and only while there are more clusters than k, dissolve.
+    full size, and only while there are more clusters than k, dissolve. `known`: the seats
+    this node computed itself and that are established (see the module docstring); claims
+    are checked against them. `protected`: clusters with a member established before the
+    current surplus of clusters began; they dissolve only after all others.
     """
     _check_size(cluster_size)
+    known = known or {}
     reports = latest_reports(view)
-    claims = _claims(reports.values())
+    claims = _claims(reports.values(), known)
     kept, displaced = _kept(claims, cluster_size)
-    for cid in _dissolving(kept, len(reports), cluster_size, expired):
+    for cid in _dissolving(kept, len(reports), cluster_size, expired, protected):
         displaced.extend(kept.pop(cid))
     newcomers = sorted((r for r in reports.values() if r.seat is None), key=lambda r: r.node)
     waiting = sorted(displaced, key=_join_order) + newcomers
-    high = {cid: max(max(r.seat.number, r.seat.high) for r in members if r.seat)
-            for cid, members in claims.items()}
-    members = {cid: [(r.seat.number, r.node) for r in ms if r.seat] for cid, ms in kept.items()}
+    high = _highs(claims)
+    members = {cid: _numbered(cid, ms, known, high) for cid, ms in kept.items()}
     _seat_waiting(members, high, waiting, len(reports), cluster_size, taken=set(claims))
     return _assignment(members, high)
 
@@ -321,7 +403,7 @@ def _seat_waiting(members: dict[ClusterId, list[tuple[int, NodeId]]], high: dict
     for report in waiting[founders:]:
         # Never empty: there are at least k clusters, and k * cluster_size >= N.
         cid = max(room, key=lambda c: (seat_score(report.node, c), c))
-        high[cid] += 1
+        high[cid] = min(MAX_SEAT, high[cid] + 1)
         members[cid].append((high[cid], report.node))
         if len(members[cid]) >= cluster_size:
             room.discard(cid)
@@ -356,11 +438,12 @@ class Grace:
 
     since: tuple[tuple[ClusterId, float], ...] = ()  # sorted by cluster id
 
-    def update(self, view: Iterable[PeerView], cluster_size: int, now: float) -> Grace:
+    def update(self, view: Iterable[PeerView], cluster_size: int, now: float,
+               known: Known | None = None) -> Grace:
         """The timers after observing `view` at time `now`: new ones start, met ones stop."""
         _check_size(cluster_size)
         reports = latest_reports(view)
-        kept, _displaced = _kept(_claims(reports.values()), cluster_size)
+        kept, _displaced = _kept(_claims(reports.values(), known or {}), cluster_size)
         if len(kept) <= cluster_count(len(reports), cluster_size):
             return Grace()
         started = dict(self.since)
@@ -370,98 +453,3 @@ class Grace:
     def expired(self, now: float, grace_s: float) -> frozenset[ClusterId]:
         """Clusters under-full (and surplus) for at least `grace_s` seconds at `now`."""
         return frozenset(cid for cid, since in self.since if now - since >= grace_s)
-
-
-# --- one node's round ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Local:
-    """What one node carries from one discovery round to the next.
-
-    Persist `seat` (and `term`) with the node's data: a restarted node starts from
-    `Local(node, new_generation, seat=saved_seat, term=saved_term)` and so returns to its
-    cluster. `report()` is what the node announces about itself.
-    """
-
-    node: NodeId
-    generation: int
-    version: int = 0
-    seat: Seat | None = None
-    term: int = 0
-    coordinator: bool = False
-    grace: Grace = Grace()
-
-    def report(self) -> PeerView:
-        """This node's own entry in the view, as it announces it."""
-        return PeerView(self.node, self.generation, self.version, self.seat, self.term,
-                        self.coordinator)
-
-
-@dataclass(frozen=True, slots=True)
-class Round:
-    """The outcome of one discovery round on one node."""
-
-    local: Local  # carry into the next round; announce local.report()
-    assignment: Assignment  # every node's seat and every cluster (for peers/clusters views)
-    moved: bool  # this node's cluster changed (or it got its first seat): persist, announce
-
-    @property
-    def cluster(self) -> Cluster:
-        """This node's cluster."""
-        return self.assignment.cluster_of(self.local.node)
-
-
-def advance(local: Local, view: Iterable[PeerView], cluster_size: int, now: float,
-            grace_s: float) -> Round:
-    """Run one discovery round for `local.node` over its view of the live peers at `now`.
-
-    `view` holds the latest report of each live peer; an entry for this node itself is
-    replaced by `local.report()`. `now` is any monotonic clock in seconds; `grace_s` is how
-    long clusters may stay below full size, while there are more than needed, before the
-    smallest dissolve.
-    """
-    reports = latest_reports(report for report in view if report.node != local.node)
-    reports[local.node] = local.report()
-    grace = local.grace.update(reports.values(), cluster_size, now)
-    assignment = form_clusters(reports.values(), cluster_size, grace.expired(now, grace_s))
-    return settle(local, assignment, grace, reports.values())
-
-
-def settle(local: Local, assignment: Assignment, grace: Grace,
-           view: Iterable[PeerView]) -> Round:
-    """The second half of `advance`: this node's seat, role and term from an assignment.
-
-    `view` must hold the reports of at least every node in this node's cluster (the rest is
-    ignored); `advance` passes the whole view.
-    """
-    seat = assignment.seat_of(local.node)
-    coordinator = assignment.cluster(seat.cluster).coordinator
-    term = next_term(local, seat.cluster, coordinator, view)
-    leads = coordinator == local.node
-    changed = (seat, term, leads) != (local.seat, local.term, local.coordinator)
-    moved = local.seat is None or local.seat.cluster != seat.cluster
-    after = Local(local.node, local.generation, local.version + int(changed), seat, term, leads,
-                  grace)
-    return Round(after, assignment, moved)
-
-
-def next_term(local: Local, cluster_id: ClusterId, coordinator: NodeId,
-              view: Iterable[PeerView]) -> int:
-    """The term `local.node` holds in `cluster_id` after this round (see module docstring)."""
-    stayed = local.seat is not None and local.seat.cluster == cluster_id
-    mates = [r for r in view if r.node != local.node and r.seat is not None
-             and r.seat.cluster == cluster_id]
-    seen = max((r.term for r in mates), default=0)
-    base = max(seen, local.term) if stayed else seen
-    if coordinator != local.node:
-        return base
-    rival = any(r.coordinator and r.term >= local.term for r in mates)
-    if not (stayed and local.coordinator) or rival or seen > local.term:
-        return base + 1
-    return local.term
-
-
-def accepts(term_of_command: int, current_term: int) -> bool:
-    """Fencing: a command (or lease, or result) is accepted only from the current term or later."""
-    return term_of_command >= current_term

@@ -39,7 +39,7 @@ Pure: no RNS, no sockets.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -144,6 +144,17 @@ def rank(candidates: Iterable[Candidate], own_capabilities: Iterable[str], waiti
         return (match, -room(c), c.load.queued, c.cpu_percent, c.node_id)
 
     return sorted((c for c in candidates if room(c) > 0 and c.types), key=key)
+
+
+def work_admitted(policy: str, allowed: Collection[str], node: str, alive: bool,
+                  seated_since: float | None, now: float, settle_s: float) -> bool:
+    """`[security] delegate_to`: may `node` be handed tasks, and be trusted with the
+    capabilities it declares? "allowlist": only the listed identities; "members": a live
+    peer that has held its seat (in this node's view) for `settle_s`, so an identity that
+    just appeared, whatever it claims, gets no work and no task's arguments."""
+    if policy == "allowlist":
+        return node in allowed
+    return alive and seated_since is not None and now - seated_since >= settle_s
 
 
 def saturated(mates: Iterable[Candidate]) -> bool:

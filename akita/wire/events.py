@@ -357,10 +357,12 @@ class PeerLeft(Event):
 @event("cluster.seat")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterSeat(Event):
-    """This node's seat (`Seat.pack()`, or None: always written) and term."""
+    """This node's seat (`Seat.pack()`, or None: always written) and term, and the seat
+    numbers of the mates it saw: [[node, number], ...]."""
 
     seat: list[Any] | None
     term: int
+    mates: list[Any] | None = None
 
 
 @event("cluster.changed")

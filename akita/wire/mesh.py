@@ -29,6 +29,7 @@ MAX_NAME_BYTES = 32
 DIGEST_BYTES = 8
 ID_BYTES = 16                   # a Reticulum identity hash
 ID_TAG_BYTES = 4
+KEY_TAG_BYTES = 8               # akita.keyring.TAG_BYTES
 _MAX_INT = 2**63 - 1
 
 
@@ -71,6 +72,7 @@ class Announce:
     digest: bytes            # short hash of the node's merged state view
     interval_s: float        # the node's announce interval, so peers know when to expect it
     id_tag: bytes = b""      # first bytes of the sender's identity hash (see ID_TAG_BYTES)
+    key_tag: bytes = b""     # admission = key: the network key's tag (akita.keyring)
 
     @property
     def order(self) -> tuple[int, int]:
@@ -92,6 +94,8 @@ def encode_announce(info: Announce) -> bytes:
         "v": info.state_version, "d": info.digest[:DIGEST_BYTES],
         "i": round(info.interval_s, 1), "k": info.id_tag[:ID_TAG_BYTES],
     }
+    if info.key_tag:
+        body["m"] = info.key_tag[:KEY_TAG_BYTES]
     data: bytes = msgpack.packb(body, use_bin_type=True)
     # Every field is bounded (name 32 bytes, a report ~30, numbers ≤ 9 each): ~130 at most.
     assert len(data) <= MAX_APP_DATA_BYTES, len(data)
@@ -126,10 +130,13 @@ def decode_announce(node_id: str, data: bytes | None) -> Announce:
     id_tag = _field(body, "k", bytes)
     if id_tag != bytes.fromhex(node_id)[:ID_TAG_BYTES]:
         raise Impersonation("app_data names another identity than the one that signed it")
+    key_tag = _field(body, "m", bytes) if "m" in body else b""
+    if len(key_tag) > KEY_TAG_BYTES:
+        raise WireError("m: network key tag too long")
     return Announce(name=name, generation=generation, seq=_count(body, "s"), report=report,
                     load=Load(int(load[0]), int(load[1]), int(load[2])),
                     state_version=_count(body, "v"), digest=_field(body, "d", bytes),
-                    interval_s=float(interval), id_tag=id_tag)
+                    interval_s=float(interval), id_tag=id_tag, key_tag=key_tag)
 
 
 # --- probe packets ----------------------------------------------------------------------

@@ -154,7 +154,8 @@ class OriginSide:
         for mate in sorted(net.formation.cluster_mates()):
             peer = net.table.get(mate)
             record = net.sync.store.get(mate)
-            if peer is None or peer.state is not PeerState.ALIVE or record is None:
+            if peer is None or peer.state is not PeerState.ALIVE or record is None \
+                    or not net.admits_work(mate, now):   # [security] delegate_to
                 continue
             found.append(self.candidate(mate, record, float(peer.load.cpu_percent), now))
         return found

@@ -2,7 +2,7 @@
 home, and keep their leases alive (see `workers.gateway.delegate` for the whole picture).
 
 - ``{task_channel}/run``: served for live members of this node's cluster, only from the
-  current cluster term or a later one (`akita.mesh.cluster.accepts`), and for spill-over from
+  current cluster term or a later one (`akita.mesh.rounds.accepts`), and for spill-over from
   other clusters when this node is its cluster's coordinator with room
   (`workers.gateway.spillover.Admission`), through `task.run_for`;
   the executor refuses a type this node does not declare, a capability it lacks, args that

@@ -22,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from akita.keyring import Keyring
 from akita.mesh.formation import Formation, RoundResult
 from akita.wire import mesh
+from workers.gateway.defence import Defence
 from workers.gateway.peers import AnnounceOutcome, Peer, PeerTable
 
 log = logging.getLogger(__name__)
@@ -46,16 +48,33 @@ MAX_SETTLE_S = 120.0
 
 
 class Admission:
-    """`[security] admission`: open, or only the identities in the allowlist."""
+    """`[security] admission`: open, only the identities in the allowlist, or (key) only
+    identities whose announces carry a tag of the shared network key (`akita.keyring`)."""
 
-    def __init__(self, mode: str, allowed: tuple[str, ...]) -> None:
+    def __init__(self, mode: str, allowed: tuple[str, ...],
+                 keys: Keyring | None = None) -> None:
         self.mode = mode
         self.allowed = frozenset(allowed)
+        self.keyring = keys or Keyring(())
+        self.keyed: Callable[[str], bool] = lambda _node: False   # in the peer table
+        self.old_key_used = 0
 
     def admits(self, node_id: str | None) -> bool:
+        """May this identity be served (requests) and its announces be read?"""
         if self.mode == "open":
             return True
+        if self.mode == "key":
+            return node_id is not None and self.keyed(node_id)
         return node_id is not None and node_id in self.allowed
+
+    def announce_admitted(self, node_id: str, info: mesh.Announce) -> bool:
+        """In key mode, does the announce carry a valid tag of a key of the ring?"""
+        if self.mode != "key":
+            return self.admits(node_id)
+        used = self.keyring.verify(info.key_tag, node_id, info.generation, info.seq)
+        if used is not None and used > 0:
+            self.old_key_used += 1
+        return used is not None
 
 
 class RnsPort(Protocol):
@@ -102,6 +121,7 @@ class Discovery:
     rns: RnsPort
     events: DiscoveryEvents
     build_app_data: Callable[[int], bytes]        # seq → app_data
+    defence: Defence = field(default_factory=Defence)
     rng: random.Random = field(default_factory=random.Random)
     counters: AnnounceCounters = field(default_factory=AnnounceCounters)
     seq: int = 0
@@ -167,11 +187,20 @@ class Discovery:
         if node_id == self.node_id:
             self.counters.own_echo += 1
             return
-        if not self.admission.admits(node_id):
+        if self.admission.mode == "allowlist" and not self.admission.admits(node_id):
             self.counters.not_admitted += 1
+            self.defence.refused("not_admitted", node_id, "announce")
             return
         info = self._decode(node_id, app_data)
         if info is None:
+            return
+        if not self.admission.announce_admitted(node_id, info):
+            self.counters.not_admitted += 1
+            self.defence.refused("bad_key", node_id, "announce without a valid network key tag")
+            return
+        full = self.table.room_for(node_id, now)
+        if full:
+            self.defence.refused("over_quota", node_id, full)
             return
         outcome = self.table.on_announce(node_id, info, now)
         peer = self.table.get(node_id)
@@ -194,16 +223,18 @@ class Discovery:
     def _decode(self, node_id: str, app_data: bytes | None) -> mesh.Announce | None:
         if app_data is not None and len(app_data) > mesh.MAX_APP_DATA_BYTES:
             self.counters.oversized += 1
-            log.debug("oversized app_data (%d bytes) from %s ignored", len(app_data), node_id)
+            self.defence.refused("oversized", node_id, f"app_data of {len(app_data)} bytes")
             return None
         try:
             return mesh.decode_announce(node_id, app_data)
         except mesh.Impersonation:
             self.counters.impersonating += 1
-            log.info("announce from %s carries another node's app_data: ignored", node_id)
+            self.defence.refused("impersonating", node_id, "another node's app_data")
         except mesh.WireError as exc:
             self.counters.garbage += 1
-            log.debug("malformed app_data from %s ignored: %s", node_id, exc)
+            # A claim out of range (a term or seat past its bound) is a refused claim.
+            reason = "claim_refused" if "whole number from 0 to" in str(exc) else "garbage"
+            self.defence.refused(reason, node_id, str(exc))
         return None
 
     # --- the timer --------------------------------------------------------------------------------

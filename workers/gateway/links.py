@@ -33,7 +33,9 @@ from typing import Any
 import RNS
 from RNS.vendor import umsgpack
 
+from workers.gateway import transfers
 from workers.gateway.bridge import LoopBridge
+from workers.gateway.defence import Defence
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,7 @@ class LinkStats:
     served: int = 0
     refused: int = 0
     unknown_path: int = 0
+    too_large: int = 0
     links_opened: int = 0
 
 
@@ -125,26 +128,35 @@ class Links:
     """One node's request/response endpoints over Reticulum Links."""
 
     def __init__(self, bridge: LoopBridge, identity: Any, destination: Any,
-                 resolve: Callable[[str], Any | None], admit: Callable[[str | None], bool]
-                 ) -> None:
+                 resolve: Callable[[str], Any | None], admit: Callable[[str | None], bool],
+                 max_request_bytes: int = 2 << 20, defence: Defence | None = None) -> None:
         """`destination`: this node's IN destination; `resolve(peer_id)`: the peer's OUT
-        destination (None if unknown); `admit(peer_id)`: may this identity be served?"""
+        destination (None if unknown); `admit(peer_id)`: may this identity be served?
+        `max_request_bytes`: the largest request any path takes (see `transfers`)."""
         self.bridge = bridge
         self.identity = identity
         self.destination = destination
         self.resolve = resolve
         self.admit = admit
+        self.defence = defence or Defence()
+        self.max_request_bytes = max_request_bytes
         self.stats = LinkStats()
         self._handlers: dict[str, Handler] = {}
+        self._limits: dict[str, int] = {}
         self._out: dict[str, _OutLink] = {}
         self._incoming: dict[bytes, Any] = {}
+        self._next_sweep = 0.0
         destination.set_link_established_callback(self._incoming_established)
+        transfers.limit_requests(destination, max_request_bytes,
+                                 lambda size, peer: bridge.post(self._too_large, size, peer))
 
     # --- serving ----------------------------------------------------------------------------
 
-    def serve(self, path: str, handler: Handler) -> None:
-        """Answer requests for `path` with `handler` (on the loop)."""
+    def serve(self, path: str, handler: Handler, max_bytes: int | None = None) -> None:
+        """Answer requests for `path` with `handler` (on the loop); a request above
+        `max_bytes` (default: the node's `max_request_bytes`) is refused."""
         self._handlers[path] = handler
+        self._limits[path] = min(max_bytes or self.max_request_bytes, self.max_request_bytes)
 
         def generator(path: str, data: Any, request_id: bytes, link_id: bytes,
                       remote_identity: Any, requested_at: float) -> None:
@@ -162,7 +174,16 @@ class Links:
     def _track_incoming(self, link: Any) -> None:
         self._incoming[link.link_id] = link
         link.set_link_closed_callback(
-            lambda closed: self.bridge.post(self._incoming.pop, closed.link_id, None))
+            lambda closed: self.bridge.post(self._incoming_closed, closed.link_id))
+
+    def _incoming_closed(self, link_id: bytes) -> None:
+        self._incoming.pop(link_id, None)
+        transfers.sweep_partial()  # a transfer it carried may have stopped half way
+
+    def _too_large(self, size: int, peer: str | None) -> None:
+        self.stats.too_large += 1
+        self.defence.refused("over_quota", peer, f"request of {size} bytes advertised, "
+                             f"limit {self.max_request_bytes}")
 
     def _on_request(self, path: str, data: Any, request_id: bytes, link_id: bytes,
                     remote_identity: Any) -> None:
@@ -172,11 +193,17 @@ class Links:
             return
         if not self.admit(peer_id):
             self.stats.refused += 1
-            log.debug("request for %s from %s not admitted", path, peer_id or "an anonymous peer")
+            self.defence.refused("not_admitted", peer_id, f"request for {path}")
             return
         request = IncomingRequest(path, data if isinstance(data, bytes) else b"", peer_id,
                                   self, link, request_id)
         handler = self._handlers.get(path)
+        if handler is not None and len(request.data) > self._limits[path]:
+            self.stats.too_large += 1
+            self.defence.refused("over_quota", peer_id, f"{path}: {len(request.data)} bytes")
+            request.fail(f"request of {len(request.data)} bytes exceeds the limit of "
+                         f"{self._limits[path]} for {path}")
+            return
         if handler is None:
             self.stats.unknown_path += 1
             request.fail(f"no handler for {path}")
@@ -286,7 +313,10 @@ class Links:
     # --- housekeeping -------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Fail requests still waiting for a link past their deadline."""
+        """Fail requests still waiting for a link past their deadline; sweep partial files."""
+        if now >= self._next_sweep:
+            self._next_sweep = now + transfers.SWEEP_EVERY_S
+            transfers.sweep_partial()
         for peer_id, out in list(self._out.items()):
             if out.state is not LinkState.CONNECTING:
                 continue

@@ -15,15 +15,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from akita import identity as ident
+from akita import keyring
 from akita.config import Config
+from akita.keyring import Keyring
+from akita.mesh import delegation
 from akita.mesh import state as st
 from akita.mesh.formation import Formation, RoundResult
+from akita.text import clean
 from akita.wire import events, mesh, protocol
 from workers.gateway import recovery, views
+from workers.gateway.defence import Defence
 from workers.gateway.discovery import Admission, Discovery, DiscoveryTiming
 from workers.gateway.links import IncomingRequest, Links, RequestRefused
 from workers.gateway.load import LoadTracker
-from workers.gateway.peers import Peer, PeerTable
+from workers.gateway.peers import Peer, PeerState, PeerTable, PullBackoff
 from workers.gateway.probes import DirectProbe, IndirectProbe, Prober, ProbeTiming, Suspect
 from workers.gateway.sync import StateSync
 
@@ -61,8 +66,10 @@ class NetNode:
 
     def __init__(self, config: Config, identity: ident.NodeIdentity, generation: int,
                  rns: Any, links: Links, publish: Publish, record: Record,
-                 restored: recovery.Restored, tick_interval_s: float = 0.1) -> None:
-        cl = config.cluster
+                 restored: recovery.Restored, tick_interval_s: float = 0.1,
+                 defence: Defence | None = None) -> None:
+        cl, sec = config.cluster, config.security
+        self.defence = defence or Defence()
         self.config = config
         self.node_id = identity.node_id
         self.identity = identity
@@ -75,11 +82,17 @@ class NetNode:
         self.paths = Paths.from_config(config)
         self.formation = Formation(self.node_id, generation, cl.cluster_size,
                                    grace_s=cl.peer_timeout + cl.discovery_interval,
-                                   seat=restored.seat, term=restored.term)
-        self.table = PeerTable(cl.peer_timeout)
+                                   seat=restored.seat, term=restored.term,
+                                   mates=restored.mates)
+        self.table = PeerTable(cl.peer_timeout, max_interval_s=sec.max_peer_interval,
+                               max_peers=sec.max_peers,
+                               max_new_per_minute=sec.max_new_peers_per_minute)
         self.prober = Prober(ProbeTiming.derive(cl.peer_timeout, cl.probe_interval,
                                                 cl.probe_timeout))
         self.sync = StateSync.create(identity, generation, restored.own_record)
+        self.sync.max_record_bytes = sec.max_record_bytes
+        self.sync.max_record_keys = sec.max_record_keys
+        self.sync.on_refused = self.defence.refused
         if restored.view:
             log.info("restored %d state records from the ledger", self.sync.restore(restored.view))
         self.sync.update_own({st.KEY_TASK_TYPES: [],
@@ -89,12 +102,17 @@ class NetNode:
             node_id=self.node_id,
             timing=DiscoveryTiming(cl.announce_interval, cl.discovery_interval),
             table=self.table, formation=self.formation,
-            admission=Admission(config.security.admission, config.security.allowed_identities),
-            rns=rns, events=self, build_app_data=self._app_data)
+            admission=Admission(sec.admission, sec.allowed_identities,
+                                Keyring(tuple(keyring.decode(k) for k in sec.network_key))),
+            rns=rns, events=self, build_app_data=self._app_data, defence=self.defence)
+        # In key mode, requests are served to identities whose keyed announce we took.
+        self.discovery.admission.keyed = self.table.__contains__
         self.load = LoadTracker()
         self._id_bytes = bytes.fromhex(self.node_id)
         self._pulling: set[str] = set()
         self._last_pull: dict[str, float] = {}
+        self._claims_refused: set[str] = set()
+        self._pull_backoff = PullBackoff(cl.announce_interval, sec.max_pull_backoff)
         self._snapshot_due = False
         self._last_snapshot = 0.0
         self._last_tick = time.monotonic()
@@ -118,7 +136,8 @@ class NetNode:
             name=self.name, generation=self.generation, seq=seq,
             report=self.formation.report(), load=self.load.summary,
             state_version=self.sync.own.version, digest=self.sync.store.digest(),
-            interval_s=self.config.cluster.announce_interval, id_tag=self._id_bytes))
+            interval_s=self.config.cluster.announce_interval, id_tag=self._id_bytes,
+            key_tag=self.discovery.admission.keyring.sign(self.node_id, self.generation, seq)))
 
     def on_announce(self, node_id: str, identity: Any, app_data: bytes | None) -> None:
         self.discovery.on_announce(node_id, identity, app_data, time.monotonic())
@@ -126,7 +145,7 @@ class NetNode:
     # --- discovery events ---------------------------------------------------------------------
 
     def peer_joined(self, peer: Peer) -> None:
-        log.info("peer joined: %s (%s) generation %d", peer.node_id, peer.name,
+        log.info("peer joined: %s (%s) generation %d", peer.node_id, clean(peer.name),
                  peer.info.generation)
         self.publish("peer.joined", protocol.PeerJoined(node=peer.node_id, name=peer.name,
                                                         generation=peer.info.generation))
@@ -137,7 +156,7 @@ class NetNode:
             hook(peer.node_id)
 
     def peer_restarted(self, peer: Peer) -> None:
-        log.info("peer restarted: %s (%s) generation %d", peer.node_id, peer.name,
+        log.info("peer restarted: %s (%s) generation %d", peer.node_id, clean(peer.name),
                  peer.info.generation)
         self.links.close_peer(peer.node_id)  # its old link died with its old process
         self.record(*events.PeerRestarted(node=peer.node_id, name=peer.name,
@@ -153,9 +172,10 @@ class NetNode:
             hook(peer.node_id)
 
     def peer_left(self, peer: Peer, reason: str) -> None:
-        log.info("peer left: %s (%s): %s", peer.node_id, peer.name, reason)
+        log.info("peer left: %s (%s): %s", peer.node_id, clean(peer.name), clean(reason))
         self.links.close_peer(peer.node_id)
         self._pulling.discard(peer.node_id)
+        self._pull_backoff.forget(peer.node_id)
         self.sync.forget_except(self.table.alive_ids())
         self.publish("peer.left", protocol.PeerLeft(node=peer.node_id, name=peer.name,
                                                     reason=reason))
@@ -164,9 +184,14 @@ class NetNode:
             hook(peer.node_id)
 
     def round_done(self, result: RoundResult) -> None:
+        # Counted once per episode (a peer starts claiming), not once per round.
+        for node in set(result.refused) - self._claims_refused:
+            self.defence.refused("claim_refused", node, "a seat or term in our cluster")
+        self._claims_refused = set(result.refused)
         local = self.formation.local
         if result.seat_changed:
-            self.record(*recovery.seat_event(local.seat, local.term).entry())
+            self.record(*recovery.seat_event(local.seat, local.term,
+                                             self.formation.mate_seats()).entry())
         if result.view_changed:
             own = self.formation.own_cluster()
             clusters = self.clusters()
@@ -285,12 +310,13 @@ class NetNode:
         behind = self.sync.behind(peer.node_id, own_stamp)
         mate = peer.node_id in self.formation.cluster_mates()
         differs = mate and peer.info.digest != self.sync.store.digest()
-        recently = time.monotonic() - self._last_pull.get(peer.node_id, float("-inf")) \
+        now = time.monotonic()
+        recently = now - self._last_pull.get(peer.node_id, float("-inf")) \
             < self.config.cluster.announce_interval
-        if behind or (differs and not recently):
-            self._pull(peer.node_id)
+        if (behind or (differs and not recently)) and self._pull_backoff.due(peer.node_id, now):
+            self._pull(peer.node_id, own_stamp)
 
-    def _pull(self, node_id: str) -> None:
+    def _pull(self, node_id: str, advertised: st.Stamp = (0, 0)) -> None:
         if node_id in self._pulling:
             return
         self._pulling.add(node_id)
@@ -300,10 +326,14 @@ class NetNode:
         def done(data: bytes) -> None:
             self._pulling.discard(node_id)
             self._took(self.sync.take(data, self._live))
+            # A peer that announces a record it does not serve is asked less and less often.
+            self._pull_backoff.result(node_id, not self.sync.behind(node_id, advertised),
+                                      time.monotonic())
 
         def failed(reason: str) -> None:
             self._pulling.discard(node_id)
-            log.debug("state pull from %s failed: %s", node_id, reason)
+            self._pull_backoff.result(node_id, False, time.monotonic())
+            log.debug("state pull from %s failed: %s", node_id, clean(reason))
 
         self.links.request(node_id, self.paths.pull, self.sync.encode_summary(), done, failed,
                            timeout_s=self._request_timeout())
@@ -381,6 +411,20 @@ class NetNode:
                     on_durable=on_durable)
         self._own_changed()
 
+    # --- who gets work ---------------------------------------------------------------------------
+
+    def admits_work(self, node_id: str, now: float) -> bool:
+        """`[security] delegate_to`: may `node_id` be handed tasks (and be trusted with the
+        capabilities it declares)? members: alive and seated, in this node's view, for
+        `settle_time`; allowlist: listed in `allowed_identities`."""
+        sec, cl = self.config.security, self.config.cluster
+        peer = self.table.get(node_id)
+        return delegation.work_admitted(
+            sec.delegate_to, sec.allowed_identities, node_id,
+            peer is not None and peer.state is PeerState.ALIVE,
+            self.formation.seated_since(node_id), now,
+            sec.settle_time or cl.peer_timeout + cl.discovery_interval)
+
     # --- the operator's view -------------------------------------------------------------------
 
     def clusters(self) -> list[dict[str, Any]]:
@@ -415,6 +459,7 @@ class NetNode:
             "links": vars(self.links.stats).copy(),
             "state": {**vars(self.sync.counters), "version": self.sync.own.version,
                       "records": len(self.sync.store.records)},
+            "security": self.defence.snapshot(),
         }
 
 

@@ -12,12 +12,19 @@ so a replayed announce cannot bring it back either.
 Liveness: any sign of life (announce, probe proof, indirect ack, link traffic) refreshes
 `last_heard`. A peer silent for longer than its timeout is dropped: `peer_timeout` for
 members of this node's cluster, which probe each other; for other peers, whose only sign
-of life is their announce, also at least `ANNOUNCE_GRACE` of their own announce intervals.
+of life is their announce, also at least `ANNOUNCE_GRACE` of their own announce intervals;
+the interval a peer claims counts only up to `max_interval_s`, so a peer claiming a huge one
+is not kept for months after one announce.
+
+Quotas: the table holds at most `max_peers` peers and takes at most `max_new_per_minute`
+new identities per minute; a newcomer over either is refused (counted), nobody held is
+evicted for it, so identities made in bulk cannot push members out.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -73,14 +80,33 @@ class Counters:
     dropped: int = 0
     suspected: int = 0
     refuted: int = 0
+    over_quota: int = 0
 
 
 @dataclass
 class PeerTable:
     peer_timeout_s: float
+    max_interval_s: float = 3600.0
+    max_peers: int = 256
+    max_new_per_minute: int = 60
     peers: dict[str, Peer] = field(default_factory=dict)
     tombstones: dict[str, tuple[int, int]] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
+    _admitted_at: deque[float] = field(default_factory=deque)
+
+    def room_for(self, node_id: str, now: float) -> str:
+        """"" if an announce of `node_id` may be taken, else why not (a quota it is over)."""
+        if node_id in self.peers:
+            return ""
+        while self._admitted_at and now - self._admitted_at[0] >= 60.0:
+            self._admitted_at.popleft()
+        if len(self.peers) >= self.max_peers:
+            self.counters.over_quota += 1
+            return f"peer table full ({self.max_peers} peers)"
+        if len(self._admitted_at) >= self.max_new_per_minute:
+            self.counters.over_quota += 1
+            return f"more than {self.max_new_per_minute} new identities this minute"
+        return ""
 
     def on_announce(self, node_id: str, info: Announce, now: float) -> AnnounceOutcome:
         """Apply an announce heard from `node_id` (already validated and admitted)."""
@@ -91,6 +117,7 @@ class PeerTable:
                 self.counters.revived_blocked += 1
                 return AnnounceOutcome.STALE
             self.tombstones.pop(node_id, None)
+            self._admitted_at.append(now)
             self.peers[node_id] = Peer(node_id, info, first_seen=now, last_heard=now,
                                        last_announce=now, wall_last_heard=time.time())
             return AnnounceOutcome.NEW
@@ -130,7 +157,8 @@ class PeerTable:
         """How long `peer` may stay silent; `health` ≥ 1 widens it when this node is slow."""
         if is_member:
             return self.peer_timeout_s * health
-        return max(self.peer_timeout_s, ANNOUNCE_GRACE * peer.info.interval_s) * health
+        interval = min(peer.info.interval_s, self.max_interval_s)
+        return max(self.peer_timeout_s, ANNOUNCE_GRACE * interval) * health
 
     def expire(self, now: float, members: set[str], health: float = 1.0) -> list[Peer]:
         """Drop every peer silent past its timeout; returns the dropped ones."""
@@ -161,3 +189,27 @@ class PeerTable:
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self.peers
+
+
+class PullBackoff:
+    """When a peer may be pulled again: after each failed pull (no answer, or not the record
+    it announced) the wait doubles from `base_s` up to `max_s`; a good pull resets it."""
+
+    def __init__(self, base_s: float, max_s: float) -> None:
+        self.base_s, self.max_s = base_s, max_s
+        self._failures: dict[str, int] = {}
+        self._next: dict[str, float] = {}
+
+    def due(self, node_id: str, now: float) -> bool:
+        return now >= self._next.get(node_id, float("-inf"))
+
+    def result(self, node_id: str, ok: bool, now: float) -> None:
+        if ok:
+            self.forget(node_id)
+            return
+        failures = self._failures[node_id] = min(self._failures.get(node_id, 0) + 1, 32)
+        self._next[node_id] = now + min(self.max_s, self.base_s * 2 ** (failures - 1))
+
+    def forget(self, node_id: str) -> None:
+        self._failures.pop(node_id, None)
+        self._next.pop(node_id, None)

@@ -4,15 +4,21 @@
   gateway start, written and fsynced before the first announce: announces of a node are
   ordered by (generation, seq), so a generation must never be used twice, even when the
   gateway is killed a moment after it started (a ledger event could still be in flight).
-- The ledger holds the node's last seat and term (``cluster.seat``), its own state record
+- The ledger holds the node's last seat, term and cluster mates (``cluster.seat``), its own
+  state record
   with the custom keys (``state.own``) and the last merged view (``state.view``); a restarted
   gateway returns to its cluster and serves the state it had.
+- What the ledger holds is checked like a claim from the mesh: a seat or a term out of range
+  (written by an older version that adopted a poisoned claim) is dropped with a warning, so
+  the node starts without it and takes its cluster's term from its mates; records in the
+  saved view go through the same checks as records pulled from a peer.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +35,7 @@ log = logging.getLogger(__name__)
 E = TypeVar("E", bound=events.Event)
 
 GENERATION_FILE = "gateway.generation"
+MAX_SAVED_MATES = 256
 
 SEAT_EVENT = events.ClusterSeat.KIND
 OWN_STATE_EVENT = events.StateOwn.KIND
@@ -39,6 +46,7 @@ VIEW_EVENT = events.StateView.KIND
 class Restored:
     seat: rules.Seat | None = None
     term: int = 0
+    mates: tuple[tuple[str, rules.Seat], ...] = ()
     own_record: st.Record | None = None
     view: dict[str, Any] | None = None
 
@@ -74,15 +82,19 @@ def load(db_path: Path) -> Restored:
         view_events = chain.tail(db_path, 1, kind_prefix=VIEW_EVENT)
     except chain.LedgerNotFound:
         return Restored()
-    seat, term = _seat(_last(seat_events, events.ClusterSeat))
+    seat_found = _last(seat_events, events.ClusterSeat)
+    seat, term = _seat(seat_found)
     own = _last(own_events, events.StateOwn)
     view = _last(view_events, events.StateView)
-    return Restored(seat=seat, term=term, own_record=_record(own),
-                    view=None if view is None else view.to_data())
+    return Restored(seat=seat, term=term, mates=_mates(seat_found, seat),
+                    own_record=_record(own), view=None if view is None else view.to_data())
 
 
-def seat_event(seat: rules.Seat | None, term: int) -> events.ClusterSeat:
-    return events.ClusterSeat(seat=None if seat is None else seat.pack(), term=term)
+def seat_event(seat: rules.Seat | None, term: int,
+               mates: Iterable[tuple[str, rules.Seat]] = ()) -> events.ClusterSeat:
+    """The ``cluster.seat`` event: own seat and term, and the mates' seat numbers."""
+    return events.ClusterSeat(seat=None if seat is None else seat.pack(), term=term,
+                              mates=[[node, mate.number] for node, mate in mates])
 
 
 def _last(found: list[chain.Event], cls: type[E]) -> E | None:
@@ -102,9 +114,30 @@ def _seat(event: events.ClusterSeat | None) -> tuple[rules.Seat | None, int]:
     try:
         seat = rules.Seat.unpack(event.seat)
     except BAD_INPUT as exc:
-        log.warning("ignoring an unreadable seat in the ledger: %s", exc)
+        log.warning("healing the saved seat: dropped an unreadable or out-of-range seat (%s)",
+                    exc)
         return None, 0
-    return seat, max(event.term, 0)
+    term = event.term
+    if not 0 <= term <= rules.MAX_TERM:
+        log.warning("healing the saved term: %r is out of range (0..%d); starting from 0 and "
+                    "taking the cluster's term from its members", term, rules.MAX_TERM)
+        return seat, 0
+    return seat, term
+
+
+def _mates(event: events.ClusterSeat | None, seat: rules.Seat | None
+           ) -> tuple[tuple[str, rules.Seat], ...]:
+    """The saved mates (node, seat): only well-formed entries of the saved seat's cluster."""
+    raw = event.mates if event is not None else None
+    if seat is None or not isinstance(raw, list):
+        return ()
+    mates = []
+    for entry in raw[:MAX_SAVED_MATES]:
+        if (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                and len(entry[0]) == 32 and isinstance(entry[1], int)
+                and not isinstance(entry[1], bool) and 0 <= entry[1] <= rules.MAX_SEAT):
+            mates.append((entry[0], rules.Seat(seat.cluster, entry[1], seat.high)))
+    return tuple(mates)
 
 
 def _record(event: events.StateOwn | None) -> st.Record | None:

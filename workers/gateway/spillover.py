@@ -21,7 +21,7 @@ from typing import Protocol
 from akita.config import Config
 from akita.mesh import delegation as plan
 from akita.mesh import state as st
-from akita.mesh.cluster import accepts
+from akita.mesh.rounds import accepts
 from workers.gateway.node import NetNode
 from workers.gateway.peers import PeerState
 
@@ -76,7 +76,8 @@ def targets(d: SpillOwner, origin: SpillOrigin, now: float) -> list[plan.Candida
             continue
         peer = d.net.table.get(head)
         record = d.net.sync.store.get(head)
-        if peer is None or peer.state is not PeerState.ALIVE or record is None:
+        if peer is None or peer.state is not PeerState.ALIVE or record is None \
+                or not d.net.admits_work(head, now):   # [security] delegate_to
             continue
         found.append(origin.candidate(head, record, float(peer.load.cpu_percent), now))
     own_load = d.own_load

@@ -53,6 +53,7 @@ class SyncCounters:
     records_taken: int = 0
     bad_signature: int = 0
     malformed: int = 0
+    over_quota: int = 0
 
 
 @dataclass
@@ -64,6 +65,11 @@ class StateSync:
     signatures: dict[str, tuple[st.Stamp, bytes]] = field(default_factory=dict)
     public_keys: dict[str, bytes] = field(default_factory=dict)
     counters: SyncCounters = field(default_factory=SyncCounters)
+    # Bounds on a record taken from a peer (`[security] max_record_bytes / max_record_keys`):
+    # one peer's record is copied into every snapshot and replicated, so it must stay small.
+    max_record_bytes: int = 64 << 10
+    max_record_keys: int = 256
+    on_refused: Callable[[str, str, str], None] | None = None   # (reason, origin, detail)
 
     @classmethod
     def create(cls, identity: ident.NodeIdentity, generation: int,
@@ -178,11 +184,22 @@ class StateSync:
             self.counters.malformed += 1
             return None
         signature, public_key = item[1], item[2]
+        packed = record_bytes(record)
+        if len(packed) > self.max_record_bytes or len(record.entries) > self.max_record_keys:
+            self.counters.over_quota += 1
+            self._refused("over_quota", record.origin, f"state record of {len(packed)} bytes, "
+                          f"{len(record.entries)} keys")
+            return None
         if (len(public_key) != 64 or ident.node_id_of(public_key) != record.origin
-                or not ident.verify(public_key, signature, record_bytes(record))):
+                or not ident.verify(public_key, signature, packed)):
             self.counters.bad_signature += 1
+            self._refused("bad_signature", record.origin, "state record")
             return None
         return record, signature, public_key
+
+    def _refused(self, reason: str, origin: str, detail: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason, origin, detail)
 
     def behind(self, origin: str, stamp: st.Stamp) -> bool:
         """Does a peer announce a newer own record than the one we hold for it?"""

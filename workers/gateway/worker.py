@@ -38,6 +38,7 @@ from akita.wire import events, protocol
 from workers.base import Request, Worker
 from workers.gateway import recovery, rnsconfig, shared
 from workers.gateway.bridge import LoopBridge
+from workers.gateway.defence import Defence
 from workers.gateway.delegate import Delegator
 from workers.gateway.ifstats import InterfaceWatch
 from workers.gateway.intercluster import InterCluster
@@ -115,11 +116,13 @@ class GatewayWorker(Worker):
         identity = ident.load_or_create(data_dir)
         generation = recovery.next_generation(data_dir)
         self.rns = self._start_reticulum(data_dir / ident.IDENTITY_FILE)
+        self.defence = Defence()
         self.links = Links(self.bridge, self.rns.identity, self.rns.destination,
-                           self.rns.peer_destination, self._admits)
+                           self.rns.peer_destination, self._admits,
+                           cfg.security.max_request_bytes, self.defence)
         restored = recovery.load(chain.db_path(cfg))
         self.net = NetNode(cfg, identity, generation, self.rns, self.links, self.publish,
-                           self._record, restored, self.tick_interval_s)
+                           self._record, restored, self.tick_interval_s, self.defence)
         self.messages = InterCluster(self.net, self.publish, self._record)
         self.replicator = Replicator(self.net, LedgerRequests(self.ctx, self.run_dir),
                                      ReplicationTiming.from_config(cfg))

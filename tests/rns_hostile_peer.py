@@ -1,0 +1,179 @@
+"""A hand-made hostile Reticulum peer for tests: performs one attack, in its own process.
+
+Never imported by the test process (RNS stays out of pytest); run as
+``python tests/rns_hostile_peer.py --dir D --connect 127.0.0.1:PORT ATTACK [options]``.
+It prints ``READY`` once its interface is up, then what it did, then ``DONE``, and idles.
+
+Attacks (every announce is valid and correctly signed, by identities of its own):
+- flood --count N: N fresh identities announce once each.
+- seats --cluster ID --count K --for-s T: K identities claim seat 0 of cluster ID, the
+  highest term the wire allows, and to coordinate; re-announced for T seconds.
+- name [--interval S]: one identity announces, twice, a name full of terminal escapes and
+  an announce interval of S seconds (default 60), then goes silent.
+- request --to NODE --path P --bytes B [--abort]: open a Link to NODE, identify, send a
+  request of B bytes for P; with --abort, tear the link down once the first 1 MiB segment
+  is through. Prints ``RESPONSE``, ``FAILED <seconds>`` or ``ABORTED``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from akita.config import ReticulumConfig
+from akita.mesh.cluster import MAX_SEAT, MAX_TERM, PeerView, Seat
+from akita.wire import mesh
+from workers.gateway import rnsconfig
+
+SPACING_S = 1.2
+EVIL_NAME = "\x1b[2J\x1b[31mEVIL\x07\r"
+
+
+def app_data(node_id: str, seq: int, name: str = "hostile", seat: Seat | None = None,
+             term: int = 0, coordinator: bool = False, interval_s: float = 60.0) -> bytes:
+    report = PeerView(node_id, 1, seq, seat, term, coordinator)
+    return mesh.encode_announce(mesh.Announce(
+        name=name, generation=1, seq=seq, report=report, load=mesh.Load(), state_version=0,
+        digest=bytes(8), interval_s=interval_s, id_tag=bytes.fromhex(node_id)))
+
+
+def new_destination(RNS: Any, channel: str) -> tuple[Any, Any]:
+    identity = RNS.Identity()
+    app, *aspects = channel.split(".")
+    return identity, RNS.Destination(identity, RNS.Destination.IN, RNS.Destination.SINGLE,
+                                     app, *aspects)
+
+
+def flood(RNS: Any, channel: str, count: int) -> None:
+    for index in range(count):
+        identity, destination = new_destination(RNS, channel)
+        destination.announce(app_data=app_data(identity.hash.hex(), 1, f"flood{index}"))
+        time.sleep(0.02)
+    print(f"SENT {count}", flush=True)
+
+
+def seats(RNS: Any, channel: str, cluster: str, count: int, for_s: float) -> None:
+    made = [new_destination(RNS, channel) for _ in range(count)]
+    seq, until = 0, time.monotonic() + for_s
+    while time.monotonic() < until:
+        seq += 1
+        for identity, destination in made:
+            destination.announce(app_data=app_data(
+                identity.hash.hex(), seq, seat=Seat(cluster, 0, MAX_SEAT), term=MAX_TERM,
+                coordinator=True))
+        time.sleep(SPACING_S)
+    print(f"CLAIMED {seq}", flush=True)
+
+
+def name(RNS: Any, channel: str, interval_s: float) -> None:
+    identity, destination = new_destination(RNS, channel)
+    for seq in (1, 2):
+        destination.announce(app_data=app_data(identity.hash.hex(), seq, EVIL_NAME,
+                                               interval_s=interval_s))
+        time.sleep(SPACING_S)
+    print(f"NAMED {identity.hash.hex()}", flush=True)
+
+
+def request(RNS: Any, channel: str, node_id: str, path: str, size: int,
+            abort_at: bool) -> None:
+    heard: queue.Queue[Any] = queue.Queue()
+
+    class Handler:
+        aspect_filter = channel
+
+        def received_announce(self, destination_hash: bytes, announced_identity: Any,
+                              app_data: bytes | None) -> None:
+            if announced_identity.hash.hex() == node_id:
+                heard.put(announced_identity)
+
+    RNS.Transport.register_announce_handler(Handler())
+    try:
+        node_identity = heard.get(timeout=20)
+    except queue.Empty:
+        print("NO-ANNOUNCE", flush=True)
+        return
+    identity, _ = new_destination(RNS, channel + ".unused")
+    app, *aspects = channel.split(".")
+    target = RNS.Destination(node_identity, RNS.Destination.OUT, RNS.Destination.SINGLE, app,
+                             *aspects)
+    answers: queue.Queue[str] = queue.Queue()
+    started = time.monotonic()
+
+    def abort_when_due(link: Any, receipt: Any) -> None:
+        # A request over 1 MiB goes in segments, each written to the receiver's storage
+        # when complete: tear down once the first is, so a partial file is left behind.
+        while abort_at and receipt.resource is not None:
+            if receipt.resource.status >= RNS.Resource.COMPLETE:
+                link.teardown()
+                answers.put("ABORTED after the first segment")
+                return
+            time.sleep(0.001)
+
+    def established(link: Any) -> None:
+        link.identify(identity)
+        receipt = link.request(path, os.urandom(size),
+                               response_callback=lambda r: answers.put("RESPONSE"),
+                               failed_callback=lambda r: answers.put(
+                                   f"FAILED {time.monotonic() - started:.2f}"),
+                               timeout=60)
+        threading.Thread(target=abort_when_due, args=(link, receipt), daemon=True).start()
+
+    RNS.Link(target, established_callback=established)
+    try:
+        print(answers.get(timeout=90), flush=True)
+    except queue.Empty:
+        print("NO-ANSWER", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--connect", required=True)
+    parser.add_argument("--channel", default="akita.state")
+    parser.add_argument("attack", choices=("flood", "seats", "name", "request"))
+    parser.add_argument("--count", type=int, default=3)
+    parser.add_argument("--cluster", default="")
+    parser.add_argument("--for-s", type=float, default=8.0)
+    parser.add_argument("--to", default="")
+    parser.add_argument("--path", default="akita.state/pull")
+    parser.add_argument("--bytes", type=int, default=1 << 20)
+    parser.add_argument("--abort", action="store_true")
+    parser.add_argument("--interval", type=float, default=60.0)
+    args = parser.parse_args()
+    host, _, port = args.connect.rpartition(":")
+    config_dir = rnsconfig.write(ReticulumConfig(auto_interface=False,
+                                                 tcp_connect=((host, int(port)),)), args.dir)
+
+    import RNS
+
+    RNS.Reticulum(configdir=str(config_dir), loglevel=RNS.LOG_WARNING)
+    deadline = time.monotonic() + 10
+    while not all(getattr(i, "online", False) for i in RNS.Transport.interfaces):
+        if time.monotonic() > deadline:
+            print("FAILED interface did not come up", flush=True)
+            return 1
+        time.sleep(0.05)
+    print("READY", flush=True)
+    if args.attack == "flood":
+        flood(RNS, args.channel, args.count)
+    elif args.attack == "seats":
+        seats(RNS, args.channel, args.cluster, args.count, args.for_s)
+    elif args.attack == "name":
+        name(RNS, args.channel, args.interval)
+    else:
+        request(RNS, args.channel, args.to, args.path, args.bytes, args.abort)
+    print("DONE", flush=True)
+    while True:
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
