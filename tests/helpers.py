@@ -101,6 +101,41 @@ class NotYet(dict):  # type: ignore[type-arg]
         return False
 
 
+class PeerProcess:
+    """A hand-made Reticulum peer script (tests/rns_*.py) in its own process, dialling the
+    hub at `hub_port`; its stdout lines go to a file the test polls with `wait_line`."""
+
+    def __init__(self, script: Path, root: Path, hub_port: int, *args: str,
+                 what: str = "the hand-made peer") -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.what = what
+        self.out = root / "peer.out"
+        with open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(script), "--dir", str(root), "--connect",
+                 f"127.0.0.1:{hub_port}", *args],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def lines(self) -> list[str]:
+        return self.out.read_text(errors="replace").splitlines()
+
+    def wait_line(self, prefix: str, timeout_s: float) -> str:
+        """The first line starting with `prefix`; fails at once if the peer exited."""
+        def found() -> Any:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.what} exited: {self.lines()[-20:]}")
+            return next((line for line in self.lines() if line.startswith(prefix)),
+                        NotYet({"lines": self.lines()[-5:]}))
+
+        return str(wait_for(found, timeout_s, f"{self.what} to print {prefix!r}"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+
+
 class Node:
     """A real supervisor process with its own config in `root`; always stopped by its fixture."""
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,41 +16,27 @@ import pytest
 from akita import identity as ident
 from akita.ledger import chain
 from akita.wire import protocol
-from tests.helpers import REPO, Node, NotYet, free_port, net_sections, start_network, wait_for
+from tests.helpers import (
+    REPO,
+    Node,
+    NotYet,
+    PeerProcess,
+    free_port,
+    net_sections,
+    start_network,
+    wait_for,
+)
 
 RNS_PEER = REPO / "tests" / "rns_peer.py"
 
 
-class HandmadePeer:
-    """tests/rns_peer.py in its own process; its stdout lines go to a file we poll."""
+class HandmadePeer(PeerProcess):
+    """tests/rns_peer.py in its own process, following `plan`."""
 
     def __init__(self, root: Path, hub_port: int, plan: str, request: tuple[str, str] | None
                  ) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.out = root / "peer.out"
-        with open(self.out, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(RNS_PEER), "--dir", str(root), "--connect",
-                 f"127.0.0.1:{hub_port}", "--plan", plan,
-                 *(["--request", request[0], "--to", request[1]] if request else [])],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-
-    def lines(self) -> list[str]:
-        return self.out.read_text(errors="replace").splitlines()
-
-    def wait_line(self, prefix: str, timeout_s: float) -> str:
-        def found() -> Any:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"hand-made peer exited: {self.lines()[-20:]}")
-            return next((line for line in self.lines() if line.startswith(prefix)),
-                        NotYet({"lines": self.lines()[-5:]}))
-
-        return str(wait_for(found, timeout_s, f"the hand-made peer to print {prefix}"))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
+        super().__init__(RNS_PEER, root, hub_port, "--plan", plan,
+                         *(["--request", request[0], "--to", request[1]] if request else []))
 
 
 @pytest.fixture

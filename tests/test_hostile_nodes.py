@@ -6,8 +6,6 @@ they arrive, no partial file left, bounded peer table, escaped output, counters 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from tests.helpers import (
     REPO,
     Node,
     NotYet,
+    PeerProcess,
     free_port,
     net_sections,
     start_network,
@@ -35,41 +34,18 @@ from tests.test_cluster_nodes import agreed, clusters, node_id
 from tests.test_delegation_nodes import TASKS as DELEGATION_TASKS
 from tests.test_delegation_nodes import WORKERS as DELEGATION_WORKERS
 from tests.test_delegation_nodes import ready_to_delegate
-from workers.ledger.store import Append, LedgerStore, parse_events
+from workers.ledger.store import Append, LedgerStore, open_writer, parse_events
 
 HOSTILE_PEER = REPO / "tests" / "rns_hostile_peer.py"
 POISONED_TERM = 2**63 + 5   # what an older version adopted from one hostile announce
 MiB = 1 << 20
 
 
-class HostilePeer:
-    """tests/rns_hostile_peer.py in its own process; its stdout lines go to a file we poll."""
+class HostilePeer(PeerProcess):
+    """tests/rns_hostile_peer.py in its own process, making one `attack`."""
 
     def __init__(self, root: Path, hub_port: int, attack: str, *options: str) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.out = root / "peer.out"
-        with open(self.out, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(HOSTILE_PEER), "--dir", str(root), "--connect",
-                 f"127.0.0.1:{hub_port}", attack, *options],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-
-    def lines(self) -> list[str]:
-        return self.out.read_text(errors="replace").splitlines()
-
-    def wait_line(self, prefix: str, timeout_s: float) -> str:
-        def found() -> Any:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"hostile peer exited: {self.lines()[-20:]}")
-            return next((line for line in self.lines() if line.startswith(prefix)),
-                        NotYet({"lines": self.lines()[-5:]}))
-
-        return str(wait_for(found, timeout_s, f"the hostile peer to print {prefix}"))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
+        super().__init__(HOSTILE_PEER, root, hub_port, attack, *options, what="hostile peer")
 
 
 @pytest.fixture
@@ -115,7 +91,7 @@ def resource_files(node: Node) -> list[str]:
 
 def write_event(node: Node, kind: str, data: object) -> None:
     """Append an event to a stopped node's own feed with its own key (as its ledger would)."""
-    conn = chain.open_writer(chain.db_path(node.config))
+    conn = open_writer(chain.db_path(node.config))
     try:
         store = LedgerStore(conn, ident.load(node.data_dir))
         store.commit([Append("test", 1, 1, parse_events([{"kind": kind, "ts": 1.0,

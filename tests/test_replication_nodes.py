@@ -4,8 +4,6 @@ catches up; a hand-made mate serving forged feeds is refused, and the refusal re
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ import zmq
 from akita.ledger import bundles, chain
 from akita.ledger.client import LedgerClient
 from akita.wire import protocol
-from tests.helpers import REPO, Node, NotYet, start_network, wait_for
+from tests.helpers import REPO, Node, NotYet, PeerProcess, start_network, wait_for
 
 RNS_FORGER = REPO / "tests" / "rns_forger.py"
 BULK_EVENTS = 1500   # pages: far more than one link packet's worth of bundle
@@ -144,35 +142,11 @@ def test_every_member_holds_every_feed_and_a_returning_node_catches_up(
 # --- forged feeds ---------------------------------------------------------------------------
 
 
-class Forger:
-    """tests/rns_forger.py in its own process; its stdout lines go to a file we poll."""
+class Forger(PeerProcess):
+    """tests/rns_forger.py in its own process, serving the `forge` it is told."""
 
     def __init__(self, root: Path, hub_port: int, forge: str, *extra: str) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self.out = root / "forger.out"
-        with open(self.out, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(RNS_FORGER), "--dir", str(root), "--connect",
-                 f"127.0.0.1:{hub_port}", "--forge", forge, *extra],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-
-    def lines(self) -> list[str]:
-        return self.out.read_text(errors="replace").splitlines()
-
-    def wait_line(self, prefix: str, timeout_s: float) -> str:
-        def found() -> Any:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"forger exited: {self.lines()[-20:]}")
-            return next((line for line in self.lines() if line.startswith(prefix)),
-                        NotYet({"lines": self.lines()[-5:]}))
-
-        return str(wait_for(found, timeout_s, f"the forger to print {prefix!r}"))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
+        super().__init__(RNS_FORGER, root, hub_port, "--forge", forge, *extra, what="forger")
 
 
 @pytest.fixture
