@@ -258,6 +258,22 @@ def one_cluster_of(nodes: list[Node]) -> Callable[[], Any]:
     return check
 
 
+def check_traffic_matches_the_channel(node: Node, name: str, sock: str) -> None:
+    """`status --json` "traffic": the node's own count of what it sent over the pipe agrees
+    with what the channel carried for it, and announces and probes are told apart."""
+    channel_tx = query_stats(sock)["nodes"][name]["tx_bytes"]
+    traffic = node.ctl_json("status", "--json")["traffic"]
+    (iface,) = traffic["interfaces"]
+    assert iface["bitrate"] == round(profile("SF7-500").bitrate)
+    # The channel counts a frame when it goes on air; at these short intervals the channel
+    # is busy and frames wait in its queue, so the node has counted more, never less.
+    assert channel_tx <= iface["tx_bytes"] <= 2 * channel_tx, (iface, channel_tx)
+    kinds = traffic["by_kind"]
+    assert kinds["announce"]["tx_bytes"] > 0 and kinds["announce"]["rx_bytes"] > 0
+    assert sum(k["tx_bytes"] for k in kinds.values()) == iface["tx_bytes"]
+    assert iface["airtime_percent"] > 0
+
+
 @pytest.mark.slow
 def test_three_nodes_form_a_cluster_over_the_emulated_channel(
         make_node: Callable[..., Node], short_tmp: Path) -> None:
@@ -273,6 +289,7 @@ def test_three_nodes_form_a_cluster_over_the_emulated_channel(
         assert all(n["tx_frames"] > 0 and n["airtime_s"] > 0 for n in stats["nodes"].values())
         assert stats["largest_frame"] <= 500, "a frame over the LoRa MTU reached the channel"
         assert all(n["dropped_frames"] == 0 for n in stats["nodes"].values())
+        check_traffic_matches_the_channel(nodes[0], "a", sock)
     finally:
         channel.terminate()
         channel.wait(10)

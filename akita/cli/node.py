@@ -20,7 +20,7 @@ import psutil
 
 from akita import catalogue, resources, rundir
 from akita import config as config_mod
-from akita.cli import common
+from akita.cli import common, traffic
 from akita.errors import AkitaError, NodeNotResponding
 from akita.wire import protocol
 
@@ -103,8 +103,10 @@ def _status(args: argparse.Namespace) -> protocol.NodeStatusReply:
 def cmd_status(args: argparse.Namespace) -> int:
     reply = _status(args)
     workers = [{**{key: None for key in STATUS_FIELDS}, **w} for w in reply.workers]
+    mesh = traffic.gateway_stats(args) if _gateway_running(workers) else None
     if args.json:
-        common.print_json({"node": reply.node, "workers": workers})
+        common.print_json({"node": reply.node, "workers": workers,
+                           **traffic.status_fields(mesh)})
         return common.EXIT_OK
     node = reply.node
     print(f"node {node.get('name', '?')}  pid {node.get('pid', '-')}  "
@@ -114,7 +116,13 @@ def cmd_status(args: argparse.Namespace) -> int:
              w.get("last_error") or ""] for w in workers]
     common.print_table(["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "NOTE"],
                        rows)
+    for line in traffic.lines(mesh):
+        print(line)
     return common.EXIT_OK
+
+
+def _gateway_running(workers: list[dict[str, Any]]) -> bool:
+    return any(w["name"] == catalogue.GATEWAY and w["state"] == "running" for w in workers)
 
 
 def _percent(value: float | None) -> str:
@@ -295,14 +303,19 @@ def cmd_top(args: argparse.Namespace) -> int:
     # Several intervals without a sample: the sampler is down (see akitactl status).
     idle_s = max(10.0, 3 * config.sampler.interval)
     clear = sys.stdout.isatty() and not args.json
+    with_mesh = catalogue.GATEWAY in config.supervisor.workers
     shown = 0
     try:
         for _topic, msg in _follow(args, ["resource.sample"], None, idle_s):
             assert isinstance(msg, protocol.ResourceSample)
+            mesh = traffic.gateway_stats(args) if with_mesh else None
             if args.json:
-                print(common.json_line(_fields(msg)), flush=True)
+                print(common.json_line({**_fields(msg), **traffic.status_fields(mesh)}),
+                      flush=True)
             else:
                 _print_top(msg, config.node.name, clear)
+                for line in traffic.lines(mesh):
+                    print(line)
             shown += 1
             if args.count is not None and shown >= args.count:
                 break

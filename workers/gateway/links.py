@@ -138,6 +138,8 @@ class Links:
         self._handlers: dict[str, Handler] = {}
         self._out: dict[str, _OutLink] = {}
         self._incoming: dict[bytes, Any] = {}
+        # Told (link id, path) of each request sent or served, for traffic accounting.
+        self.on_path: Callable[[bytes, str], None] = _no_tag
         destination.set_link_established_callback(self._incoming_established)
 
     # --- serving ----------------------------------------------------------------------------
@@ -174,6 +176,7 @@ class Links:
             self.stats.refused += 1
             log.debug("request for %s from %s not admitted", path, peer_id or "an anonymous peer")
             return
+        self.on_path(link_id, path)
         request = IncomingRequest(path, data if isinstance(data, bytes) else b"", peer_id,
                                   self, link, request_id)
         handler = self._handlers.get(path)
@@ -257,6 +260,7 @@ class Links:
         if remaining <= 0:
             self._fail(pending, f"timed out waiting for a link to {out.peer_id}")
             return
+        self.on_path(out.link.link_id, pending.path)
         receipt = out.link.request(
             pending.path, pending.data,
             response_callback=lambda r: self.bridge.post(self._response, pending, r.response),
@@ -324,6 +328,10 @@ class Links:
         for link in list(self._incoming.values()):
             link.teardown()
         self._incoming.clear()
+
+
+def _no_tag(_link_id: bytes, _path: str) -> None:
+    pass
 
 
 def _find_active_link(link_id: bytes) -> Any | None:

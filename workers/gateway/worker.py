@@ -30,7 +30,7 @@ from akita.ledger import chain
 from akita.ledger.client import LedgerClient
 from akita.wire import protocol
 from workers.base import Request, Worker
-from workers.gateway import recovery, rnsconfig
+from workers.gateway import recovery, rnsconfig, traffic
 from workers.gateway.bridge import LoopBridge
 from workers.gateway.delegate import Delegator
 from workers.gateway.intercluster import InterCluster
@@ -62,6 +62,7 @@ class GatewayWorker(Worker):
         self.delegator: Delegator | None = None
         self.replicator: Replicator | None = None
         self.messages: InterCluster | None = None
+        self.traffic: traffic.TrafficMeter | None = None
 
     # --- start ----------------------------------------------------------------------------------
 
@@ -78,6 +79,8 @@ class GatewayWorker(Worker):
         self.rns = self._start_reticulum(data_dir / ident.IDENTITY_FILE)
         self.links = Links(self.bridge, self.rns.identity, self.rns.destination,
                            self.rns.peer_destination, self._admits)
+        assert self.traffic is not None
+        self.links.on_path = self.traffic.tag_link
         restored = recovery.load(chain.db_path(cfg))
         self.net = NetNode(cfg, identity, generation, self.rns, self.links, self.publish,
                            self._record, restored, self.tick_interval_s)
@@ -105,6 +108,8 @@ class GatewayWorker(Worker):
         assert self.bridge is not None
         cfg = self.config
         rns = RnsNode(self.bridge, identity_path, cfg.channels.state_channel)
+        self.traffic = traffic.for_config(cfg, rns.is_discovery_hash)
+        traffic.install(self.traffic)
         try:
             rnsconfig.check_listen_port(cfg.reticulum)
             config_dir = rnsconfig.write(cfg.reticulum, cfg.node.data_dir)
@@ -213,6 +218,8 @@ class GatewayWorker(Worker):
         stats["callback_errors"] = self.bridge.errors
         stats["ledger_pending"] = self.ledger.pending()
         stats["link_traffic"] = self.links.traffic() if self.links is not None else {}
+        if self.traffic is not None:
+            stats["traffic"] = self.traffic.snapshot()
         if self.replicator is not None:
             stats["replication"] = self.replicator.stats()
         if self.messages is not None:
