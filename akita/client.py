@@ -385,6 +385,13 @@ class Client:
         assert isinstance(reply, protocol.ServiceListReply)
         return reply.services
 
+    def mesh(self) -> dict[str, Any]:
+        """What the gateway counts and derives: {"traffic": {"interfaces", "by_kind"},
+        "budget": {...}}, as `akitactl status --json` shows them."""
+        reply = self._gateway(protocol.PeerStats())
+        assert isinstance(reply, protocol.PeerStatsReply)
+        return {key: reply.stats.get(key) for key in ("traffic", "budget")}
+
     def _gateway(self, msg: protocol.Message) -> protocol.Message:
         with transport.Requester(self.run_dir, GATEWAY, ctx=self._ctx) as requester:
             return requester.request(msg, self.timeout_s)

@@ -184,6 +184,17 @@ def test_unanswered_probe_goes_indirect_then_suspect() -> None:
     assert Suspect(C) in final and Suspect(A) not in final
 
 
+def test_only_a_member_silent_for_a_probe_interval_is_probed() -> None:
+    """An announce heard is a sign of life: no probe (and no proof) spent on that member."""
+    prober = Prober(ProbeTiming(interval_s=10.0, timeout_s=1.0), rng=random.Random(3))
+    members = {A, B}
+    prober.step(0.0, members, {A: 0.0, B: 0.0})
+    for now in (5.0, 9.9, 12.0, 12.5):      # A announces every 5 s, B fell silent at 0
+        sent = prober.step(now, members, {A: now, B: 0.0})
+        assert all(a.target == B for a in sent), sent
+    assert prober.sent_direct == 1 and B in prober.outstanding and A not in prober.outstanding
+
+
 def test_a_lone_pair_suspects_without_helpers_and_forgets_non_members() -> None:
     prober = Prober(ProbeTiming(interval_s=1.0, timeout_s=0.5), rng=random.Random(2))
     prober.step(0.0, {A})

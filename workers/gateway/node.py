@@ -19,6 +19,7 @@ from akita.config import Config
 from akita.mesh import state as st
 from akita.mesh.formation import Formation, RoundResult
 from akita.wire import mesh, protocol
+from workers.gateway import load as load_mod
 from workers.gateway import recovery, views
 from workers.gateway.discovery import Admission, Discovery, DiscoveryTiming
 from workers.gateway.links import IncomingRequest, Links, RequestRefused
@@ -99,6 +100,7 @@ class NetNode:
         self._last_snapshot = 0.0
         self._last_tick = time.monotonic()
         self._tick_interval_s = tick_interval_s
+        self.snapshot_interval_s = SNAPSHOT_INTERVAL_S
         # Other parts of the gateway (delegation, replication, inter-cluster messages) hook in
         # here: called on the loop with the peer's id / after the clusters changed.
         self.peer_joined_hooks: list[Callable[[str], None]] = []
@@ -110,6 +112,13 @@ class NetNode:
         links.serve(self.paths.push, self._serve_push)
         links.serve(self.paths.services, self._serve_services)
         self.discovery.start(time.monotonic())
+
+    def follow_budget(self, state_refresh_s: float) -> None:
+        """Refresh the own record's load figures, and snapshot the merged view into the
+        ledger (which replicates to mates), no more often than the airtime budget allows."""
+        self.load = LoadTracker(refresh_s=state_refresh_s,
+                                min_spacing_s=max(load_mod.MIN_SPACING_S, state_refresh_s / 3))
+        self.snapshot_interval_s = max(SNAPSHOT_INTERVAL_S, state_refresh_s)
 
     # --- announces --------------------------------------------------------------------------
 
@@ -191,13 +200,14 @@ class NetNode:
             self.discovery.interface_up(now)
         self.discovery.tick(now, self.prober.health)
         live_mates = self.formation.cluster_mates() & self.table.alive_ids()
-        for action in self.prober.step(now, live_mates):
+        heard = {m: self.table.peers[m].last_heard for m in live_mates}
+        for action in self.prober.step(now, live_mates, heard):
             self._probe(action, now)
         self.links.tick(now)
         changes = self.load.due(now)
-        if changes is not None and self.sync.update_own(changes):
-            self.discovery.announce_soon(now)
-        if now - self._last_snapshot >= SNAPSHOT_INTERVAL_S and self.discovery.settled:
+        if changes is not None:
+            self.sync.update_own(changes)   # the new version rides on the next announce
+        if now - self._last_snapshot >= self.snapshot_interval_s and self.discovery.settled:
             self._last_snapshot = now
             # Records of nodes gone while we were down (restored from the ledger) go too.
             self.sync.forget_except(self.table.alive_ids())

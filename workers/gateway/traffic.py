@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from akita.config import ChannelsConfig, Config
-from akita.mesh import airtime
+from akita.mesh import airtime, budget
 
 KINDS = ("announce", "probe", "state", "replication", "delegation", "message", "other")
 MAX_TRACKED = 1024            # link ids and probe hashes remembered (oldest forgotten)
@@ -212,6 +212,17 @@ def for_config(config: Config, is_discovery: Callable[[bytes], bool]) -> Traffic
         return lora_for_bitrate(float(getattr(interface, "bitrate", 0) or 0), configured)
 
     return TrafficMeter(path_kinds(config.channels), is_discovery, lora_of)
+
+
+def media(meter: TrafficMeter) -> list[budget.Medium]:
+    """Each interface of this process's Reticulum as a budget `Medium` (bitrate, LoRa)."""
+    import RNS  # the gateway's process only
+
+    found = []
+    for interface in list(RNS.Transport.interfaces):
+        bitrate = float(getattr(interface, "bitrate", 0) or 0)
+        found.append(budget.Medium(bitrate, meter.lora_of(interface), str(interface)))
+    return found
 
 
 def install(meter: TrafficMeter) -> None:

@@ -17,6 +17,7 @@ Reticulum's exit handler.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -28,6 +29,7 @@ from akita import catalogue, transport
 from akita import identity as ident
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
+from akita.mesh import budget
 from akita.wire import protocol
 from workers.base import Request, Worker
 from workers.gateway import recovery, rnsconfig, traffic
@@ -63,6 +65,7 @@ class GatewayWorker(Worker):
         self.replicator: Replicator | None = None
         self.messages: InterCluster | None = None
         self.traffic: traffic.TrafficMeter | None = None
+        self.timers: budget.Timers | None = None
 
     # --- start ----------------------------------------------------------------------------------
 
@@ -82,11 +85,18 @@ class GatewayWorker(Worker):
         assert self.traffic is not None
         self.links.on_path = self.traffic.tag_link
         restored = recovery.load(chain.db_path(cfg))
+        assert self.traffic is not None
+        self.timers = budget.derive(cfg.cluster, budget.slowest(traffic.media(self.traffic)))
+        log.info("upkeep timers (%s): %s", self.timers.source, self.timers.as_dict())
+        cfg = budget.resolve(cfg, self.timers)
         self.net = NetNode(cfg, identity, generation, self.rns, self.links, self.publish,
                            self._record, restored, self.tick_interval_s)
+        self.net.follow_budget(self.timers.state_refresh_s)
         self.messages = InterCluster(self.net, self.publish, self._record)
         self.replicator = Replicator(self.net, LedgerRequests(self.ctx, self.run_dir),
-                                     ReplicationTiming.from_config(cfg))
+                                     dataclasses.replace(
+                                         ReplicationTiming.from_config(cfg),
+                                         refresh_s=self.timers.replication_refresh_s))
         self.add_reader(self.replicator.ledger.sock, self.replicator.ledger.on_readable)
         self._subscribe_bus()
         if catalogue.EXECUTOR in cfg.supervisor.workers:
@@ -220,6 +230,8 @@ class GatewayWorker(Worker):
         stats["link_traffic"] = self.links.traffic() if self.links is not None else {}
         if self.traffic is not None:
             stats["traffic"] = self.traffic.snapshot()
+        if self.timers is not None:
+            stats["budget"] = self.timers.as_dict()
         if self.replicator is not None:
             stats["replication"] = self.replicator.stats()
         if self.messages is not None:
