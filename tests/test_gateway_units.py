@@ -332,6 +332,26 @@ def test_signed_records_flow_and_forgeries_are_refused() -> None:
     assert sync_c.counters.malformed == 1
 
 
+def test_a_delta_larger_than_a_link_packet_comes_in_pages() -> None:
+    """Sized to the link's MDU (431 bytes on a slow link): each pull brings what fits, at
+    least one record, and the next pull (with the new summary) brings the rest."""
+    ids = [ident.NodeIdentity.generate() for _ in range(5)]
+    syncs = [StateSync.create(i, 1) for i in ids]
+    hub, puller = syncs[0], StateSync.create(ident.NodeIdentity.generate(), 1)
+    for sync in syncs[1:]:
+        sync.set_custom("note", "x" * 100)
+        hub.take(sync.encode_delta({}, set()), lambda o: True)
+    everyone = {i.node_id for i in ids}
+    pages = 0
+    while True:
+        page = hub.encode_delta(puller.store.summary(), everyone, max_bytes=431)
+        assert len(page) <= 431 or len(msgpack.unpackb(page)) == 1
+        if not puller.take(page, lambda o: True):
+            break
+        pages += 1
+    assert pages >= 3 and set(puller.store.records) >= everyone
+
+
 def test_own_record_survives_a_restart_with_a_higher_generation() -> None:
     a = ident.NodeIdentity.generate()
     first = StateSync.create(a, 1)

@@ -31,6 +31,7 @@ from workers.gateway.sync import StateSync
 log = logging.getLogger(__name__)
 
 SNAPSHOT_INTERVAL_S = 10.0        # least time between two merged-view snapshots in the ledger
+RESPONSE_ENVELOPE_BYTES = 40      # request id and [0, payload] around a response (links)
 
 Publish = Callable[[str, protocol.Message], None]
 Record = Callable[..., None]      # record(kind, data, *, ack=True, on_durable=None)
@@ -308,7 +309,11 @@ class NetNode:
 
         def done(data: bytes) -> None:
             self._pulling.discard(node_id)
-            self._took(self.sync.take(data, self._live))
+            changed = self.sync.take(data, self._live)
+            self._took(changed)
+            peer = self.table.get(node_id)
+            if changed and peer is not None and peer.info.digest != self.sync.store.digest():
+                self._pull(node_id)   # the delta came in pages (see `_serve_pull`)
 
         def failed(reason: str) -> None:
             self._pulling.discard(node_id)
@@ -324,7 +329,8 @@ class NetNode:
             raise RequestRefused(str(exc)) from None
         if request.peer_id is not None:
             self.table.heard(request.peer_id, time.monotonic())
-        return self.sync.encode_delta(summary, self.table.alive_ids())
+        room = request.link_mdu - RESPONSE_ENVELOPE_BYTES if request.link_mdu else None
+        return self.sync.encode_delta(summary, self.table.alive_ids(), room)
 
     def _serve_push(self, request: IncomingRequest) -> bytes:
         pusher = request.peer_id
