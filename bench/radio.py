@@ -157,9 +157,11 @@ def main() -> int:
         formed = time.monotonic() - up
         print(f"formation: {formed:.1f} s from gateways up = {formed / interval:.2f} announce "
               f"intervals of {interval:g} s (target ≤ 3)")
+        print_airtime_so_far(sock, "at formation")
         state_phase(clients, interval, args)
         delegation_phase(clients, args)
-        idle_phase(sock, clients, args)
+        if args.idle_s > 0:
+            idle_phase(sock, clients, args)
         if args.kill:
             kill_phase(nodes, clients, args)
     finally:
@@ -203,6 +205,16 @@ def delegation_phase(clients: list[akita.Client], args: argparse.Namespace) -> N
 
 
 def idle_phase(sock: Path, clients: list[akita.Client], args: argparse.Namespace) -> None:
+    started = time.monotonic()
+
+    def feeds_agree() -> bool:
+        feeds = [c.mesh()["feeds"] for c in clients]
+        return all(f == feeds[0] for f in feeds) and len(feeds[0] or {}) == len(clients)
+
+    if args.cluster_size >= len(clients):
+        wait(feeds_agree, args.timeout_s, "every node holding every feed", poll_s=2.0)
+        print(f"ledger replication settled {time.monotonic() - started:.0f} s after the "
+              "last task")
     before = query_stats(str(sock))
     kinds_before = [sent_by_kind(c) for c in clients]
     time.sleep(args.idle_s)
@@ -215,6 +227,14 @@ def idle_phase(sock: Path, clients: list[akita.Client], args: argparse.Namespace
         print(f"  {name}: airtime {figures['airtime_percent']:.3f} % (target ≤ 1 %), "
               f"{figures['bytes_per_min']:.0f} B/min in {figures['frames']} frames; sent by "
               "kind: " + ", ".join(f"{k} {v}" for k, v in sent.items() if v))
+
+
+def print_airtime_so_far(sock: Path, when: str) -> None:
+    stats = query_stats(str(sock))
+    print(f"{when}: channel busy {stats['utilisation_percent']:.1f} % of "
+          f"{stats['elapsed_s']:.0f} s; per node " + ", ".join(
+              f"{name} {fig['airtime_s']:.1f} s on air ({fig['airtime_percent']:.1f} %)"
+              for name, fig in sorted(stats["nodes"].items())))
 
 
 def sent_by_kind(client: akita.Client) -> dict[str, int]:
