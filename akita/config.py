@@ -73,6 +73,7 @@ def _seconds(low: float, high: float) -> Converter:
 
 
 AUTO = 0.0   # a timer given as `auto`: derived by the gateway from the airtime budget
+AUTO_TIMERS = ("announce_interval", "peer_timeout", "probe_interval")
 
 
 def _seconds_or_auto(low: float, high: float) -> Converter:
@@ -466,6 +467,9 @@ class Config:
         out: dict[str, dict[str, Any]] = {}
         for section in SECTIONS:
             out[section] = _plain(getattr(self, section))
+        for key in AUTO_TIMERS:   # derived by the gateway at run time
+            if out["cluster"][key] == AUTO:
+                out["cluster"][key] = "auto"
         for name, worker in self.workers.items():
             out[f"worker:{name}"] = _plain(worker)
         for name, command in self.commands.items():

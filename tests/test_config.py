@@ -112,6 +112,8 @@ def test_check_prints_every_key_with_its_effective_value(
     assert effective["node"]["run_dir"] == str(tmp_path / "run")
     assert effective["worker:sampler"]["restart"] == "never"
     assert effective["worker:ledger"]["restart"] == "always"
+    assert effective["cluster"]["announce_interval"] == "auto"
+    assert effective["cluster"]["airtime_budget"] == 1.0
     assert set(effective) >= set(config_mod.SECTIONS)
     for section, keys in config_mod.describe().items():
         if ":" not in section:

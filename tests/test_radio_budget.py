@@ -68,6 +68,8 @@ def test_auto_timers_keep_an_idle_cluster_within_its_airtime_budget(
         assert timers["source"] == "auto" and timers["airtime_budget_percent"] == BUDGET_PERCENT
         interval, peer_timeout = timers["announce_interval_s"], timers["peer_timeout_s"]
         assert interval > 10.0, "the budget, not the LAN floor, should set the interval"
+        shown = nodes[0].ctl("status").stdout
+        assert "airtime budget 3 %" in shown and f"announce every {interval:.0f} s" in shown
         wait_for(one_cluster_of(nodes), 3 * interval + 20, "one cluster within 3 intervals")
         clients.extend(akita.Client(node.config_path) for node in nodes)
         state_reaches_every_mate(clients, 2 * interval)
