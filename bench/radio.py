@@ -159,6 +159,8 @@ def main() -> int:
               f"intervals of {interval:g} s (target ≤ 3)")
         print_airtime_so_far(sock, "at formation")
         state_phase(clients, interval, args)
+        if args.idle_s > 0 or args.tasks > 0:
+            settle_phase(clients, args)
         delegation_phase(clients, args)
         if args.idle_s > 0:
             idle_phase(sock, clients, args)
@@ -199,22 +201,33 @@ def delegation_phase(clients: list[akita.Client], args: argparse.Namespace) -> N
         result = clients[0].wait(task_id, timeout=args.timeout_s)
         assert result == payload, f"echo came back as {result!r}"
         latencies.append(time.monotonic() - started)
-    print(f"delegated akita.echo (100-byte args), {len(latencies)} tasks: median "
-          f"{statistics.median(latencies):.1f} s, max {max(latencies):.1f} s (target median "
-          f"≤ 15 s); none lost")
+    warm = latencies[1:] or latencies
+    print(f"delegated akita.echo (100-byte args), {len(latencies)} tasks: first (opens the "
+          f"links) {latencies[0]:.1f} s; once links exist median {statistics.median(warm):.1f} "
+          f"s, max {max(warm):.1f} s (target median ≤ 15 s); none lost")
+
+
+def settle_phase(clients: list[akita.Client], args: argparse.Namespace) -> None:
+    """Wait until start-up ledger replication is done (every node holds every feed at the
+    same head): the delegation and idle figures are then not the catch-up's."""
+    started = time.monotonic()
+
+    ids = [str(c.peers()["self"]) for c in clients]
+    feeds_of = dict(zip(ids, clients, strict=True))
+
+    def feeds_agree() -> bool:
+        for cluster in view(clients[0]):
+            feeds = [feeds_of[member].mesh()["feeds"] for member in cluster]
+            if not all(f == feeds[0] for f in feeds) or len(feeds[0] or {}) != len(cluster):
+                return False
+        return True
+
+    wait(feeds_agree, args.timeout_s, "every node holding its mates' feeds", poll_s=2.0)
+    print(f"start-up ledger replication settled after {time.monotonic() - started:.0f} s")
 
 
 def idle_phase(sock: Path, clients: list[akita.Client], args: argparse.Namespace) -> None:
-    started = time.monotonic()
-
-    def feeds_agree() -> bool:
-        feeds = [c.mesh()["feeds"] for c in clients]
-        return all(f == feeds[0] for f in feeds) and len(feeds[0] or {}) == len(clients)
-
-    if args.cluster_size >= len(clients):
-        wait(feeds_agree, args.timeout_s, "every node holding every feed", poll_s=2.0)
-        print(f"ledger replication settled {time.monotonic() - started:.0f} s after the "
-              "last task")
+    settle_phase(clients, args)
     before = query_stats(str(sock))
     kinds_before = [sent_by_kind(c) for c in clients]
     time.sleep(args.idle_s)
