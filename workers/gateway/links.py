@@ -140,6 +140,8 @@ class Links:
         self._incoming: dict[bytes, Any] = {}
         # Told (link id, path) of each request sent or served, for traffic accounting.
         self.on_path: Callable[[bytes, str], None] = _no_tag
+        # Least keepalive interval of our links (see `_slow_keepalive`).
+        self.keepalive_s = 0.0
         destination.set_link_established_callback(self._incoming_established)
 
     # --- serving ----------------------------------------------------------------------------
@@ -162,6 +164,7 @@ class Links:
         self.bridge.post(self._track_incoming, link)
 
     def _track_incoming(self, link: Any) -> None:
+        self._slow_keepalive(link)
         self._incoming[link.link_id] = link
         link.set_link_closed_callback(
             lambda closed: self.bridge.post(self._incoming.pop, closed.link_id, None))
@@ -204,6 +207,15 @@ class Links:
             RNS.Resource(packed, link, request_id=request_id, is_response=True,
                          auto_compress=False)
 
+    def _slow_keepalive(self, link: Any) -> None:
+        """Reticulum keeps a fast link alive every 5 s (its interval follows the round-trip
+        time), which on an idle LAN link costs more than the announces; ours follow the
+        upkeep timers instead (both ends, so neither sees the other go stale)."""
+        keepalive = min(float(RNS.Link.KEEPALIVE_MAX), self.keepalive_s)
+        if keepalive > float(getattr(link, "keepalive", 0) or 0):
+            link.keepalive = keepalive
+            link.stale_time = keepalive * RNS.Link.STALE_FACTOR
+
     # --- requesting -------------------------------------------------------------------------
 
     def request(self, peer_id: str, path: str, data: bytes, on_response: ResponseCallback,
@@ -242,6 +254,7 @@ class Links:
         if out is None or out.link is not link:
             return
         link.identify(self.identity)
+        self._slow_keepalive(link)
         out.state = LinkState.READY
         queued, out.queued = out.queued, []
         for pending in queued:

@@ -92,6 +92,7 @@ class GatewayWorker(Worker):
         self.net = NetNode(cfg, identity, generation, self.rns, self.links, self.publish,
                            self._record, restored, self.tick_interval_s)
         self.net.follow_budget(self.timers.state_refresh_s)
+        self.links.keepalive_s = self.timers.announce_interval_s
         self.messages = InterCluster(self.net, self.publish, self._record)
         self.replicator = Replicator(self.net, LedgerRequests(self.ctx, self.run_dir),
                                      dataclasses.replace(
