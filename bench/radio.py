@@ -228,6 +228,12 @@ def settle_phase(clients: list[akita.Client], args: argparse.Namespace) -> None:
 
 def idle_phase(sock: Path, clients: list[akita.Client], args: argparse.Namespace) -> None:
     settle_phase(clients, args)
+    # Frames a node handed its radio during the catch-up may still wait in the channel's
+    # queue (as in an RNode's); the idle window starts once they are on air.
+    started = time.monotonic()
+    wait(lambda: all(n["queued"] == 0 for n in query_stats(str(sock))["nodes"].values()),
+         args.timeout_s, "the channel's queues to drain", poll_s=1.0)
+    print(f"channel queues drained after {time.monotonic() - started:.0f} s")
     before = query_stats(str(sock))
     kinds_before = [sent_by_kind(c) for c in clients]
     time.sleep(args.idle_s)
