@@ -112,6 +112,20 @@ def test_one_transmitter_at_a_time_a_second_sender_defers() -> None:
     assert m.stats(busy)["busy_s"] == pytest.approx(busy, abs=1e-3)  # the gap is not busy
 
 
+def test_a_busy_sender_does_not_hold_the_channel_frame_after_frame() -> None:
+    """After its frame, a sender backs off like the others who heard it, so two stations
+    with full queues share the channel instead of one sending all of its queue first."""
+    m = medium("a", "b")
+    for n in range(20):
+        m.offer("a", b"1" * 200, 0.0)
+    m.offer("b", b"2" * 200, 0.001)
+    got = run(m, 30.0)
+    order = [sender for receiver, sender, _frame in got if receiver == "b"]
+    b_at = next(i for i, (receiver, sender, _f) in enumerate(got) if sender == "b")
+    assert b_at < 10, f"b waited behind {b_at} of a's frames"
+    assert len(order) == 20
+
+
 def test_hidden_terminals_collide_at_the_node_between_them() -> None:
     m = medium("a", "b", "c", links="a-b,b-c")          # a and c cannot hear each other
     m.offer("a", b"1" * 100, 0.0)
