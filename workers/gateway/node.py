@@ -297,7 +297,10 @@ class NetNode:
         differs = mate and peer.info.digest != self.sync.store.digest()
         recently = time.monotonic() - self._last_pull.get(peer.node_id, float("-inf")) \
             < self.config.cluster.announce_interval
-        if behind or (differs and not recently):
+        # At most one pull per peer and announce interval, behind or not: on a saturated
+        # radio channel a pull that failed (no link) was retried on every announce heard,
+        # each retry a new link request that made the channel busier still.
+        if (behind or differs) and not recently:
             self._pull(peer.node_id)
 
     def _pull(self, node_id: str) -> None:
