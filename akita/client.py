@@ -393,6 +393,16 @@ class Client:
         assert isinstance(reply, protocol.ServiceListReply)
         return reply.services
 
+    def mesh(self) -> dict[str, Any]:
+        """What the gateway counts and derives: {"traffic": {"interfaces", "by_kind"},
+        "budget": {...}} as `akitactl status --json` shows them, and "feeds": the ledger
+        feeds held here, feed → latest sequence."""
+        reply = self._gateway(protocol.PeerStats())
+        assert isinstance(reply, protocol.PeerStatsReply)
+        feeds = (reply.stats.get("replication") or {}).get("feeds")
+        return {"traffic": reply.stats.get("traffic"), "budget": reply.stats.get("budget"),
+                "feeds": feeds}
+
     def _gateway(self, msg: protocol.Message) -> protocol.Message:
         with transport.Requester(self.run_dir, GATEWAY, ctx=self._ctx) as requester:
             return requester.request(msg, self.timeout_s)

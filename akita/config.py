@@ -74,6 +74,36 @@ def _seconds(low: float, high: float) -> Converter:
     return convert
 
 
+AUTO = 0.0   # a timer given as `auto`: derived by the gateway from the airtime budget
+AUTO_TIMERS = ("announce_interval", "peer_timeout", "probe_interval")
+
+
+def _seconds_or_auto(low: float, high: float) -> Converter:
+    """`auto` (→ AUTO, derived at run time) or a number of seconds in [low, high]."""
+    def convert(raw: str, _base: Path) -> float:
+        if raw.strip().lower() == "auto":
+            return AUTO
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            raise ValueError(f"expected auto or a number of seconds from {low:g} to {high:g}")
+        return value
+
+    return convert
+
+
+def _budget_percent(raw: str, _base: Path) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.01 <= value <= 100:
+        raise ValueError("expected a percentage from 0.01 to 100")
+    return value
+
+
 def _percent(raw: str, base: Path) -> float:
     try:
         value = float(raw)
@@ -283,11 +313,18 @@ class ClusterConfig:
     cluster_size: int = setting(_int_range(1, 1000), "nodes per cluster", 3)
     discovery_interval: float = setting(_seconds(0.1, 86400), "how often clusters are re-formed",
                                         5.0)
-    announce_interval: float = setting(_seconds(0.5, 86400), "how often this node announces", 10.0)
-    peer_timeout: float = setting(_seconds(0.5, 86400), "silence after which a peer is gone",
-                                  30.0)
-    probe_interval: float = setting(_seconds(0, 86400), "how often a cluster member is probed "
-                                    "(0: peer_timeout / 5)", 0.0)
+    airtime_budget: float = setting(_budget_percent, "percent of the slowest interface's time "
+                                    "this node may spend on idle upkeep (announces, probes, "
+                                    "state and ledger refresh); the auto timers follow it", 1.0)
+    announce_interval: float = setting(_seconds_or_auto(0.5, 86400), "how often this node "
+                                       "announces (auto: from airtime_budget, at least 10 s)",
+                                       AUTO)
+    peer_timeout: float = setting(_seconds_or_auto(0.5, 86400), "silence after which a peer "
+                                  "is gone (auto: 3 announce intervals, at least 30 s)", AUTO)
+    probe_interval: float = setting(_seconds_or_auto(0, 86400), "how often a silent cluster "
+                                    "member is probed (auto or 0: from airtime_budget, at "
+                                    "least 6 s; explicit peer_timeout alone: peer_timeout / 5)",
+                                    AUTO)
     probe_timeout: float = setting(_seconds(0, 3600), "wait for a probe's answer before an "
                                    "indirect probe (0: peer_timeout / 10)", 0.0)
     services: tuple[str, ...] = setting(_name_list, "named services this node advertises "
@@ -553,6 +590,9 @@ class Config:
         out: dict[str, dict[str, Any]] = {}
         for section in SECTIONS:
             out[section] = _plain(getattr(self, section))
+        for key in AUTO_TIMERS:   # derived by the gateway at run time
+            if out["cluster"][key] == AUTO:
+                out["cluster"][key] = "auto"
         for name, worker in self.workers.items():
             out[f"worker:{name}"] = _plain(worker)
         for name, command in self.commands.items():

@@ -157,6 +157,10 @@ class Medium:
         sender = self.stations.get(tx.sender)
         if sender is not None:
             sender.sending = None
+            # The sender backs off like everyone else who heard the channel busy, or a
+            # station with a full queue would hold the channel frame after frame.
+            if sender.queue:
+                sender.retry_at = now + self.rng.uniform(0, BACKOFF_SYMBOLS) * self.lora.symbol_s
         delivered = []
         for station in self.stations.values():
             if not self.hears(station.name, tx.sender):

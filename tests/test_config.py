@@ -45,6 +45,11 @@ CASES = {
                          ["[reticulum]:rnode_spreading_factor", "from 5 to 12"]),
     "pipe bitrate without a pipe": (GOOD + "[reticulum]\npipe_bitrate = 1000\n",
                                     ["[reticulum]:pipe", "give the pipe command"]),
+    "timer neither auto nor seconds": (GOOD + "[cluster]\nannounce_interval = often\n",
+                                       ["[cluster]:announce_interval", "'often'",
+                                        "auto or a number of seconds from 0.5"]),
+    "airtime budget out of range": (GOOD + "[cluster]\nairtime_budget = 0\n",
+                                    ["[cluster]:airtime_budget", "from 0.01 to 100"]),
     "bad INI syntax": (GOOD + "[supervisor\nworkers = ledger\n", ["not a valid INI file"]),
     "key outside a section": ("data_dir = d\n" + GOOD, ["not a valid INI file"]),
 }
@@ -108,6 +113,8 @@ def test_check_prints_every_key_with_its_effective_value(
     assert effective["node"]["run_dir"] == str(tmp_path / "run")
     assert effective["worker:sampler"]["restart"] == "never"
     assert effective["worker:ledger"]["restart"] == "always"
+    assert effective["cluster"]["announce_interval"] == "auto"
+    assert effective["cluster"]["airtime_budget"] == 1.0
     assert set(effective) >= set(config_mod.SECTIONS)
     for section, keys in config_mod.describe().items():
         if ":" not in section:

@@ -186,6 +186,17 @@ def test_unanswered_probe_goes_indirect_then_suspect() -> None:
     assert Suspect(C) in final and Suspect(A) not in final
 
 
+def test_only_a_member_silent_for_a_probe_interval_is_probed() -> None:
+    """An announce heard is a sign of life: no probe (and no proof) spent on that member."""
+    prober = Prober(ProbeTiming(interval_s=10.0, timeout_s=1.0), rng=random.Random(3))
+    members = {A, B}
+    prober.step(0.0, members, {A: 0.0, B: 0.0})
+    for now in (5.0, 9.9, 12.0, 12.5):      # A announces every 5 s, B fell silent at 0
+        sent = prober.step(now, members, {A: now, B: 0.0})
+        assert all(a.target == B for a in sent), sent
+    assert prober.sent_direct == 1 and B in prober.outstanding and A not in prober.outstanding
+
+
 def test_a_lone_pair_suspects_without_helpers_and_forgets_non_members() -> None:
     prober = Prober(ProbeTiming(interval_s=1.0, timeout_s=0.5), rng=random.Random(2))
     prober.step(0.0, {A})
@@ -321,6 +332,26 @@ def test_signed_records_flow_and_forgeries_are_refused() -> None:
     assert held(sync_c, a.node_id).get("color") == "blue"
     assert sync_c.take(b"\xc1garbage", lambda o: True) == []
     assert sync_c.counters.malformed == 1
+
+
+def test_a_delta_larger_than_a_link_packet_comes_in_pages() -> None:
+    """Sized to the link's MDU (431 bytes on a slow link): each pull brings what fits, at
+    least one record, and the next pull (with the new summary) brings the rest."""
+    ids = [ident.NodeIdentity.generate() for _ in range(5)]
+    syncs = [StateSync.create(i, 1) for i in ids]
+    hub, puller = syncs[0], StateSync.create(ident.NodeIdentity.generate(), 1)
+    for sync in syncs[1:]:
+        sync.set_custom("note", "x" * 100)
+        hub.take(sync.encode_delta({}, set()), lambda o: True)
+    everyone = {i.node_id for i in ids}
+    pages = 0
+    while True:
+        page = hub.encode_delta(puller.store.summary(), everyone, max_bytes=431)
+        assert len(page) <= 431 or len(msgpack.unpackb(page)) == 1
+        if not puller.take(page, lambda o: True):
+            break
+        pages += 1
+    assert pages >= 3 and set(puller.store.records) >= everyone
 
 
 def test_own_record_survives_a_restart_with_a_higher_generation() -> None:

@@ -112,6 +112,20 @@ def test_one_transmitter_at_a_time_a_second_sender_defers() -> None:
     assert m.stats(busy)["busy_s"] == pytest.approx(busy, abs=1e-3)  # the gap is not busy
 
 
+def test_a_busy_sender_does_not_hold_the_channel_frame_after_frame() -> None:
+    """After its frame, a sender backs off like the others who heard it, so two stations
+    with full queues share the channel instead of one sending all of its queue first."""
+    m = medium("a", "b")
+    for n in range(20):
+        m.offer("a", b"1" * 200, 0.0)
+    m.offer("b", b"2" * 200, 0.001)
+    got = run(m, 30.0)
+    order = [sender for receiver, sender, _frame in got if receiver == "b"]
+    b_at = next(i for i, (receiver, sender, _f) in enumerate(got) if sender == "b")
+    assert b_at < 10, f"b waited behind {b_at} of a's frames"
+    assert len(order) == 20
+
+
 def test_hidden_terminals_collide_at_the_node_between_them() -> None:
     m = medium("a", "b", "c", links="a-b,b-c")          # a and c cannot hear each other
     m.offer("a", b"1" * 100, 0.0)
@@ -258,6 +272,22 @@ def one_cluster_of(nodes: list[Node]) -> Callable[[], Any]:
     return check
 
 
+def check_traffic_matches_the_channel(node: Node, name: str, sock: str) -> None:
+    """`status --json` "traffic": the node's own count of what it sent over the pipe agrees
+    with what the channel carried for it, and announces and probes are told apart."""
+    channel_tx = query_stats(sock)["nodes"][name]["tx_bytes"]
+    traffic = node.ctl_json("status", "--json")["traffic"]
+    (iface,) = traffic["interfaces"]
+    assert iface["bitrate"] == round(profile("SF7-500").bitrate)
+    # The channel counts a frame when it goes on air; at these short intervals the channel
+    # is busy and frames wait in its queue, so the node has counted more, never less.
+    assert channel_tx <= iface["tx_bytes"] <= 2 * channel_tx, (iface, channel_tx)
+    kinds = traffic["by_kind"]
+    assert kinds["announce"]["tx_bytes"] > 0 and kinds["announce"]["rx_bytes"] > 0
+    assert sum(k["tx_bytes"] for k in kinds.values()) == iface["tx_bytes"]
+    assert iface["airtime_percent"] > 0
+
+
 @pytest.mark.slow
 def test_three_nodes_form_a_cluster_over_the_emulated_channel(
         make_node: Callable[..., Node], short_tmp: Path) -> None:
@@ -273,6 +303,7 @@ def test_three_nodes_form_a_cluster_over_the_emulated_channel(
         assert all(n["tx_frames"] > 0 and n["airtime_s"] > 0 for n in stats["nodes"].values())
         assert stats["largest_frame"] <= 500, "a frame over the LoRa MTU reached the channel"
         assert all(n["dropped_frames"] == 0 for n in stats["nodes"].values())
+        check_traffic_matches_the_channel(nodes[0], "a", sock)
     finally:
         channel.terminate()
         channel.wait(10)

@@ -26,7 +26,7 @@ RNSD = Path(sys.executable).with_name("rnsd")
 class Rnsd:
     """A real rnsd in `root`: shared instance on 127.0.0.1:`port`, one TCP server interface."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, bitrate: int | None = None) -> None:
         self.dir = root
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port, self.control_port, self.iface_port = free_port(), free_port(), free_port()
@@ -39,7 +39,8 @@ class Rnsd:
             "[logging]\n  loglevel = 4\n"
             "[interfaces]\n  [[loopback server]]\n    type = TCPServerInterface\n"
             "    enabled = yes\n    listen_ip = 127.0.0.1\n"
-            f"    listen_port = {self.iface_port}\n    ingress_control = No\n")
+            f"    listen_port = {self.iface_port}\n    ingress_control = No\n"
+            + (f"    bitrate = {bitrate}\n" if bitrate else ""))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -252,3 +253,26 @@ def test_a_node_attached_before_waits_for_the_instance_instead_of_owning(
         return info if info.get("mode") == "attached" else NotYet(info)
 
     wait_for(attached_again, 20, "the node to attach to the returning rnsd")
+
+
+def test_an_attached_node_cuts_its_airtime_budget_from_the_shared_instances_interfaces(
+        make_node: Callable[..., Node], short_tmp: Path) -> None:
+    """The host's rnsd owns a slow interface (it states LoRa SF9's bit rate); the node's own
+    Reticulum has only its fast local link to rnsd, but its traffic leaves through rnsd's
+    interfaces, so its upkeep timers must follow those."""
+    slow = Rnsd(short_tmp / "rnsd-slow", bitrate=1758)
+    try:
+        slow.start()
+        sections = attached("beside", slow)
+        sections["cluster"] = {"cluster_size": 3}  # every timer auto: derived from the budget
+        node = make_node(sections)
+        node.start()
+        status = wait_for(lambda: (s := node.ctl_json("status")).get("budget") and s, 20,
+                          "status --json to show the derived budget")
+        budget = status["budget"]
+        assert status["reticulum"]["mode"] == "attached", status["reticulum"]
+        assert budget["slowest_bitrate"] == 1758, budget
+        # At 1758 bit/s a 1 % budget cannot afford the LAN's 10 s announces.
+        assert budget["announce_interval_s"] > 60, budget
+    finally:
+        slow.stop()

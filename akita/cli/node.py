@@ -21,7 +21,7 @@ import psutil
 from akita import catalogue, resources, rundir
 from akita import config as config_mod
 from akita.cli import cluster as cluster_cli
-from akita.cli import common, gateway_status
+from akita.cli import common, gateway_status, traffic
 from akita.errors import AkitaError, NodeNotResponding
 from akita.text import clean
 from akita.wire import protocol
@@ -106,9 +106,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     reply = _status(args)
     workers = [{**{key: None for key in STATUS_FIELDS}, **w} for w in reply.workers]
     reticulum = gateway_status.fetch(args, workers)
+    mesh = traffic.gateway_stats(args) if _gateway_running(workers) else None
     if args.json:
         common.print_json({"node": reply.node, "workers": workers, "reticulum": reticulum,
-                           "security": _security(args, workers)})
+                           "security": _security(args, workers), **traffic.status_fields(mesh)})
         return common.EXIT_OK
     node = reply.node
     print(f"node {node.get('name', '?')}  pid {node.get('pid', '-')}  "
@@ -120,7 +121,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                        rows)
     if reticulum is not None:
         gateway_status.print_info(reticulum)
+    for line in traffic.lines(mesh):
+        print(line)
     return common.EXIT_OK
+
+
+def _gateway_running(workers: list[dict[str, Any]]) -> bool:
+    return any(w["name"] == catalogue.GATEWAY and w["state"] == "running" for w in workers)
 
 
 def _note(worker: dict[str, Any]) -> str:
@@ -131,7 +138,7 @@ def _note(worker: dict[str, Any]) -> str:
 
 def _security(args: argparse.Namespace, workers: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The gateway's refusal counters, or None without a running gateway."""
-    if not any(w["name"] == "gateway" and w["state"] == "running" for w in workers):
+    if not _gateway_running(workers):
         return None
     try:
         return cluster_cli.security_counters(args)
@@ -317,14 +324,19 @@ def cmd_top(args: argparse.Namespace) -> int:
     # Several intervals without a sample: the sampler is down (see akitactl status).
     idle_s = max(10.0, 3 * config.sampler.interval)
     clear = sys.stdout.isatty() and not args.json
+    with_mesh = catalogue.GATEWAY in config.supervisor.workers
     shown = 0
     try:
         for _topic, msg in _follow(args, ["resource.sample"], None, idle_s):
             assert isinstance(msg, protocol.ResourceSample)
+            mesh = traffic.gateway_stats(args) if with_mesh else None
             if args.json:
-                print(common.json_line(_fields(msg)), flush=True)
+                print(common.json_line({**_fields(msg), **traffic.status_fields(mesh)}),
+                      flush=True)
             else:
                 _print_top(msg, config.node.name, clear)
+                for line in traffic.lines(mesh):
+                    print(line)
             shown += 1
             if args.count is not None and shown >= args.count:
                 break

@@ -97,3 +97,9 @@ def profile(name: str) -> LoraProfile:
         return PROFILES[name.upper()]
     except KeyError:
         raise ValueError(f"LoRa profile {name!r}: expected one of {', '.join(PROFILES)}") from None
+
+
+def standard() -> list[LoraProfile]:
+    """Common modulations (SF7–SF12 at 125, 250 and 500 kHz, CR 4/5), for telling from a
+    bitrate alone which LoRa modulation an interface (e.g. a pipe to a radio) runs."""
+    return [LoraProfile(sf, bw) for bw in (125_000, 250_000, 500_000) for sf in range(7, 13)]

@@ -153,7 +153,7 @@ class Discovery:
         interval = self.timing.announce_interval_s
         alone = min(MAX_SETTLE_S, max(SETTLE_ALONE_MIN_S, SETTLE_ALONE_INTERVALS * interval))
         since = self.online_at if self.online_at is not None else self.started_at
-        quiet = SETTLE_QUIET_INTERVALS * interval
+        quiet = min(MAX_SETTLE_S, SETTLE_QUIET_INTERVALS * interval)
         heard = self.last_newcomer_at > float("-inf")
         self.settled = now >= since + alone or (
             heard and self.online_at is not None and now >= self.online_at + quiet

@@ -146,6 +146,10 @@ class Links:
         self._out: dict[str, _OutLink] = {}
         self._incoming: dict[bytes, Any] = {}
         self._next_sweep = 0.0
+        # Told (link id, path) of each request sent or served, for traffic accounting.
+        self.on_path: Callable[[bytes, str], None] = _no_tag
+        # Least keepalive interval of our links (see `_slow_keepalive`).
+        self.keepalive_s = 0.0
         destination.set_link_established_callback(self._incoming_established)
         transfers.limit_requests(destination, max_request_bytes,
                                  lambda size, peer: bridge.post(self._too_large, size, peer))
@@ -172,6 +176,7 @@ class Links:
         self.bridge.post(self._track_incoming, link)
 
     def _track_incoming(self, link: Any) -> None:
+        self._slow_keepalive(link)
         self._incoming[link.link_id] = link
         link.set_link_closed_callback(
             lambda closed: self.bridge.post(self._incoming_closed, closed.link_id))
@@ -195,6 +200,7 @@ class Links:
             self.stats.refused += 1
             self.defence.refused("not_admitted", peer_id, f"request for {path}")
             return
+        self.on_path(link_id, path)
         request = IncomingRequest(path, data if isinstance(data, bytes) else b"", peer_id,
                                   self, link, request_id)
         handler = self._handlers.get(path)
@@ -227,6 +233,15 @@ class Links:
         else:
             RNS.Resource(packed, link, request_id=request_id, is_response=True,
                          auto_compress=False)
+
+    def _slow_keepalive(self, link: Any) -> None:
+        """Reticulum keeps a fast link alive every 5 s (its interval follows the round-trip
+        time), which on an idle LAN link costs more than the announces; ours follow the
+        upkeep timers instead (both ends, so neither sees the other go stale)."""
+        keepalive = min(float(RNS.Link.KEEPALIVE_MAX), self.keepalive_s)
+        if keepalive > float(getattr(link, "keepalive", 0) or 0):
+            link.keepalive = keepalive
+            link.stale_time = keepalive * RNS.Link.STALE_FACTOR
 
     # --- requesting -------------------------------------------------------------------------
 
@@ -266,6 +281,7 @@ class Links:
         if out is None or out.link is not link:
             return
         link.identify(self.identity)
+        self._slow_keepalive(link)
         out.state = LinkState.READY
         queued, out.queued = out.queued, []
         for pending in queued:
@@ -284,6 +300,7 @@ class Links:
         if remaining <= 0:
             self._fail(pending, f"timed out waiting for a link to {out.peer_id}")
             return
+        self.on_path(out.link.link_id, pending.path)
         receipt = out.link.request(
             pending.path, pending.data,
             response_callback=lambda r: self.bridge.post(self._response, pending, r.response),
@@ -354,6 +371,10 @@ class Links:
         for link in list(self._incoming.values()):
             link.teardown()
         self._incoming.clear()
+
+
+def _no_tag(_link_id: bytes, _path: str) -> None:
+    pass
 
 
 def _find_active_link(link_id: bytes) -> Any | None:

@@ -4,7 +4,9 @@ Every announce carries the current load summary (CPU %, memory %, queued tasks),
 choosing a delegate see fresh figures at no cost. The state record holds fuller figures
 (resources from the sampler, queue depth), but every change of the record raises its version
 and makes every peer pull it, so the record is refreshed only now and then
-(`REFRESH_S`), or sooner (never more often than `MIN_SPACING_S`) when the load moved a lot.
+(`refresh_s`, from the airtime budget), or sooner (never more often than `min_spacing_s`)
+when the load moved a lot. A new version is not announced at once: it rides on the next
+timed announce, and mates pull it from there.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class LoadTracker:
     queue_depth: int = 0
     stored: dict[str, Any] = field(default_factory=dict)
     stored_at: float = float("-inf")
+    refresh_s: float = REFRESH_S
+    min_spacing_s: float = MIN_SPACING_S
 
     @property
     def summary(self) -> mesh.Load:
@@ -52,7 +56,7 @@ class LoadTracker:
         if not self.resources or current == self.stored:
             return None
         age = now - self.stored_at
-        if age < REFRESH_S and not (age >= MIN_SPACING_S and self._moved()):
+        if age < self.refresh_s and not (age >= self.min_spacing_s and self._moved()):
             return None
         self.stored, self.stored_at = current, now
         return current

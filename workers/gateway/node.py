@@ -23,6 +23,7 @@ from akita.mesh import state as st
 from akita.mesh.formation import Formation, RoundResult
 from akita.text import clean
 from akita.wire import events, mesh, protocol
+from workers.gateway import load as load_mod
 from workers.gateway import recovery, views
 from workers.gateway.defence import Defence
 from workers.gateway.discovery import Admission, Discovery, DiscoveryTiming
@@ -35,6 +36,7 @@ from workers.gateway.sync import StateSync
 log = logging.getLogger(__name__)
 
 SNAPSHOT_INTERVAL_S = 10.0        # least time between two merged-view snapshots in the ledger
+RESPONSE_ENVELOPE_BYTES = 40      # request id and [0, payload] around a response (links)
 
 Publish = Callable[[str, protocol.Message], None]
 Record = Callable[..., None]      # record(kind, data, *, ack=True, on_durable=None)
@@ -117,6 +119,7 @@ class NetNode:
         self._last_snapshot = 0.0
         self._last_tick = time.monotonic()
         self._tick_interval_s = tick_interval_s
+        self.snapshot_interval_s = SNAPSHOT_INTERVAL_S
         # Other parts of the gateway (delegation, replication, inter-cluster messages) hook in
         # here: called on the loop with the peer's id / after the clusters changed.
         self.peer_joined_hooks: list[Callable[[str], None]] = []
@@ -128,6 +131,13 @@ class NetNode:
         links.serve(self.paths.push, self._serve_push)
         links.serve(self.paths.services, self._serve_services)
         self.discovery.start(time.monotonic())
+
+    def follow_budget(self, state_refresh_s: float) -> None:
+        """Refresh the own record's load figures, and snapshot the merged view into the
+        ledger (which replicates to mates), no more often than the airtime budget allows."""
+        self.load = LoadTracker(refresh_s=state_refresh_s,
+                                min_spacing_s=max(load_mod.MIN_SPACING_S, state_refresh_s / 3))
+        self.snapshot_interval_s = max(SNAPSHOT_INTERVAL_S, state_refresh_s)
 
     # --- announces --------------------------------------------------------------------------
 
@@ -216,13 +226,14 @@ class NetNode:
             self.discovery.interface_up(now)
         self.discovery.tick(now, self.prober.health)
         live_mates = self.formation.cluster_mates() & self.table.alive_ids()
-        for action in self.prober.step(now, live_mates):
+        heard = {m: self.table.peers[m].last_heard for m in live_mates}
+        for action in self.prober.step(now, live_mates, heard):
             self._probe(action, now)
         self.links.tick(now)
         changes = self.load.due(now)
-        if changes is not None and self.sync.update_own(changes):
-            self.discovery.announce_soon(now)
-        if now - self._last_snapshot >= SNAPSHOT_INTERVAL_S and self.discovery.settled:
+        if changes is not None:
+            self.sync.update_own(changes)   # the new version rides on the next announce
+        if now - self._last_snapshot >= self.snapshot_interval_s and self.discovery.settled:
             self._last_snapshot = now
             # Records of nodes gone while we were down (restored from the ledger) go too.
             self.sync.forget_except(self.table.alive_ids())
@@ -313,7 +324,11 @@ class NetNode:
         now = time.monotonic()
         recently = now - self._last_pull.get(peer.node_id, float("-inf")) \
             < self.config.cluster.announce_interval
-        if (behind or (differs and not recently)) and self._pull_backoff.due(peer.node_id, now):
+        # At most one pull per peer and announce interval, behind or not: on a saturated
+        # radio channel a pull that failed (no link) was retried on every announce heard,
+        # each retry a new link request that made the channel busier still. A peer that
+        # does not serve what it announces is asked less and less often (backoff).
+        if (behind or differs) and not recently and self._pull_backoff.due(peer.node_id, now):
             self._pull(peer.node_id, own_stamp)
 
     def _pull(self, node_id: str, advertised: st.Stamp = (0, 0)) -> None:
@@ -325,10 +340,14 @@ class NetNode:
 
         def done(data: bytes) -> None:
             self._pulling.discard(node_id)
-            self._took(self.sync.take(data, self._live))
+            changed = self.sync.take(data, self._live)
+            self._took(changed)
             # A peer that announces a record it does not serve is asked less and less often.
             self._pull_backoff.result(node_id, not self.sync.behind(node_id, advertised),
                                       time.monotonic())
+            peer = self.table.get(node_id)
+            if changed and peer is not None and peer.info.digest != self.sync.store.digest():
+                self._pull(node_id, advertised)   # the delta came in pages (`_serve_pull`)
 
         def failed(reason: str) -> None:
             self._pulling.discard(node_id)
@@ -345,7 +364,8 @@ class NetNode:
             raise RequestRefused(str(exc)) from None
         if request.peer_id is not None:
             self.table.heard(request.peer_id, time.monotonic())
-        return self.sync.encode_delta(summary, self.table.alive_ids())
+        room = request.link_mdu - RESPONSE_ENVELOPE_BYTES if request.link_mdu else None
+        return self.sync.encode_delta(summary, self.table.alive_ids(), room)
 
     def _serve_push(self, request: IncomingRequest) -> bytes:
         pusher = request.peer_id

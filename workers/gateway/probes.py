@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import statistics
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -93,8 +94,13 @@ class Prober:
     sent_indirect: int = 0
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=LAG_SAMPLES))
 
-    def step(self, now: float, members: set[str]) -> list[Action]:
-        """What to send now to probe `members` (this node's cluster, without itself)."""
+    def step(self, now: float, members: set[str],
+             last_heard: Mapping[str, float] | None = None) -> list[Action]:
+        """What to send now to probe `members` (this node's cluster, without itself).
+
+        With `last_heard` (member → when it last gave a sign of life, e.g. an announce),
+        only a member silent for a probe interval is probed: on a shared radio channel
+        every probe and its proof cost airtime, and an announce already said it lives."""
         self._forget_non_members(members)
         actions: list[Action] = []
         for target in sorted(members):
@@ -103,7 +109,12 @@ class Prober:
                 if now >= pending.deadline:
                     actions.extend(self._escalate(target, pending, now, members))
                 continue
-            if now >= self.next_probe.setdefault(target, now + self._jitter()):
+            due = self.next_probe.setdefault(target, now + self._jitter())
+            heard = last_heard.get(target) if last_heard is not None else None
+            if heard is not None and now < heard + self.timing.interval_s * self.health:
+                self.next_probe[target] = max(due, heard + self.timing.interval_s * self.health)
+                continue
+            if now >= due:
                 actions.append(self._direct(target, now))
         return actions
 

@@ -73,6 +73,7 @@ class RnsNode:
         self.node_id = ""
         self._recent_errors: collections.deque[str] = collections.deque(maxlen=4)
         self._peer_destinations: dict[str, Any] = {}
+        self._discovery_hashes: frozenset[bytes] = frozenset()
         self._announce_handler: Any = None
         self._saved_streams = (sys.stdout, sys.stderr)
         self._online: set[int] = set()
@@ -110,6 +111,7 @@ class RnsNode:
         self.node_id = self.identity.hash.hex()
         self.destination = RNS.Destination(self.identity, RNS.Destination.IN,
                                            RNS.Destination.SINGLE, self.app_name, *self.aspects)
+        self._discovery_hashes = frozenset({self.destination.hash})
         self.destination.set_proof_strategy(RNS.Destination.PROVE_ALL)
         self.destination.set_packet_callback(
             lambda data, _packet: self.bridge.post(on_packet, bytes(data)))
@@ -187,9 +189,17 @@ class RnsNode:
             self._peer_destinations[node_id] = RNS.Destination(
                 identity, RNS.Destination.OUT, RNS.Destination.SINGLE, self.app_name,
                 *self.aspects)
+            self._discovery_hashes |= {self._peer_destinations[node_id].hash}
 
     def forget_peer(self, node_id: str) -> None:
-        self._peer_destinations.pop(node_id, None)
+        gone = self._peer_destinations.pop(node_id, None)
+        if gone is not None:
+            self._discovery_hashes -= {gone.hash}
+
+    def is_discovery_hash(self, destination_hash: bytes) -> bool:
+        """Is this our discovery destination or a known peer's? (Any thread: the set is
+        replaced, never changed in place.)"""
+        return destination_hash in self._discovery_hashes
 
     def peer_destination(self, node_id: str) -> Any | None:
         return self._peer_destinations.get(node_id)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MAX_DELTA_BYTES = 4 << 20
 MAX_CUSTOM_KEYS = 256
 MAX_CUSTOM_VALUE_BYTES = 4096
+LIST_HEADER_BYTES = 5             # msgpack array header, at most
 
 
 
@@ -119,15 +120,26 @@ class StateSync:
             return signature
         return None
 
-    def encode_delta(self, summary: Mapping[str, st.Stamp], origins: set[str]) -> bytes:
-        """Records (with signatures) newer than `summary`, for origins in `origins`."""
-        items = []
+    def encode_delta(self, summary: Mapping[str, st.Stamp], origins: set[str],
+                     max_bytes: int | None = None) -> bytes:
+        """Records (with signatures) newer than `summary`, for origins in `origins`.
+
+        With `max_bytes` (a link packet's room), only as many as fit, oldest origin first
+        and at least one: a puller that got some asks again with its new summary, so a
+        large delta crosses a radio link as packets rather than as one Resource."""
+        items: list[Any] = []
+        size = LIST_HEADER_BYTES
         for record in self.store.delta_since(summary):
             if record.origin not in origins and record.origin != self.store.local:
                 continue
             item = self._item(record)
-            if item is not None:
-                items.append(item)
+            if item is None:
+                continue
+            item_bytes = len(mesh.pack(item))
+            if max_bytes is not None and items and size + item_bytes > max_bytes:
+                break
+            items.append(item)
+            size += item_bytes
         return mesh.pack(items)
 
     def encode_own(self) -> bytes:

@@ -21,6 +21,7 @@ Reticulum's exit handler.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import signal
@@ -34,9 +35,10 @@ from akita import catalogue, exits, transport
 from akita import identity as ident
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
+from akita.mesh import budget
 from akita.wire import events, protocol
 from workers.base import Request, Worker
-from workers.gateway import recovery, rnsconfig, shared
+from workers.gateway import recovery, rnsconfig, shared, traffic
 from workers.gateway.bridge import LoopBridge
 from workers.gateway.defence import Defence
 from workers.gateway.delegate import Delegator
@@ -82,6 +84,8 @@ class GatewayWorker(Worker):
         self._shared_lost = False
         self.operators: OperatorAccess | None = None
         self.page: NomadPage | None = None
+        self.traffic: traffic.TrafficMeter | None = None
+        self.timers: budget.Timers | None = None
 
     # --- start ----------------------------------------------------------------------------------
 
@@ -120,12 +124,22 @@ class GatewayWorker(Worker):
         self.links = Links(self.bridge, self.rns.identity, self.rns.destination,
                            self.rns.peer_destination, self._admits,
                            cfg.security.max_request_bytes, self.defence)
+        assert self.traffic is not None
+        self.links.on_path = self.traffic.tag_link
         restored = recovery.load(chain.db_path(cfg))
+        assert self.traffic is not None
+        self.timers = budget.derive(cfg.cluster, budget.slowest(self._media()))
+        log.info("upkeep timers (%s): %s", self.timers.source, self.timers.as_dict())
+        cfg = budget.resolve(cfg, self.timers)
         self.net = NetNode(cfg, identity, generation, self.rns, self.links, self.publish,
                            self._record, restored, self.tick_interval_s, self.defence)
+        self.net.follow_budget(self.timers.state_refresh_s)
+        self.links.keepalive_s = self.timers.announce_interval_s
         self.messages = InterCluster(self.net, self.publish, self._record)
         self.replicator = Replicator(self.net, LedgerRequests(self.ctx, self.run_dir),
-                                     ReplicationTiming.from_config(cfg))
+                                     dataclasses.replace(
+                                         ReplicationTiming.from_config(cfg),
+                                         refresh_s=self.timers.replication_refresh_s))
         self.add_reader(self.replicator.ledger.sock, self.replicator.ledger.on_readable)
         self._subscribe_bus()
         if catalogue.EXECUTOR in cfg.supervisor.workers:
@@ -149,6 +163,8 @@ class GatewayWorker(Worker):
         cfg = self.config
         rns = RnsNode(self.bridge, identity_path, cfg.channels.state_channel)
         attach = self.decision.instance if self.decision.mode is shared.Mode.ATTACHED else None
+        self.traffic = traffic.for_config(cfg, rns.is_discovery_hash)
+        traffic.install(self.traffic)
         try:
             if attach is None:
                 rnsconfig.check_listen_port(cfg.reticulum)
@@ -171,6 +187,20 @@ class GatewayWorker(Worker):
         self.ifwatch = InterfaceWatch(self._interface_stats)
         self.ifwatch.start()
         return rns
+
+    def _media(self) -> list[budget.Medium]:
+        """The interfaces the airtime budget is cut from: this instance's own or, attached
+        to the host's shared instance, that instance's interfaces as it reports them (the
+        node's own traffic leaves through them)."""
+        assert self.traffic is not None and self.rns is not None
+        if self.rns.attached and self.ifwatch is not None:
+            self.ifwatch.refresh()
+            slowest = self.ifwatch.slowest_bitrate()
+            if slowest:
+                return [budget.Medium(float(slowest),
+                                      traffic.lora_for_bitrate(float(slowest), None),
+                                      "the shared instance's slowest interface")]
+        return traffic.media(self.traffic)
 
     def _interface_stats(self) -> Any:
         """Reticulum's interface statistics (on the watcher's thread). Attached, a rejected
@@ -366,6 +396,10 @@ class GatewayWorker(Worker):
         stats["callback_errors"] = self.bridge.errors
         stats["ledger_pending"] = self.ledger.pending()
         stats["link_traffic"] = self.links.traffic() if self.links is not None else {}
+        if self.traffic is not None:
+            stats["traffic"] = self.traffic.snapshot()
+        if self.timers is not None:
+            stats["budget"] = self.timers.as_dict()
         if self.replicator is not None:
             stats["replication"] = self.replicator.stats()
         if self.messages is not None:

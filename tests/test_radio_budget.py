@@ -1,0 +1,129 @@
+"""The airtime budget over the emulated LoRa channel (SF7/500 kHz, so it stays quick): with
+`auto` timers, three nodes form a cluster, share state, delegate a task, then spend at
+most their budget on air while idle, as the channel itself measures it; a killed node is
+dropped within the derived peer_timeout; no frame exceeds the MTU."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import akita
+from akita.mesh.airtime import profile
+from akita.wire import protocol
+from supervisor.radio import query_stats
+from tests.helpers import Node, NotYet, wait_for
+from tests.test_radio import one_cluster_of, start_channel
+
+BUDGET_PERCENT = 3.0
+CAPABILITY = "radio-test"
+
+
+def budget_node(make_node: Callable[..., Node], sock: str, name: str, **tasks: str) -> Node:
+    """A node on the channel with every timer `auto` (the defaults) and a 3 % budget."""
+    return make_node({
+        "node": {"name": name}, "supervisor": {"workers": "ledger, executor, gateway"},
+        "cluster": {"cluster_size": 3, "airtime_budget": BUDGET_PERCENT,
+                    "discovery_interval": 0.5},
+        "tasks": {"pool_size": 1, **tasks},
+        "reticulum": {"auto_interface": "no",
+                      "pipe": f"{sys.executable} -m supervisor.radio attach --socket {sock} "
+                              f"--node {name}",
+                      "pipe_bitrate": str(int(profile("SF7-500").bitrate))}},
+        name=name)
+
+
+def airtime_over(sock: str, window_s: float) -> dict[str, float]:
+    """Each node's share of time on air (percent) over the next `window_s`, as the channel
+    accounts it."""
+    before = query_stats(sock)
+    time.sleep(window_s)  # the measurement window itself, not a wait for an event
+    after = query_stats(sock)
+    elapsed = after["elapsed_s"] - before["elapsed_s"]
+    return {name: 100 * (fig["airtime_s"] - before["nodes"][name]["airtime_s"]) / elapsed
+            for name, fig in after["nodes"].items()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_auto_timers_keep_an_idle_cluster_within_its_airtime_budget(
+        make_node: Callable[..., Node], short_tmp: Path) -> None:
+    sock = str(short_tmp / "radio.sock")
+    channel = start_channel(sock)
+    clients: list[akita.Client] = []
+    try:
+        nodes = [budget_node(make_node, sock, "a"),
+                 budget_node(make_node, sock, "b", capabilities=CAPABILITY),
+                 budget_node(make_node, sock, "c")]
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            node.wait_running()
+        timers = nodes[0].ctl_json("status", "--json")["budget"]
+        assert timers["source"] == "auto" and timers["airtime_budget_percent"] == BUDGET_PERCENT
+        interval, peer_timeout = timers["announce_interval_s"], timers["peer_timeout_s"]
+        assert interval > 10.0, "the budget, not the LAN floor, should set the interval"
+        shown = nodes[0].ctl("status").stdout
+        assert "airtime budget 3 %" in shown and f"announce every {interval:.0f} s" in shown
+        wait_for(one_cluster_of(nodes), 3 * interval + 20, "one cluster within 3 intervals")
+        clients.extend(akita.Client(node.config_path) for node in nodes)
+        state_reaches_every_mate(clients, 2 * interval)
+        task_id = clients[0].submit("akita.echo", ["x" * 100], requires=[CAPABILITY])
+        assert clients[0].wait(task_id, timeout=30) == "x" * 100
+        # Idle, once every node holds every feed (catching up after start and after the
+        # task is work, not upkeep): over about four announce intervals, each node's own
+        # share of the air.
+        wait_for(feeds_agree(nodes), 12 * interval, "ledger replication to settle")
+        shares = airtime_over(sock, 4 * interval)
+        assert all(share <= BUDGET_PERCENT for share in shares.values()), shares
+        stats = query_stats(sock)
+        assert stats["largest_frame"] <= 500, "a frame over the LoRa MTU reached the channel"
+        failed_node_is_dropped(nodes, clients, peer_timeout)
+    finally:
+        for client in clients:
+            client.close()
+        channel.terminate()
+        channel.wait(10)
+
+
+def feeds_agree(nodes: list[Node]) -> Callable[[], Any]:
+    def check() -> Any:
+        heads = [node.request(protocol.PeerStats()) for node in nodes]
+        feeds = [h.stats["replication"]["feeds"] for h in heads
+                 if isinstance(h, protocol.PeerStatsReply)]
+        return (len(feeds) == len(nodes) and all(f == feeds[0] for f in feeds)
+                and len(feeds[0]) == len(nodes)) or NotYet({"feeds": feeds})
+
+    return check
+
+
+def state_reaches_every_mate(clients: list[akita.Client], within_s: float) -> None:
+    me = str(clients[0].peers()["self"])
+    clients[0].state_set("radio", 1)
+
+    def everywhere() -> Any:
+        missing = [c for c in clients[1:] if "radio" not in c.state(me)["data"]]
+        return not missing or NotYet({"missing_at": len(missing)})
+
+    wait_for(everywhere, within_s, "the state change at both mates")
+
+
+def failed_node_is_dropped(nodes: list[Node], clients: list[akita.Client],
+                           peer_timeout_s: float) -> None:
+    victim = str(clients[2].peers()["self"])
+    nodes[2].kill_everything()
+    killed = time.monotonic()
+
+    def dropped() -> Any:
+        holding = [i for i, c in enumerate(clients[:2])
+                   if victim in {p["id"] for p in c.peers()["peers"]}]
+        return not holding or NotYet({"still_listed_by": holding})
+
+    # peer_timeout after the last sign of life (at most a probe interval before the kill).
+    wait_for(dropped, peer_timeout_s + 10, "both survivors dropping the killed node")
+    assert time.monotonic() - killed <= peer_timeout_s + 10
