@@ -265,6 +265,7 @@ def test_an_attached_node_cuts_its_airtime_budget_from_the_shared_instances_inte
         slow.start()
         sections = attached("beside", slow)
         sections["cluster"] = {"cluster_size": 3}  # every timer auto: derived from the budget
+        sections["operators"] = {"identities": "ab" * 16 + ":read", "announce_interval": 60}
         node = make_node(sections)
         node.start()
         status = wait_for(lambda: (s := node.ctl_json("status")).get("budget") and s, 20,
@@ -274,5 +275,10 @@ def test_an_attached_node_cuts_its_airtime_budget_from_the_shared_instances_inte
         assert budget["slowest_bitrate"] == 1758, budget
         # At 1758 bit/s a 1 % budget cannot afford the LAN's 10 s announces.
         assert budget["announce_interval_s"] > 60, budget
+        # The LXMF address is announced within the same budget, not every 60 s as asked.
+        reply = node.request(protocol.PeerStats())
+        assert isinstance(reply, protocol.PeerStatsReply)
+        lxmf = reply.stats["operators"]["announce_interval_s"]
+        assert lxmf == budget["announce_interval_s"], (lxmf, budget)
     finally:
         slow.stop()

@@ -55,6 +55,7 @@ class NomadPage:
         self._built_at = 0.0
         self._workers: list[dict[str, Any]] | None = None
         self._next_announce = 0.0
+        self.announce_interval_s = float(self.config.operators.announce_interval)
 
     def start(self, identity: Any, ctx: zmq.Context, run_dir: Path) -> None:
         self.destination = RNS.Destination(identity, RNS.Destination.IN,
@@ -75,7 +76,7 @@ class NomadPage:
                 getattr(i, "online", False) for i in list(RNS.Transport.interfaces)):
             self.destination.announce(app_data=self.config.node.name.encode())
             self.counters["announces"] += 1
-            self._next_announce = now + self.config.operators.announce_interval
+            self._next_announce = now + self.announce_interval_s
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -58,6 +58,9 @@ class OperatorAccess:
         self.destination: Any = None
         self.executor: transport.AsyncRequester | None = None
         self._next_announce = 0.0
+        # Never announced more often than [operators] announce_interval; the gateway raises
+        # it to the node's own announce interval when the airtime budget derives a longer one.
+        self.announce_interval_s = float(self.settings.announce_interval)
 
     @property
     def address(self) -> str:
@@ -88,10 +91,10 @@ class OperatorAccess:
         if now >= self._next_announce and _any_interface_online():
             self.router.announce(self.destination.hash)
             self.counters["announces"] += 1
-            self._next_announce = now + self.settings.announce_interval
+            self._next_announce = now + self.announce_interval_s
 
     def stats(self) -> dict[str, Any]:
-        return dict(self.counters)
+        return {**self.counters, "announce_interval_s": self.announce_interval_s}
 
     def close(self) -> None:
         if self.executor is not None:

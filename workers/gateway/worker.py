@@ -233,6 +233,10 @@ class GatewayWorker(Worker):
             self.page = NomadPage(self.config, self._net(), self.bridge)
             self.page.start(self.rns.identity, self.ctx, self.run_dir)
         for side in (self.operators, self.page):
+            if side is not None and self.timers is not None:
+                # Within the airtime budget: never announced more often than the node itself.
+                side.announce_interval_s = max(side.announce_interval_s,
+                                               self.timers.announce_interval_s)
             for source, callback in side.readers() if side is not None else []:
                 self.add_reader(source, callback)
 
