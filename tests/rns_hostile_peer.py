@@ -82,6 +82,12 @@ def name(RNS: Any, channel: str, interval_s: float) -> None:
     print(f"NAMED {identity.hash.hex()}", flush=True)
 
 
+
+# A request Reticulum neither accepts nor refuses (its advertisement or the refusal lost)
+# fails only at the timeout; the attacker then opens a new link and asks again.
+REQUEST_TIMEOUT_S = 12
+REQUEST_ATTEMPTS = 4
+
 def request(RNS: Any, channel: str, node_id: str, path: str, size: int,
             abort_at: bool) -> None:
     heard: queue.Queue[Any] = queue.Queue()
@@ -117,20 +123,31 @@ def request(RNS: Any, channel: str, node_id: str, path: str, size: int,
                 return
             time.sleep(0.001)
 
+    def failed(receipt: Any) -> None:
+        resource = getattr(receipt, "resource", None)
+        if abort_at or (resource is not None and resource.status == RNS.Resource.REJECTED):
+            answers.put(f"FAILED {time.monotonic() - started:.2f}")
+        else:  # not refused, only unanswered (a lost packet): a real peer would try again
+            answers.put("RETRY")
+
     def established(link: Any) -> None:
         link.identify(identity)
         receipt = link.request(path, os.urandom(size),
                                response_callback=lambda r: answers.put("RESPONSE"),
-                               failed_callback=lambda r: answers.put(
-                                   f"FAILED {time.monotonic() - started:.2f}"),
-                               timeout=60)
+                               failed_callback=failed, timeout=REQUEST_TIMEOUT_S)
         threading.Thread(target=abort_when_due, args=(link, receipt), daemon=True).start()
 
-    RNS.Link(target, established_callback=established)
-    try:
-        print(answers.get(timeout=90), flush=True)
-    except queue.Empty:
-        print("NO-ANSWER", flush=True)
+    for attempt in range(1, REQUEST_ATTEMPTS + 1):
+        RNS.Link(target, established_callback=established)
+        try:
+            answer = answers.get(timeout=REQUEST_TIMEOUT_S + 10)
+        except queue.Empty:
+            answer = "RETRY"
+        if answer != "RETRY":
+            print(answer, flush=True)
+            return
+        print(f"UNANSWERED attempt {attempt}", flush=True)
+    print("NO-ANSWER", flush=True)
 
 
 def main() -> int:
