@@ -63,6 +63,9 @@ class NomadPage:
         self.destination.register_request_handler(INDEX, self._respond,
                                                   allow=RNS.Destination.ALLOW_ALL)
         self.control = transport.AsyncRequester(ctx, run_dir, transport.CONTROL)
+        # The clusters change rarely and matter most: show a change at once, not up to
+        # REFRESH_S later (a reader fetching right after it would see the old view).
+        self.net.cluster_hooks.append(lambda: self.refresh(force=True))
         self.refresh(force=True)
         log.info("NomadNet page (%s) at %s", self.mode, self.destination.hash.hex())
 
