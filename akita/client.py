@@ -356,7 +356,8 @@ class Client:
 
     def peers(self) -> dict[str, Any]:
         """{"self": NODE_ID, "peers": [{"id", "name", "cluster", "role", "last_seen_s",
-        "load", "state", "generation"}]}, as `akitactl peers --json` prints it."""
+        "load", "state", "generation", "takes_work"}]}, as `akitactl peers --json` prints
+        it; `takes_work`: this node would hand the peer tasks now (`[security] delegate_to`)."""
         reply = self._gateway(protocol.PeerList())
         assert isinstance(reply, protocol.PeerListReply)
         return {"self": reply.self_id, "peers": reply.peers}

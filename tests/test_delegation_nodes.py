@@ -73,9 +73,17 @@ def state_of(node: Node, of: str) -> dict[str, Any]:
     return reply.data if isinstance(reply, protocol.StateReply) else {}
 
 
-def ready_to_delegate(nodes: list[Node], ids: list[str], groups: list[list[int]]) -> Any:
-    """Every node sees the clusters `groups` (indexes into `nodes`), and knows each mate's
-    task types and load."""
+def takes_work(node: Node) -> set[str]:
+    """The peers `node` would hand tasks now (seated for `settle_time`, alive)."""
+    reply = node.request(protocol.PeerList())
+    assert isinstance(reply, protocol.PeerListReply)
+    return {peer["id"] for peer in reply.peers if peer["takes_work"]}
+
+
+def ready_to_delegate(nodes: list[Node], ids: list[str], groups: list[list[int]],
+                      settled: bool = True) -> Any:
+    """Every node sees the clusters `groups` (indexes into `nodes`), knows each mate's task
+    types and load, and (if `settled`) would hand each mate work."""
     expected = sorted(sorted(ids[i] for i in group) for group in groups)
     seen: dict[str, Any] = {}
     for node, own in zip(nodes, ids):
@@ -83,8 +91,9 @@ def ready_to_delegate(nodes: list[Node], ids: list[str], groups: list[list[int]]
         assert isinstance(reply, protocol.ClusterListReply)
         members = sorted(sorted(c["members"]) for c in reply.clusters)
         mates = next((c for c in expected if own in c), [])
+        working = takes_work(node) if settled else set(mates)
         known = [bool(state_of(node, m).get("task_types")) and
-                 "task_load" in state_of(node, m) for m in mates if m != own]
+                 "task_load" in state_of(node, m) and m in working for m in mates if m != own]
         seen[own[:8]] = {"clusters": [[m[:8] for m in c] for c in members],
                          "mates_known": known}
         if members != expected or not all(known):

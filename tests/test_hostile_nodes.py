@@ -33,7 +33,7 @@ from tests.helpers import (
 from tests.test_cluster_nodes import agreed, clusters, node_id
 from tests.test_delegation_nodes import TASKS as DELEGATION_TASKS
 from tests.test_delegation_nodes import WORKERS as DELEGATION_WORKERS
-from tests.test_delegation_nodes import ready_to_delegate
+from tests.test_delegation_nodes import ready_to_delegate, takes_work
 from workers.ledger.store import Append, LedgerStore, open_writer, parse_events
 
 HOSTILE_PEER = REPO / "tests" / "rns_hostile_peer.py"
@@ -294,8 +294,9 @@ def test_no_work_goes_to_a_peer_before_it_has_held_its_seat_for_the_settling_per
         nodes.append(node)
     nodes[1].wait_running()
     ids = [node_id(node) for node in nodes]
-    wait_for(lambda: ready_to_delegate(nodes, ids, [[0, 1]]), 30,
+    wait_for(lambda: ready_to_delegate(nodes, ids, [[0, 1]], settled=False), 30,
              "one cluster whose members know each other's task types and load", 0.3)
+    assert ids[1] not in takes_work(nodes[0])
     with Client(nodes[0].config_path) as client:
         tasks = [client.submit("akita.sleep", [0.2]) for _ in range(8)]
         for task_id in tasks:

@@ -61,15 +61,16 @@ def cmd_peers(args: argparse.Namespace) -> int:
     if args.json:
         common.print_json({"self": reply.self_id, "peers": [
             {key: peer.get(key) for key in ("id", "name", "cluster", "role", "last_seen_s",
-                                            "load", "state", "generation")}
+                                            "load", "state", "generation", "takes_work")}
             for peer in reply.peers]})
         return common.EXIT_OK
     print(f"this node: {reply.self_id}")
     rows = [[p["id"], p["name"], p["cluster"] or "-", p["role"], f"{p['last_seen_s']:.1f}s",
-             _load(p["load"]), p["state"]] for p in reply.peers]
+             _load(p["load"]), p["state"], "yes" if p.get("takes_work") else "no"]
+            for p in reply.peers]
     if rows:
         common.print_table(["ID", "NAME", "CLUSTER", "ROLE", "LAST SEEN", "CPU/MEM/QUEUE",
-                            "STATE"], rows)
+                            "STATE", "WORK"], rows)
     else:
         print("no peers heard yet")
     return common.EXIT_OK

@@ -791,7 +791,7 @@ class PeerList(Message):
 @dataclass(frozen=True, slots=True)
 class PeerListReply(Message):
     """`peers`: one dict per peer: id, name, cluster, role, last_seen_s, load, state,
-    generation."""
+    generation, takes_work."""
 
     self_id: str
     peers: list[dict[str, Any]]

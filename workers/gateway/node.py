@@ -451,7 +451,9 @@ class NetNode:
         return self.formation.clusters(self.discovery.terms())
 
     def peers(self) -> list[dict[str, Any]]:
-        return views.peers(self.node_id, self.table, self.formation, time.monotonic())
+        now = time.monotonic()
+        return views.peers(self.node_id, self.table, self.formation, now,
+                           lambda node: self.admits_work(node, now))
 
     def services(self) -> list[dict[str, Any]]:
         return views.services(self.sync.store, self.table.alive_ids())

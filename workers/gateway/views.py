@@ -6,6 +6,7 @@ NODE_ID is a node's identity hash in hex everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from akita.mesh import state as st
@@ -13,14 +14,15 @@ from akita.mesh.formation import Formation
 from workers.gateway.peers import Peer, PeerTable
 
 
-def peers(node_id: str, table: PeerTable, formation: Formation, now: float
-          ) -> list[dict[str, Any]]:
-    """`peers --json` → {"self": NODE_ID, "peers": [this list]}."""
-    return [_peer(peer, formation, now) for peer in sorted(table.peers.values(),
-                                                            key=lambda p: (p.name, p.node_id))]
+def peers(node_id: str, table: PeerTable, formation: Formation, now: float,
+          takes_work: Callable[[str], bool]) -> list[dict[str, Any]]:
+    """`peers --json` → {"self": NODE_ID, "peers": [this list]}; `takes_work` says whether
+    this node would hand a peer tasks now (`[security] delegate_to`)."""
+    return [_peer(peer, formation, now, takes_work(peer.node_id))
+            for peer in sorted(table.peers.values(), key=lambda p: (p.name, p.node_id))]
 
 
-def _peer(peer: Peer, formation: Formation, now: float) -> dict[str, Any]:
+def _peer(peer: Peer, formation: Formation, now: float, takes_work: bool) -> dict[str, Any]:
     cluster = formation.cluster_of(peer.node_id) or peer.claimed_cluster
     role = formation.role_of(peer.node_id)
     if role == "none" and peer.claimed_cluster:
@@ -36,6 +38,7 @@ def _peer(peer: Peer, formation: Formation, now: float) -> dict[str, Any]:
                  "queue_depth": peer.load.queue_depth},
         "state": peer.state.value,
         "generation": peer.info.generation,
+        "takes_work": takes_work,
     }
 
 
