@@ -29,7 +29,7 @@ from supervisor.process import WorkerState
 
 WORKER_STATES = tuple(state.value for state in WorkerState)
 # Parts of the gateway's stats that are not counters or gauges worth a series.
-_SKIPPED_STATS = ("reports", "interfaces")
+_SKIPPED_STATS = ("reports", "interfaces", "traffic")
 
 
 class NodeCollector(Collector):
@@ -190,6 +190,7 @@ def _mesh(gateway: dict[str, Any]) -> Iterator[Metric]:
     stats = stats_reply.stats
     yield from _cluster(stats, clusters_reply)
     yield from _interfaces(stats.get("interfaces") or [])
+    yield from _airtime((stats.get("traffic") or {}).get("interfaces") or [])
     family = GaugeMetricFamily("akita_gateway_stat", "Every numeric counter and figure the "
                                "gateway reports (peer.stats), by dotted key; includes the "
                                "security counters", labels=["key"])
@@ -230,3 +231,15 @@ def _interfaces(interfaces: list[dict[str, Any]]) -> Iterator[Metric]:
         tx.add_metric([name], iface.get("tx_bytes", 0))
         online.add_metric([name], 1 if iface.get("online") else 0)
     yield from (rx, tx, online)
+
+
+def _airtime(interfaces: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Estimated time on air of what this node sent, per interface (the traffic meter)."""
+    family = GaugeMetricFamily("akita_mesh_airtime_percent", "Percent of the time this node "
+                               "transmitted on the interface (estimated), over the last hour "
+                               "or since start", labels=["interface", "window"])
+    for iface in interfaces[:64]:
+        name = str(iface.get("name", "?"))[:80]
+        family.add_metric([name, "hour"], iface.get("airtime_hour_percent", 0))
+        family.add_metric([name, "start"], iface.get("airtime_percent", 0))
+    yield family

@@ -268,3 +268,6 @@ def test_mesh_metrics_from_two_nodes(make_node: Callable[..., Node]) -> None:
     rx = [v for k, v in got.items() if k.startswith("akita_rns_interface_receive_bytes_total")]
     assert rx and max(rx) > 0
     assert any(k.startswith('akita_gateway_stat{key="announces.') for k in got)
+    airtime = {k: v for k, v in got.items() if k.startswith("akita_mesh_airtime_percent")}
+    windows = {k.split('window="')[1].split('"')[0] for k in airtime}
+    assert windows == {"hour", "start"} and min(airtime.values()) >= 0, airtime

@@ -90,7 +90,26 @@ def test_interfaces_report_bytes_bitrate_and_airtime() -> None:
     # not LoRa: bytes·8/bitrate = 8000 bits / 8000 bit/s = 1 s of 100 s
     assert by_name["lan"]["airtime_percent"] == pytest.approx(1.0)
     assert by_name["lan"]["rx_bytes"] == 59 and set(by_name["lan"]) == {
-        "name", "bitrate", "tx_bytes", "rx_bytes", "airtime_percent"}
+        "name", "bitrate", "tx_bytes", "rx_bytes", "airtime_percent", "airtime_hour_percent"}
+
+
+def test_recent_airtime_counts_the_last_hour_only() -> None:
+    m = meter(started=0.0)
+    lan = Iface("lan", 8000)
+    second = frame(0x01, bytes(16), body=b"a" * 981)      # 1000 bytes: 1 s at 8 kbit/s
+    for _ in range(36):
+        m.count(lan, second, outgoing=True, now=100.0)
+
+    def figures(now: float) -> tuple[float, float]:
+        iface = m.snapshot(now=now)["interfaces"][0]
+        return iface["airtime_percent"], iface["airtime_hour_percent"]
+
+    assert figures(200.0) == (pytest.approx(18.0), pytest.approx(18.0))   # younger than 1 h
+    lifetime, hour = figures(3800.0)          # the burst is more than an hour old
+    assert lifetime == pytest.approx(100 * 36 / 3800, abs=1e-3) and hour == 0.0
+    m.count(lan, second, outgoing=True, now=3790.0)
+    assert figures(3800.0)[1] == pytest.approx(100 / 3600, abs=1e-3)
+    assert len(m.interfaces["lan"].recent) == 1          # old buckets are dropped
 
 
 def test_lora_modulation_is_recognised_from_its_bitrate_only() -> None:

@@ -47,7 +47,8 @@ def lines(stats: dict[str, Any] | None) -> list[str]:
         out.append(f"  {iface['name']}: {_bitrate(iface['bitrate'])}  "
                    f"sent {common.format_bytes(iface['tx_bytes'])}  "
                    f"received {common.format_bytes(iface['rx_bytes'])}  "
-                   f"airtime {iface['airtime_percent']:.2f} %")
+                   f"airtime {iface['airtime_hour_percent']:.2f} % last hour, "
+                   f"{iface['airtime_percent']:.2f} % since start")
     by_kind = traffic.get("by_kind") or {}
     if by_kind:
         out.append("  by kind (sent/received/packets): " + ", ".join(

@@ -19,6 +19,8 @@ The kind of a frame is read from its Reticulum header:
 
 Airtime is estimated per frame: with `akita.mesh.airtime` when the interface's bitrate is a
 LoRa modulation's (an RNode, or a pipe to the LoRa channel emulator), else bytes·8/bitrate.
+Each interface's airtime is reported over the meter's lifetime and over the last hour (the
+window of Europe's duty-cycle rule), kept in one-minute buckets.
 Hooks run on Reticulum's threads; a lock guards the counters, `snapshot()` reads on the loop.
 """
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +40,8 @@ from akita.mesh import airtime, budget
 KINDS = ("announce", "probe", "state", "replication", "delegation", "message", "other")
 MAX_TRACKED = 1024            # link ids and probe hashes remembered (oldest forgotten)
 HASH_BYTES = 16
+WINDOW_S = 3600.0             # the recent airtime window (EU 868 MHz duty cycle: one hour)
+BUCKET_S = 60.0
 
 # Reticulum header (RNS/Packet.py): flags, hops, [transport id], destination, context.
 _IFAC_FLAG = 0x80
@@ -73,6 +77,20 @@ class InterfaceCounter:
     rx_bytes: int = 0
     airtime_s: float = 0.0
     lora: airtime.LoraProfile | None = None
+    recent: deque[list[float]] = field(default_factory=deque)   # [bucket start, airtime s]
+
+    def add_airtime(self, seconds: float, now: float) -> None:
+        self.airtime_s += seconds
+        start = now - now % BUCKET_S
+        if not self.recent or self.recent[-1][0] != start:
+            self.recent.append([start, 0.0])
+            while self.recent[0][0] <= start - WINDOW_S:
+                self.recent.popleft()
+        self.recent[-1][1] += seconds
+
+    def airtime_in_window(self, now: float) -> float:
+        """Airtime in the buckets of the last hour (to the minute)."""
+        return sum(seconds for start, seconds in self.recent if start > now - WINDOW_S)
 
 
 @dataclass
@@ -122,7 +140,8 @@ class TrafficMeter:
 
     # --- counting -----------------------------------------------------------------------------
 
-    def count(self, interface: Any, raw: bytes, *, outgoing: bool) -> None:
+    def count(self, interface: Any, raw: bytes, *, outgoing: bool,
+              now: float | None = None) -> None:
         size = len(raw)
         with self._lock:
             kind = self._classify(raw)
@@ -132,7 +151,8 @@ class TrafficMeter:
             if outgoing:
                 counter.tx_bytes += size
                 iface.tx_bytes += size
-                iface.airtime_s += frame_airtime_s(iface.bitrate, size, iface.lora)
+                iface.add_airtime(frame_airtime_s(iface.bitrate, size, iface.lora),
+                                  time.monotonic() if now is None else now)
             else:
                 counter.rx_bytes += size
                 iface.rx_bytes += size
@@ -176,12 +196,17 @@ class TrafficMeter:
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         """`{"interfaces": [...], "by_kind": {...}}` as `akitactl status --json` shows it;
-        airtime_percent is over the meter's lifetime."""
-        elapsed = max(1e-9, (now if now is not None else time.monotonic()) - self.started)
+        airtime_percent is over the meter's lifetime, airtime_hour_percent over the last hour
+        (over the lifetime while that is shorter)."""
+        now = time.monotonic() if now is None else now
+        elapsed = max(1e-9, now - self.started)
+        window = min(elapsed, WINDOW_S)
         with self._lock:
             interfaces = [{"name": name, "bitrate": round(c.bitrate),
                            "tx_bytes": c.tx_bytes, "rx_bytes": c.rx_bytes,
-                           "airtime_percent": round(100.0 * c.airtime_s / elapsed, 3)}
+                           "airtime_percent": round(100.0 * c.airtime_s / elapsed, 3),
+                           "airtime_hour_percent": round(
+                               100.0 * c.airtime_in_window(now) / window, 3)}
                           for name, c in sorted(self.interfaces.items())]
             by_kind = {kind: {"tx_bytes": c.tx_bytes, "rx_bytes": c.rx_bytes,
                               "packets": c.packets} for kind, c in self.by_kind.items()}
