@@ -25,9 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from akita.config import ReticulumConfig
 from akita.identity import IDENTITY_FILE
-from workers.gateway import rnsconfig
+from tests import rns_boot
 
 FIELD_COMMANDS = 0x09
 
@@ -38,27 +37,18 @@ def say(**fields: Any) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dir", required=True, type=Path)
-    parser.add_argument("--connect", required=True)
+    rns_boot.add_arguments(parser)
     parser.add_argument("--to", required=True)
     parser.add_argument("--commands", required=True)
     parser.add_argument("--wait", type=float, default=10.0)
     parser.add_argument("--handshake", action="store_true")
     args = parser.parse_args()
-    host, _, port = args.connect.rpartition(":")
-    config_dir = rnsconfig.write(ReticulumConfig(auto_interface=False,
-                                                 tcp_connect=((host, int(port)),)), args.dir)
-
     import LXMF
-    import RNS
 
-    RNS.Reticulum(configdir=str(config_dir), loglevel=RNS.LOG_WARNING)
-    deadline = time.monotonic() + 10
-    while not all(getattr(i, "online", False) for i in RNS.Transport.interfaces):
-        if time.monotonic() > deadline:
-            say(error="interface did not come up")
-            return 1
-        time.sleep(0.05)
+    RNS = rns_boot.start(args)
+    if not rns_boot.online(RNS):
+        say(error="interface did not come up")
+        return 1
     identity = RNS.Identity.from_file(str(args.dir / IDENTITY_FILE))
     router = LXMF.LXMRouter(identity=identity, storagepath=str(args.dir / "lxmf"),
                             autopeer=False)

@@ -23,9 +23,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from akita.config import ReticulumConfig
 from akita.identity import IDENTITY_FILE
-from workers.gateway import rnsconfig
+from tests import rns_boot
 
 
 def say(**fields: Any) -> None:
@@ -34,19 +33,12 @@ def say(**fields: Any) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dir", required=True, type=Path)
-    parser.add_argument("--connect", required=True)
+    rns_boot.add_arguments(parser)
     parser.add_argument("--to", required=True)
     parser.add_argument("--identify", action="store_true")
     parser.add_argument("--path", action="append", default=[])
     args = parser.parse_args()
-    host, _, port = args.connect.rpartition(":")
-    config_dir = rnsconfig.write(ReticulumConfig(auto_interface=False,
-                                                 tcp_connect=((host, int(port)),)), args.dir)
-
-    import RNS
-
-    RNS.Reticulum(configdir=str(config_dir), loglevel=RNS.LOG_WARNING)
+    RNS = rns_boot.start(args)
     target_hash = bytes.fromhex(args.to)
     deadline = time.monotonic() + 15
     RNS.Transport.request_path(target_hash)

@@ -33,12 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgpack
 
-from akita.config import ReticulumConfig
 from akita.mesh import delegation as plan
 from akita.mesh.cluster import PeerView, Seat
 from akita.wire import mesh
-from tests import golden
-from workers.gateway import rnsconfig
+from tests import golden, rns_boot
 
 SPACING_S = 1.2        # receivers take one announce of a destination per second
 MEMBER_WAIT_S = 25.0
@@ -175,28 +173,18 @@ def run(mate: Mate, task_channel: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dir", required=True, type=Path)
-    parser.add_argument("--connect", required=True)
+    rns_boot.add_arguments(parser)
     parser.add_argument("--to", required=True, metavar="NODE_ID")
     parser.add_argument("--channel", default="akita.state")
     parser.add_argument("--task-channel", default="akita.tasks")
     args = parser.parse_args()
-    host, _, port = args.connect.rpartition(":")
-    config_dir = rnsconfig.write(ReticulumConfig(auto_interface=False,
-                                                 tcp_connect=((host, int(port)),)), args.dir)
-
-    import RNS
-
-    RNS.Reticulum(configdir=str(config_dir), loglevel=RNS.LOG_WARNING)
+    RNS = rns_boot.start(args)
     mate = Mate(RNS, args.channel, args.task_channel, args.to)
     mate.aspect_filter = args.channel  # type: ignore[attr-defined]
     RNS.Transport.register_announce_handler(mate)
-    deadline = time.monotonic() + 10
-    while not all(getattr(i, "online", False) for i in RNS.Transport.interfaces):
-        if time.monotonic() > deadline:
-            print("FAILED interface did not come up", flush=True)
-            return 1
-        time.sleep(0.05)
+    if not rns_boot.online(RNS):
+        print("FAILED interface did not come up", flush=True)
+        return 1
     print(f"READY {mate.node_id}", flush=True)
     # Our plain announce (no seat) would let the node place us; a stranger stays silent.
     try:

@@ -36,11 +36,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from akita.config import ReticulumConfig
 from akita.identity import NodeIdentity
 from akita.ledger import bundles, chain
-from tests import golden
-from workers.gateway import rnsconfig
+from tests import golden, rns_boot
 
 EVENTS = 5
 ANNOUNCE_EVERY_S = 1.0
@@ -102,21 +100,14 @@ def app_data(node_id: str, seq: int) -> bytes:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dir", required=True, type=Path)
-    parser.add_argument("--connect", required=True)
+    rns_boot.add_arguments(parser)
     parser.add_argument("--forge", required=True, choices=("signature", "chain", "fork"))
     parser.add_argument("--channel", default="akita.state")
     parser.add_argument("--ledger-channel", default="akita.ledger")
     parser.add_argument("--flood", type=int, default=0, metavar="N")
     parser.add_argument("--flood-at", default="", metavar="NODE_ID")
     args = parser.parse_args()
-    host, _, port = args.connect.rpartition(":")
-    config_dir = rnsconfig.write(ReticulumConfig(auto_interface=False,
-                                                 tcp_connect=((host, int(port)),)), args.dir)
-
-    import RNS
-
-    RNS.Reticulum(configdir=str(config_dir), loglevel=RNS.LOG_WARNING)
+    RNS = rns_boot.start(args)
     rns_identity = RNS.Identity()
     author = NodeIdentity.from_private_bytes(rns_identity.get_private_key())
     if args.forge == "fork":

@@ -28,10 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from akita.config import ReticulumConfig
 from akita.mesh.cluster import MAX_SEAT, MAX_TERM, PeerView, Seat
 from akita.wire import mesh
-from workers.gateway import rnsconfig
+from tests import rns_boot
 
 SPACING_S = 1.2
 EVIL_NAME = "\x1b[2J\x1b[31mEVIL\x07\r"
@@ -152,8 +151,7 @@ def request(RNS: Any, channel: str, node_id: str, path: str, size: int,
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dir", required=True, type=Path)
-    parser.add_argument("--connect", required=True)
+    rns_boot.add_arguments(parser)
     parser.add_argument("--channel", default="akita.state")
     parser.add_argument("attack", choices=("flood", "seats", "name", "request"))
     parser.add_argument("--count", type=int, default=3)
@@ -165,19 +163,10 @@ def main() -> int:
     parser.add_argument("--abort", action="store_true")
     parser.add_argument("--interval", type=float, default=60.0)
     args = parser.parse_args()
-    host, _, port = args.connect.rpartition(":")
-    config_dir = rnsconfig.write(ReticulumConfig(auto_interface=False,
-                                                 tcp_connect=((host, int(port)),)), args.dir)
-
-    import RNS
-
-    RNS.Reticulum(configdir=str(config_dir), loglevel=RNS.LOG_WARNING)
-    deadline = time.monotonic() + 10
-    while not all(getattr(i, "online", False) for i in RNS.Transport.interfaces):
-        if time.monotonic() > deadline:
-            print("FAILED interface did not come up", flush=True)
-            return 1
-        time.sleep(0.05)
+    RNS = rns_boot.start(args)
+    if not rns_boot.online(RNS):
+        print("FAILED interface did not come up", flush=True)
+        return 1
     print("READY", flush=True)
     if args.attack == "flood":
         flood(RNS, args.channel, args.count)

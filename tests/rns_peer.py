@@ -32,9 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgpack
 
-from akita.config import ReticulumConfig
-from tests import golden
-from workers.gateway import rnsconfig
+from tests import golden, rns_boot
 
 SPACING_S = 1.2  # receivers take one announce of a destination per second
 
@@ -77,30 +75,20 @@ def plan(kind: str, node_id: str) -> list[tuple[str, bytes]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dir", required=True, type=Path)
-    parser.add_argument("--connect", required=True)
+    rns_boot.add_arguments(parser)
     parser.add_argument("--channel", default="akita.state")
     parser.add_argument("--plan", default="garbage")
     parser.add_argument("--request", metavar="PATH")
     parser.add_argument("--to", metavar="NODE_ID", help="the node to send --request to")
     args = parser.parse_args()
-    host, _, port = args.connect.rpartition(":")
-    ret = ReticulumConfig(auto_interface=False, tcp_connect=((host, int(port)),))
-    config_dir = rnsconfig.write(ret, args.dir)
-
-    import RNS
-
-    RNS.Reticulum(configdir=str(config_dir), loglevel=RNS.LOG_WARNING)
+    RNS = rns_boot.start(args)
     identity = RNS.Identity()
     app, *aspects = args.channel.split(".")
     destination = RNS.Destination(identity, RNS.Destination.IN, RNS.Destination.SINGLE, app,
                                   *aspects)
-    deadline = time.monotonic() + 10
-    while not all(getattr(i, "online", False) for i in RNS.Transport.interfaces):
-        if time.monotonic() > deadline:
-            print("FAILED interface did not come up", flush=True)
-            return 1
-        time.sleep(0.05)
+    if not rns_boot.online(RNS):
+        print("FAILED interface did not come up", flush=True)
+        return 1
     node_id = identity.hash.hex()
     print(f"READY {node_id}", flush=True)
     for label, app_data in plan(args.plan, node_id):

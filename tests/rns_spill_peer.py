@@ -29,10 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from akita.config import ReticulumConfig
-from tests import golden
+from tests import golden, rns_boot
 from tests.rns_delegate_peer import SPACING_S, Mate, say, spec
-from workers.gateway import rnsconfig
 
 KNOWN_WAIT_S = 25.0
 
@@ -99,29 +97,19 @@ def run(far: FarNode, member: str, head: str, task_channel: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dir", required=True, type=Path)
-    parser.add_argument("--connect", required=True)
+    rns_boot.add_arguments(parser)
     parser.add_argument("--member", required=True, metavar="NODE_ID")
     parser.add_argument("--head", required=True, metavar="NODE_ID")
     parser.add_argument("--channel", default="akita.state")
     parser.add_argument("--task-channel", default="akita.tasks")
     args = parser.parse_args()
-    host, _, port = args.connect.rpartition(":")
-    config_dir = rnsconfig.write(ReticulumConfig(auto_interface=False,
-                                                 tcp_connect=((host, int(port)),)), args.dir)
-
-    import RNS
-
-    RNS.Reticulum(configdir=str(config_dir), loglevel=RNS.LOG_WARNING)
+    RNS = rns_boot.start(args)
     far = FarNode(RNS, args.channel, args.task_channel, [args.member, args.head])
     far.aspect_filter = args.channel  # type: ignore[attr-defined]
     RNS.Transport.register_announce_handler(far)
-    deadline = time.monotonic() + 10
-    while not all(getattr(i, "online", False) for i in RNS.Transport.interfaces):
-        if time.monotonic() > deadline:
-            print("FAILED interface did not come up", flush=True)
-            return 1
-        time.sleep(0.05)
+    if not rns_boot.online(RNS):
+        print("FAILED interface did not come up", flush=True)
+        return 1
     print(f"READY {far.node_id}", flush=True)
     try:
         run(far, args.member, args.head, args.task_channel)
