@@ -14,25 +14,50 @@ import configparser
 import dataclasses
 import ipaddress
 import os
-import socket
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from akita import keyring
 from akita.catalogue import WORKER_ORDER, WORKERS
+from akita.configvalues import (
+    AUTO,
+    boolean,
+    budget_percent,
+    channel,
+    choice,
+    directory,
+    directory_list,
+    frequency_hz,
+    host_port_list,
+    identity_list,
+    instance_name,
+    int_range,
+    key_list,
+    listen_address,
+    lora_bandwidth,
+    name_list,
+    node_name,
+    operator_list,
+    optional_command,
+    optional_directory,
+    optional_host_port,
+    optional_int_range,
+    optional_percent,
+    optional_port,
+    percent,
+    seconds,
+    seconds_or_auto,
+    setting,
+    split_argv,
+    text,
+)
 from akita.errors import ConfigError
-from akita.mesh import airtime
 from akita.rundir import longest_socket_name
 
 # Longest path a Unix socket may have (sun_path is 108 bytes with its NUL).
 _MAX_SOCKET_PATH = 107
 
-# What an RNode can tune to (Reticulum's own bounds for RNodeInterface).
-_FREQUENCY_MIN_HZ = 137_000_000
-_FREQUENCY_MAX_HZ = 3_000_000_000
 
 
 class RestartPolicy(str, Enum):
@@ -41,230 +66,7 @@ class RestartPolicy(str, Enum):
     NEVER = "never"
 
 
-# --- converters -------------------------------------------------------------------------
-# Each takes the raw string and the config file's directory; raises ValueError whose text
-# says what is allowed.
-
-Converter = Callable[[str, Path], Any]
-
-
-def _int_range(low: int, high: int) -> Converter:
-    def convert(raw: str, _base: Path) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"expected a whole number from {low} to {high}") from None
-        if not low <= value <= high:
-            raise ValueError(f"expected a whole number from {low} to {high}")
-        return value
-
-    return convert
-
-
-def _seconds(low: float, high: float) -> Converter:
-    def convert(raw: str, _base: Path) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"expected a number of seconds from {low:g} to {high:g}") from None
-        if not low <= value <= high:
-            raise ValueError(f"expected a number of seconds from {low:g} to {high:g}")
-        return value
-
-    return convert
-
-
-AUTO = 0.0   # a timer given as `auto`: derived by the gateway from the airtime budget
 AUTO_TIMERS = ("announce_interval", "peer_timeout", "probe_interval")
-
-
-def _seconds_or_auto(low: float, high: float) -> Converter:
-    """`auto` (→ AUTO, derived at run time) or a number of seconds in [low, high]."""
-    def convert(raw: str, _base: Path) -> float:
-        if raw.strip().lower() == "auto":
-            return AUTO
-        try:
-            value = float(raw)
-        except ValueError:
-            value = float("nan")
-        if not low <= value <= high:
-            raise ValueError(f"expected auto or a number of seconds from {low:g} to {high:g}")
-        return value
-
-    return convert
-
-
-def _budget_percent(raw: str, _base: Path) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0.01 <= value <= 100:
-        raise ValueError("expected a percentage from 0.01 to 100")
-    return value
-
-
-def _percent(raw: str, base: Path) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError("expected a percentage from 0 to 100") from None
-    if not 0 <= value <= 100:
-        raise ValueError("expected a percentage from 0 to 100")
-    return value
-
-
-_TRUE = {"1", "yes", "true", "on"}
-_FALSE = {"0", "no", "false", "off"}
-
-
-def _boolean(raw: str, _base: Path) -> bool:
-    lowered = raw.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError("expected yes or no")
-
-
-def _choice(*allowed: str) -> Converter:
-    def convert(raw: str, _base: Path) -> str:
-        if raw not in allowed:
-            raise ValueError("expected one of: " + ", ".join(allowed))
-        return raw
-
-    return convert
-
-
-def _text(raw: str, _base: Path) -> str:
-    return raw
-
-
-def _channel(raw: str, _base: Path) -> str:
-    parts = raw.split(".")
-    if not raw or any(not part or not part.replace("_", "").replace("-", "").isalnum()
-                      for part in parts):
-        raise ValueError("expected dotted names of letters, digits, '-' and '_' (e.g. akita.tasks)")
-    return raw
-
-
-def _directory(raw: str, base: Path) -> Path:
-    if not raw:
-        raise ValueError("expected a directory path")
-    path = Path(os.path.expanduser(raw))
-    return path if path.is_absolute() else (base / path).resolve()
-
-
-def _optional_directory(raw: str, base: Path) -> Path | None:
-    return _directory(raw, base) if raw else None
-
-
-def _instance_name(raw: str, _base: Path) -> str:
-    # Reticulum puts the name into an abstract socket address, "rns/NAME".
-    if len(raw) > 64 or not all(ch.isalnum() or ch in "-_." for ch in raw):
-        raise ValueError("expected up to 64 letters, digits, '-', '_' or '.' (e.g. default)")
-    return raw
-
-
-def _optional_port(raw: str, _base: Path) -> int | None:
-    return _int_range(1, 65535)(raw, _base) if raw else None
-
-
-def _name_list(raw: str, _base: Path) -> tuple[str, ...]:
-    return tuple(item.strip() for item in raw.replace("\n", ",").split(",") if item.strip())
-
-
-def _directory_list(raw: str, base: Path) -> tuple[Path, ...]:
-    return tuple(_directory(item, base) for item in _name_list(raw, base))
-
-
-def _host_port(item: str) -> tuple[str, int]:
-    host, sep, port = item.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{item!r} is not host:port")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"{item!r} has a port that is not a number") from None
-    if not 1 <= number <= 65535:
-        raise ValueError(f"{item!r} has a port outside 1-65535")
-    return host.strip("[]"), number
-
-
-def _optional_host_port(raw: str, _base: Path) -> tuple[str, int] | None:
-    return _host_port(raw) if raw else None
-
-
-def _host_port_list(raw: str, base: Path) -> tuple[tuple[str, int], ...]:
-    return tuple(_host_port(item) for item in _name_list(raw, base))
-
-
-def _identity_list(raw: str, base: Path) -> tuple[str, ...]:
-    items = _name_list(raw, base)
-    for item in items:
-        if len(item) != 32 or any(c not in "0123456789abcdef" for c in item.lower()):
-            raise ValueError(f"{item!r} is not an identity hash (32 hex digits)")
-    return tuple(item.lower() for item in items)
-
-
-def _optional_percent(raw: str, base: Path) -> float | None:
-    return _percent(raw, base) if raw else None
-
-
-def _optional_int_range(low: int, high: int) -> Converter:
-    convert = _int_range(low, high)
-
-    def optional(raw: str, base: Path) -> int | None:
-        return convert(raw, base) if raw else None
-
-    return optional
-
-
-def _optional_command(raw: str, _base: Path) -> tuple[str, ...] | None:
-    return tuple(_split_argv(raw)) if raw else None
-
-
-def _frequency_hz(raw: str, _base: Path) -> int | None:
-    if not raw:
-        return None
-    try:
-        value = int(float(raw))
-    except ValueError:
-        value = -1
-    if not _FREQUENCY_MIN_HZ <= value <= _FREQUENCY_MAX_HZ:
-        raise ValueError(f"expected a frequency in Hz from {_FREQUENCY_MIN_HZ} to "
-                         f"{_FREQUENCY_MAX_HZ} (e.g. 867200000 for 867.2 MHz)")
-    return value
-
-
-def _lora_bandwidth(raw: str, _base: Path) -> int:
-    allowed = airtime.BANDWIDTHS_HZ
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value not in allowed:
-        raise ValueError("expected a LoRa bandwidth in Hz: " + ", ".join(map(str, allowed)))
-    return value
-
-
-def _key_list(raw: str, base: Path) -> tuple[str, ...]:
-    items = _name_list(raw, base)
-    for item in items:
-        keyring.decode(item)
-    return tuple(items)
-
-
-def _node_name(raw: str, _base: Path) -> str:
-    name = raw or socket.gethostname()
-    if len(name.encode()) > 32:
-        raise ValueError("expected a name of at most 32 bytes")
-    return name
-
-
-def setting(convert: Converter, doc: str, default: Any = dataclasses.MISSING) -> Any:
-    """A config key: its converter, a one-line description and, unless required, a default."""
-    return field(default=default, metadata={"convert": convert, "doc": doc})
 
 
 # --- sections ---------------------------------------------------------------------------
@@ -273,99 +75,99 @@ def setting(convert: Converter, doc: str, default: Any = dataclasses.MISSING) ->
 @dataclass(frozen=True)
 class NodeConfig:
     # Required: a node writes only where its config says.
-    data_dir: Path = setting(_directory, "identity and ledger database (required)")
-    run_dir: Path = setting(_directory, "control and bus sockets, pid lock, mode 0700 (required)")
-    log_dir: Path = setting(_directory, "one log file per process (required)")
-    name: str = setting(_node_name, "node name shown to peers (default: the host name)", "")
+    data_dir: Path = setting(directory, "identity and ledger database (required)")
+    run_dir: Path = setting(directory, "control and bus sockets, pid lock, mode 0700 (required)")
+    log_dir: Path = setting(directory, "one log file per process (required)")
+    name: str = setting(node_name, "node name shown to peers (default: the host name)", "")
 
 
 @dataclass(frozen=True)
 class SupervisorConfig:
-    workers: tuple[str, ...] = setting(_name_list, "workers to run, started in the order "
+    workers: tuple[str, ...] = setting(name_list, "workers to run, started in the order "
                                        + " → ".join(WORKER_ORDER), WORKER_ORDER)
-    heartbeat_interval: float = setting(_seconds(0.05, 60), "how often workers send a heartbeat",
+    heartbeat_interval: float = setting(seconds(0.05, 60), "how often workers send a heartbeat",
                                         1.0)
-    log_max_bytes: int = setting(_int_range(4096, 1 << 30), "rotate a log file past this size",
+    log_max_bytes: int = setting(int_range(4096, 1 << 30), "rotate a log file past this size",
                                  10 << 20)
-    log_backups: int = setting(_int_range(0, 100), "rotated log files kept per process", 3)
+    log_backups: int = setting(int_range(0, 100), "rotated log files kept per process", 3)
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     restart: RestartPolicy = setting(
-        lambda raw, base: RestartPolicy(_choice(*(p.value for p in RestartPolicy))(raw, base)),
+        lambda raw, base: RestartPolicy(choice(*(p.value for p in RestartPolicy))(raw, base)),
         "always | on-failure | never", RestartPolicy.ALWAYS)
-    backoff_initial: float = setting(_seconds(0, 60), "first delay before a quick re-restart", 0.1)
-    backoff_max: float = setting(_seconds(0, 3600), "longest delay between restarts", 30.0)
-    max_restarts: int = setting(_int_range(0, 1000), "restarts allowed within restart_window "
+    backoff_initial: float = setting(seconds(0, 60), "first delay before a quick re-restart", 0.1)
+    backoff_max: float = setting(seconds(0, 3600), "longest delay between restarts", 30.0)
+    max_restarts: int = setting(int_range(0, 1000), "restarts allowed within restart_window "
                                 "before the worker is FATAL", 5)
-    restart_window: float = setting(_seconds(0.1, 86400), "the window for max_restarts", 60.0)
-    fatal_cooldown: float = setting(_seconds(0, 86400), "wait before a FATAL worker is tried "
+    restart_window: float = setting(seconds(0.1, 86400), "the window for max_restarts", 60.0)
+    fatal_cooldown: float = setting(seconds(0, 86400), "wait before a FATAL worker is tried "
                                     "again, doubling while it keeps failing (0: stay FATAL "
                                     "until an operator starts it)", 300.0)
-    heartbeat_timeout: float = setting(_seconds(0.1, 3600), "silence after which a worker is "
+    heartbeat_timeout: float = setting(seconds(0.1, 3600), "silence after which a worker is "
                                        "killed and restarted", 5.0)
-    stop_timeout: float = setting(_seconds(0.1, 600), "grace after SIGTERM before SIGKILL", 5.0)
+    stop_timeout: float = setting(seconds(0.1, 600), "grace after SIGTERM before SIGKILL", 5.0)
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    cluster_size: int = setting(_int_range(1, 1000), "nodes per cluster", 3)
-    discovery_interval: float = setting(_seconds(0.1, 86400), "how often clusters are re-formed",
+    cluster_size: int = setting(int_range(1, 1000), "nodes per cluster", 3)
+    discovery_interval: float = setting(seconds(0.1, 86400), "how often clusters are re-formed",
                                         5.0)
-    airtime_budget: float = setting(_budget_percent, "percent of the slowest interface's time "
+    airtime_budget: float = setting(budget_percent, "percent of the slowest interface's time "
                                     "this node may spend on idle upkeep (announces, probes, "
                                     "state and ledger refresh); the auto timers follow it", 1.0)
-    announce_interval: float = setting(_seconds_or_auto(0.5, 86400), "how often this node "
+    announce_interval: float = setting(seconds_or_auto(0.5, 86400), "how often this node "
                                        "announces (auto: from airtime_budget, at least 10 s)",
                                        AUTO)
-    peer_timeout: float = setting(_seconds_or_auto(0.5, 86400), "silence after which a peer "
+    peer_timeout: float = setting(seconds_or_auto(0.5, 86400), "silence after which a peer "
                                   "is gone (auto: 3 announce intervals, at least 30 s)", AUTO)
-    probe_interval: float = setting(_seconds_or_auto(0, 86400), "how often a silent cluster "
+    probe_interval: float = setting(seconds_or_auto(0, 86400), "how often a silent cluster "
                                     "member is probed (auto or 0: from airtime_budget, at "
                                     "least 6 s; explicit peer_timeout alone: peer_timeout / 5)",
                                     AUTO)
-    probe_timeout: float = setting(_seconds(0, 3600), "wait for a probe's answer before an "
+    probe_timeout: float = setting(seconds(0, 3600), "wait for a probe's answer before an "
                                    "indirect probe (0: peer_timeout / 10)", 0.0)
-    services: tuple[str, ...] = setting(_name_list, "named services this node advertises "
+    services: tuple[str, ...] = setting(name_list, "named services this node advertises "
                                         "besides its task types", ())
-    max_message_bytes: int = setting(_int_range(64, 4 << 20), "largest inter-cluster message "
+    max_message_bytes: int = setting(int_range(64, 4 << 20), "largest inter-cluster message "
                                      "payload (msgpack-encoded)", 65536)
-    message_deadline: float = setting(_seconds(0.1, 3600), "how long an inter-cluster message "
+    message_deadline: float = setting(seconds(0.1, 3600), "how long an inter-cluster message "
                                       "is retried before it is reported undeliverable "
                                       "(default for akitactl send / Client.send)", 30.0)
 
 
 @dataclass(frozen=True)
 class ChannelsConfig:
-    task_channel: str = setting(_channel, "Reticulum aspects for task delegation", "akita.tasks")
-    state_channel: str = setting(_channel, "aspects for cluster state", "akita.state")
-    inter_cluster_channel: str = setting(_channel, "aspects for inter-cluster messages",
+    task_channel: str = setting(channel, "Reticulum aspects for task delegation", "akita.tasks")
+    state_channel: str = setting(channel, "aspects for cluster state", "akita.state")
+    inter_cluster_channel: str = setting(channel, "aspects for inter-cluster messages",
                                          "akita.intercluster")
-    ledger_channel: str = setting(_channel, "aspects for ledger replication", "akita.ledger")
-    resource_channel: str = setting(_channel, "aspects for resource summaries", "akita.resources")
-    service_channel: str = setting(_channel, "aspects for service discovery", "akita.services")
+    ledger_channel: str = setting(channel, "aspects for ledger replication", "akita.ledger")
+    resource_channel: str = setting(channel, "aspects for resource summaries", "akita.resources")
+    service_channel: str = setting(channel, "aspects for service discovery", "akita.services")
 
 
 @dataclass(frozen=True)
 class TasksConfig:
-    task_timeout: float = setting(_seconds(0.01, 86400), "default task timeout", 60.0)
-    pool_size: int = setting(_int_range(0, 1024), "task processes (0: one per CPU)", 0)
-    modules: tuple[str, ...] = setting(_name_list, "Python modules whose @akita.task "
+    task_timeout: float = setting(seconds(0.01, 86400), "default task timeout", 60.0)
+    pool_size: int = setting(int_range(0, 1024), "task processes (0: one per CPU)", 0)
+    modules: tuple[str, ...] = setting(name_list, "Python modules whose @akita.task "
                                        "functions this node runs", ())
-    module_path: tuple[Path, ...] = setting(_directory_list, "directories to import modules "
+    module_path: tuple[Path, ...] = setting(directory_list, "directories to import modules "
                                             "from, relative to this file (default: the "
                                             "directory the node was started from)", ())
-    max_queue: int = setting(_int_range(1, 10_000_000), "queued tasks before submit is "
+    max_queue: int = setting(int_range(1, 10_000_000), "queued tasks before submit is "
                              "refused", 100_000)
-    max_result_bytes: int = setting(_int_range(64, 1 << 30), "largest stored result or error",
+    max_result_bytes: int = setting(int_range(64, 1 << 30), "largest stored result or error",
                                     1 << 20)
-    max_attempts: int = setting(_int_range(1, 100), "runs of one task before it fails", 3)
-    capabilities: tuple[str, ...] = setting(_name_list, "capabilities this node declares "
+    max_attempts: int = setting(int_range(1, 100), "runs of one task before it fails", 3)
+    capabilities: tuple[str, ...] = setting(name_list, "capabilities this node declares "
                                             "(matched against a task's requires)", ())
-    max_payload_bytes: int = setting(_int_range(64, 1 << 30), "largest task args or result "
+    max_payload_bytes: int = setting(int_range(64, 1 << 30), "largest task args or result "
                                      "(encoded): what may travel between nodes", 1 << 20)
-    delegate_after: float = setting(_seconds(0, 86400), "seconds of queued work per task "
+    delegate_after: float = setting(seconds(0, 86400), "seconds of queued work per task "
                                     "process kept for this node before queued tasks are "
                                     "offered to peers (and always 2 tasks per process)", 1.0)
 
@@ -374,172 +176,140 @@ class TasksConfig:
 class CommandTask:
     """A task type that runs a command line (argv, no shell) declared as [command:NAME]."""
 
-    argv: tuple[str, ...] = setting(lambda raw, base: tuple(_split_argv(raw)),
+    argv: tuple[str, ...] = setting(lambda raw, base: tuple(split_argv(raw)),
                                     "the command line; {0}, {1}… are replaced by task args")
-    timeout: float = setting(_seconds(0, 86400), "timeout (0: [tasks] task_timeout)", 0.0)
+    timeout: float = setting(seconds(0, 86400), "timeout (0: [tasks] task_timeout)", 0.0)
 
 
 @dataclass(frozen=True)
 class LedgerConfig:
-    checkpoint_interval: float = setting(_seconds(0.01, 3600), "longest time between signed "
+    checkpoint_interval: float = setting(seconds(0.01, 3600), "longest time between signed "
                                          "checkpoints while events arrive", 1.0)
-    checkpoint_events: int = setting(_int_range(1, 10_000_000), "events between checkpoints",
+    checkpoint_events: int = setting(int_range(1, 10_000_000), "events between checkpoints",
                                      10_000)
-    max_batch: int = setting(_int_range(1, 1_000_000), "most events in one transaction", 20_000)
+    max_batch: int = setting(int_range(1, 1_000_000), "most events in one transaction", 20_000)
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    interval: float = setting(_seconds(0.05, 3600), "seconds between samples", 5.0)
-    cpu_alert_percent: float = setting(_percent, "host CPU alert threshold", 95.0)
-    memory_alert_percent: float = setting(_percent, "host memory alert threshold", 90.0)
-    disk_alert_percent: float = setting(_percent, "data_dir disk usage alert threshold", 90.0)
-    process_rss_alert_bytes: int = setting(_int_range(0, 1 << 50), "per-process RSS alert "
+    interval: float = setting(seconds(0.05, 3600), "seconds between samples", 5.0)
+    cpu_alert_percent: float = setting(percent, "host CPU alert threshold", 95.0)
+    memory_alert_percent: float = setting(percent, "host memory alert threshold", 90.0)
+    disk_alert_percent: float = setting(percent, "data_dir disk usage alert threshold", 90.0)
+    process_rss_alert_bytes: int = setting(int_range(0, 1 << 50), "per-process RSS alert "
                                            "threshold (0: off)", 0)
-    alert_hysteresis: float = setting(_percent, "an alert clears this many percentage points "
+    alert_hysteresis: float = setting(percent, "an alert clears this many percentage points "
                                       "below its threshold (RSS: this percent below)", 5.0)
-    uss_every: int = setting(_int_range(0, 1_000_000), "measure per-process USS every Nth "
+    uss_every: int = setting(int_range(0, 1_000_000), "measure per-process USS every Nth "
                              "sample (it reads the memory maps; 0: never)", 6)
 
 
 @dataclass(frozen=True)
 class ReticulumConfig:
-    auto_interface: bool = setting(_boolean, "zero-config LAN discovery (AutoInterface)", True)
-    tcp_listen: tuple[str, int] | None = setting(_optional_host_port, "host:port to accept TCP "
+    auto_interface: bool = setting(boolean, "zero-config LAN discovery (AutoInterface)", True)
+    tcp_listen: tuple[str, int] | None = setting(optional_host_port, "host:port to accept TCP "
                                                  "peers; this node then forwards", None)
-    tcp_connect: tuple[tuple[str, int], ...] = setting(_host_port_list, "host:port list to dial",
+    tcp_connect: tuple[tuple[str, int], ...] = setting(host_port_list, "host:port list to dial",
                                                        ())
-    network_name: str = setting(_text, "interface access code network name", "")
-    passphrase: str = setting(_text, "interface access code passphrase", "")
-    transport: str = setting(_choice("auto", "yes", "no"), "forward other nodes' traffic "
+    network_name: str = setting(text, "interface access code network name", "")
+    passphrase: str = setting(text, "interface access code passphrase", "")
+    transport: str = setting(choice("auto", "yes", "no"), "forward other nodes' traffic "
                              "(auto: only a node with tcp_listen does)", "auto")
-    auto_devices: tuple[str, ...] = setting(_name_list, "AutoInterface only on these network "
+    auto_devices: tuple[str, ...] = setting(name_list, "AutoInterface only on these network "
                                             "devices (empty: every suitable one)", ())
-    auto_group_id: str = setting(_text, "AutoInterface discovery group (empty: Reticulum's "
+    auto_group_id: str = setting(text, "AutoInterface discovery group (empty: Reticulum's "
                                  "default); nodes in other groups are not found", "")
-    rnode_port: str = setting(_text, "serial port of an RNode LoRa radio (empty: none)", "")
-    rnode_frequency: int | None = setting(_frequency_hz, "RNode frequency in Hz (required "
+    rnode_port: str = setting(text, "serial port of an RNode LoRa radio (empty: none)", "")
+    rnode_frequency: int | None = setting(frequency_hz, "RNode frequency in Hz (required "
                                           "with rnode_port)", None)
-    rnode_bandwidth: int = setting(_lora_bandwidth, "RNode LoRa bandwidth in Hz", 125_000)
-    rnode_spreading_factor: int = setting(_int_range(5, 12), "RNode LoRa spreading factor", 9)
-    rnode_coding_rate: int = setting(_int_range(5, 8), "RNode LoRa coding rate 4/N", 5)
-    rnode_tx_power: int = setting(_int_range(0, 37), "RNode transmit power in dBm (what "
+    rnode_bandwidth: int = setting(lora_bandwidth, "RNode LoRa bandwidth in Hz", 125_000)
+    rnode_spreading_factor: int = setting(int_range(5, 12), "RNode LoRa spreading factor", 9)
+    rnode_coding_rate: int = setting(int_range(5, 8), "RNode LoRa coding rate 4/N", 5)
+    rnode_tx_power: int = setting(int_range(0, 37), "RNode transmit power in dBm (what "
                                   "your licence and band allow)", 14)
-    rnode_airtime_limit_long: float | None = setting(_optional_percent, "RNode long-term "
+    rnode_airtime_limit_long: float | None = setting(optional_percent, "RNode long-term "
                                                      "airtime limit in percent (empty: none)",
                                                      None)
-    rnode_airtime_limit_short: float | None = setting(_optional_percent, "RNode short-term "
+    rnode_airtime_limit_short: float | None = setting(optional_percent, "RNode short-term "
                                                       "airtime limit in percent (empty: none)",
                                                       None)
-    pipe: tuple[str, ...] | None = setting(_optional_command, "command of a pipe interface: "
+    pipe: tuple[str, ...] | None = setting(optional_command, "command of a pipe interface: "
                                            "HDLC frames on its stdin/stdout (e.g. the radio "
                                            "emulator's attach)", None)
-    pipe_bitrate: int | None = setting(_optional_int_range(5, 10**10), "bits/s of the pipe "
+    pipe_bitrate: int | None = setting(optional_int_range(5, 10**10), "bits/s of the pipe "
                                        "interface's medium (empty: Reticulum's guess)", None)
-    config_dir: Path | None = setting(_optional_directory, "use this Reticulum config "
+    config_dir: Path | None = setting(optional_directory, "use this Reticulum config "
                                       "directory instead of the keys above", None)
-    shared_instance: str = setting(_choice("auto", "attach", "own"), "auto: attach to the host's "
+    shared_instance: str = setting(choice("auto", "attach", "own"), "auto: attach to the host's "
                                    "shared Reticulum instance (rnsd, Sideband, NomadNet...) "
                                    "when one runs, else own the interfaces | attach: wait for "
                                    "one | own: never attach", "auto")
-    shared_instance_dir: Path | None = setting(_optional_directory, "Reticulum config "
+    shared_instance_dir: Path | None = setting(optional_directory, "Reticulum config "
                                                "directory of the shared instance (empty: "
                                                "where Reticulum looks: /etc/reticulum, "
                                                "~/.config/reticulum, ~/.reticulum)", None)
-    shared_instance_name: str = setting(_instance_name, "instance name of a shared instance "
+    shared_instance_name: str = setting(instance_name, "instance name of a shared instance "
                                         "on a Unix socket (empty: from its config, else "
                                         "'default')", "")
-    shared_instance_port: int | None = setting(_optional_port, "TCP port of a shared instance "
+    shared_instance_port: int | None = setting(optional_port, "TCP port of a shared instance "
                                                "of type tcp (empty: from its config)", None)
 
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    admission: str = setting(_choice("open", "allowlist", "key"), "open | allowlist | key",
+    admission: str = setting(choice("open", "allowlist", "key"), "open | allowlist | key",
                              "open")
-    allowed_identities: tuple[str, ...] = setting(_identity_list, "identity hashes admitted "
+    allowed_identities: tuple[str, ...] = setting(identity_list, "identity hashes admitted "
                                                   "in allowlist mode", ())
-    network_key: tuple[str, ...] = setting(_key_list, "shared network keys (base64, from "
+    network_key: tuple[str, ...] = setting(key_list, "shared network keys (base64, from "
                                            "akitactl keygen) for admission = key: the first "
                                            "signs, every one is accepted", ())
-    max_request_bytes: int = setting(_int_range(4096, 1 << 30), "largest request a peer may "
+    max_request_bytes: int = setting(int_range(4096, 1 << 30), "largest request a peer may "
                                      "send (refused from its Resource advertisement, before "
                                      "any data is taken)", 2 << 20)
-    max_peers: int = setting(_int_range(1, 100_000), "most peers held in the peer table "
+    max_peers: int = setting(int_range(1, 100_000), "most peers held in the peer table "
                              "(cluster mates are never evicted; newcomers are refused)", 256)
-    max_new_peers_per_minute: int = setting(_int_range(1, 100_000), "most new identities "
+    max_new_peers_per_minute: int = setting(int_range(1, 100_000), "most new identities "
                                             "taken into the peer table per minute", 60)
-    max_peer_interval: float = setting(_seconds(1, 86400), "longest announce interval a "
+    max_peer_interval: float = setting(seconds(1, 86400), "longest announce interval a "
                                        "peer's claim counts for (a silent peer is dropped "
                                        "after 2.5 of them at most)", 3600.0)
-    max_record_bytes: int = setting(_int_range(1024, 16 << 20), "largest state record "
+    max_record_bytes: int = setting(int_range(1024, 16 << 20), "largest state record "
                                     "(encoded) taken from a peer", 64 << 10)
-    max_record_keys: int = setting(_int_range(8, 100_000), "most keys in a state record "
+    max_record_keys: int = setting(int_range(8, 100_000), "most keys in a state record "
                                    "taken from a peer", 256)
-    delegate_to: str = setting(_choice("members", "allowlist"), "who may be handed work and "
+    delegate_to: str = setting(choice("members", "allowlist"), "who may be handed work and "
                                "trusted with the capabilities it declares: members (of this "
                                "node's cluster, or coordinators of others for spill-over, "
                                "seated for settle_time) | allowlist (allowed_identities)",
                                "members")
-    settle_time: float = setting(_seconds(0, 86400), "seconds a peer must have held its seat "
+    settle_time: float = setting(seconds(0, 86400), "seconds a peer must have held its seat "
                                  "before it is handed work (0: peer_timeout + "
                                  "discovery_interval)", 0.0)
-    max_pull_backoff: float = setting(_seconds(1, 86400), "longest wait before pulling "
+    max_pull_backoff: float = setting(seconds(1, 86400), "longest wait before pulling "
                                       "state again from a peer that did not answer (the wait "
                                       "doubles from announce_interval on each failure)", 300.0)
-
-
-def _listen_address(raw: str, base: Path) -> tuple[str, int] | None:
-    """host:port to listen on, or empty for off; the host must be an IP address."""
-    if not raw:
-        return None
-    host, port = _host_port(raw)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{host!r} is not an IP address (e.g. 127.0.0.1:9464; "
-                         "empty turns it off)") from None
-    return host, port
-
-
-OPERATOR_ROLES = ("read", "submit")
-
-
-def _operator_list(raw: str, base: Path) -> tuple[tuple[str, str], ...]:
-    """HASH:ROLE entries; HASH is an identity hash or an LXMF address (32 hex digits)."""
-    found = []
-    for item in _name_list(raw, base):
-        digest, colon, role = item.partition(":")
-        digest, role = digest.strip().lower(), role.strip() if colon else "read"
-        if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
-            raise ValueError(f"{item!r}: expected HASH:ROLE, HASH being an identity hash or "
-                             "LXMF address (32 hex digits)")
-        if role not in OPERATOR_ROLES:
-            raise ValueError(f"{item!r}: role {role!r} is not one of "
-                             + ", ".join(OPERATOR_ROLES))
-        found.append((digest, role))
-    return tuple(found)
 
 
 @dataclass(frozen=True)
 class OperatorsConfig:
     identities: tuple[tuple[str, str], ...] = setting(
-        _operator_list, "who may command this node over LXMF: HASH:ROLE list, HASH an "
+        operator_list, "who may command this node over LXMF: HASH:ROLE list, HASH an "
         "identity hash or LXMF address, ROLE read or submit (empty: LXMF access off)", ())
-    rate_limit: int = setting(_int_range(1, 600), "commands per minute per operator", 10)
-    announce_interval: float = setting(_seconds(60, 7 * 86400), "how often the node's LXMF "
+    rate_limit: int = setting(int_range(1, 600), "commands per minute per operator", 10)
+    announce_interval: float = setting(seconds(60, 7 * 86400), "how often the node's LXMF "
                                        "address is announced (also once when an interface "
                                        "comes up)", 1800.0)
-    page: str = setting(_choice("off", "open", "operators"), "the NomadNet status page: off, "
+    page: str = setting(choice("off", "open", "operators"), "the NomadNet status page: off, "
                         "open (anyone), operators (only [operators] identities)", "off")
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: tuple[str, int] | None = setting(
-        _listen_address, "ip:port of the Prometheus /metrics endpoint and the dashboard at / "
+        listen_address, "ip:port of the Prometheus /metrics endpoint and the dashboard at / "
         "(empty: off)", ("127.0.0.1", 9464))
-    allow_remote: bool = setting(_boolean, "allow listen on an address other than loopback "
+    allow_remote: bool = setting(boolean, "allow listen on an address other than loopback "
                                  "(the pages are read-only and unauthenticated)", False)
 
 
@@ -612,18 +382,6 @@ def _plain(section: Any) -> dict[str, Any]:
     return values
 
 
-def _split_argv(raw: str) -> list[str]:
-    import shlex
-
-    try:
-        argv = shlex.split(raw)
-    except ValueError as exc:
-        raise ValueError(f"expected a command line ({exc})") from None
-    if not argv:
-        raise ValueError("expected a command line")
-    return argv
-
-
 def _build(cls: type, items: dict[str, str], path: Path, section: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
@@ -642,7 +400,7 @@ def _build(cls: type, items: dict[str, str], path: Path, section: str) -> Any:
             raise ConfigError("required key is missing", path=str(path), section=section,
                               key=name)
         if name == "name" and cls is NodeConfig and name not in values:
-            values[name] = _node_name("", path.parent)
+            values[name] = node_name("", path.parent)
     return cls(**values)
 
 
