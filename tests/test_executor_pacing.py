@@ -85,16 +85,21 @@ def test_pacing_follows_saturation_and_tells_every_process() -> None:
     ledger = _Ledger()
     sent: list[tuple[str, Any]] = []
     pace = pacing.Pacing(ledger, lambda op, body: sent.append((op, body)))
-    pace.update(False)
+    pace.update(False, now=1.0)
     assert sent == [] and ledger.linger_s == 0.0
-    pace.update(True)
-    pace.update(True)
+    pace.update(True, now=2.0)
+    pace.update(True, now=2.0 + pacing.SATURATED_AFTER_S / 2)
+    assert sent == [] and not pace.saturated, "a momentary backlog counted as saturation"
+    pace.update(True, now=2.0 + pacing.SATURATED_AFTER_S)
+    pace.update(True, now=3.0)
     assert sent == [("pace", pacing.SATURATED_FLUSH_S)]
     assert ledger.linger_s == pacing.SATURATED_LINGER_S
-    pace.update(False)
+    pace.update(False, now=3.0)
     assert sent[-1] == ("pace", taskproc.FLUSH_S)
     assert ledger.linger_s == 0.0 and ledger.ticks == 1, "what lingered was not sent at once"
     assert pace.changes == 2
+    pace.update(True, now=4.0)   # the backlog clock started again when the queue emptied
+    assert not pace.saturated
 
 
 def _durable_within(client: LedgerClient, durable: list[int], count: int, timeout_s: float

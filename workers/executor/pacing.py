@@ -10,13 +10,16 @@ sent a few milliseconds sooner: the tasks behind it wait for the pool anyway. So
   so the ledger commits and fsyncs larger groups, and its committed events reach the bus and
   the clients in fewer, larger messages.
 
-As soon as the queue is empty again both go back to sending at once (lowest latency). What
+A burst that leaves tasks queued for a moment does not count: the queue must stay non-empty
+for `SATURATED_AFTER_S` first, so latency under moderate load is left alone. As soon as the
+queue is empty again both go back to sending at once (lowest latency). What
 changes is only when things are sent: a submit is still acknowledged only once its
 task.submitted is durable, and an outcome reported only once it is durable.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -24,6 +27,7 @@ from workers.executor.taskproc import FLUSH_S
 
 SATURATED_FLUSH_S = 0.01
 SATURATED_LINGER_S = 0.01
+SATURATED_AFTER_S = 0.02
 
 
 class Lingering(Protocol):
@@ -42,13 +46,26 @@ class Pacing:
         self.send_all = send_all  # (op, body) to every task process
         self.saturated = False
         self.changes = 0
+        self._backlog_since = 0.0  # monotonic time the queue was last seen to fill; 0: empty
 
     @property
     def flush_s(self) -> float:
         """How long a task process may hold an outcome behind short tasks, now."""
         return SATURATED_FLUSH_S if self.saturated else FLUSH_S
 
-    def update(self, saturated: bool) -> None:
+    def update(self, backlog: bool, now: float | None = None) -> None:
+        """After a fill: `backlog` if tasks were left queued (every process holds all it may)."""
+        if not backlog:
+            self._backlog_since = 0.0
+            self._set(False)
+            return
+        now = time.monotonic() if now is None else now
+        if not self._backlog_since:
+            self._backlog_since = now
+        elif now - self._backlog_since >= SATURATED_AFTER_S:
+            self._set(True)
+
+    def _set(self, saturated: bool) -> None:
         if saturated is self.saturated:
             return
         self.saturated = saturated
