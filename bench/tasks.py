@@ -1,6 +1,9 @@
-"""Task throughput, end to end, against concurrent.futures.ProcessPoolExecutor in the same run.
+"""Task throughput and latency, end to end, against concurrent.futures.ProcessPoolExecutor in
+the same run.
 
     python bench/tasks.py [--tasks 50000] [--pool 2] [--cpu-tasks 4000] [--rounds 3]
+                          [--loads 0.5,0.9] [--latency-s 5] [--pools 1,2,4]
+                          [--sweep-tasks 10000] [--sweep-cpu-tasks 2000]
 
 Starts a real node (ledger + executor) in a temporary directory and measures, through the
 public `akita.Client` with pipelined submits (`submit_many`, then `wait_many`):
@@ -13,6 +16,16 @@ public `akita.Client` with pipelined submits (`submit_many`, then `wait_many`):
    ProcessPoolExecutor. The work is fixed, so CPU the node itself spends (executor, ledger,
    client) shows as lost throughput when the pool has every core.
 
+3. submit → result latency (p50/p90/p99) of 1 ms tasks arriving open-loop (Poisson, each
+   measured from its scheduled arrival, so a client that falls behind counts) at `--loads`
+   of the saturated throughput measured in 2., for `--latency-s` seconds each; the baseline
+   is ProcessPoolExecutor fed the same arrivals at the same rate.
+4. the cost curve: for each of `--pools`, a fresh node, and 1 ms and trivial tasks through it
+   and through a ProcessPoolExecutor of that size.
+
+Where the node's own CPU goes is shown per process (CPU per task, and wake-ups per task:
+voluntary context switches of all its threads) for both kinds of tasks.
+
 Each figure is the median of `--rounds` runs; the machine is shared and noisy, so the ratio
 to the baseline measured in the same run is what counts. At the end the ledger is read to
 check that every task's submission and result were recorded.
@@ -23,6 +36,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -149,6 +163,14 @@ class BenchNode:
             used[role] = used.get(role, 0.0) + times.user + times.system
         return used
 
+    def wakeups(self, roles: dict[int, str]) -> dict[str, int]:
+        """Voluntary context switches so far (every thread), by role: how often each slept
+        and was woken."""
+        counts: dict[str, int] = {}
+        for pid, role in roles.items():
+            counts[role] = counts.get(role, 0) + _voluntary_switches(pid)
+        return counts
+
     def stop(self, keep: bool = False) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -160,6 +182,22 @@ class BenchNode:
             print(f"node directory kept: {self.root}")
         else:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _voluntary_switches(pid: int) -> int:
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as status:
+                total += sum(int(line.split()[1]) for line in status
+                             if line.startswith("voluntary_ctxt_switches:"))
+        except OSError:
+            continue
+    return total
 
 
 # --- measurements -------------------------------------------------------------------------
@@ -186,101 +224,314 @@ def ppe_run(pool: concurrent.futures.ProcessPoolExecutor, fn: Callable[..., Any]
     return count / elapsed
 
 
+def arrivals(rate: float, duration_s: float, seed: int) -> list[float]:
+    """Poisson arrival times (s from the start) at `rate` per second for `duration_s`."""
+    rng = random.Random(seed)
+    times: list[float] = []
+    at = rng.expovariate(rate)
+    while at < duration_s:
+        times.append(at)
+        at += rng.expovariate(rate)
+    return times
+
+
+def akita_latencies(client: akita.Client, loops: int, schedule: list[float]) -> list[float]:
+    """Submit → result seconds of one 1 ms task per scheduled arrival, open loop: each from
+    its scheduled time. A submit returns once durable, so what arrives meanwhile is submitted
+    together next (as a server taking requests would); results are gathered as they come."""
+    started = time.perf_counter()
+    due: dict[str, float] = {}    # task id → its scheduled arrival (perf_counter)
+    latencies: list[float] = []
+
+    def gather(timeout_s: float) -> None:
+        done = client.finished(due, timeout=max(0.0, timeout_s))
+        now = time.perf_counter()
+        for task_id in done:
+            latencies.append(now - due.pop(task_id))
+        if done:
+            client.wait_many(done, timeout=0)   # collect them (and raise if one failed)
+
+    arrived = 0
+    while arrived < len(schedule):
+        while (ahead := started + schedule[arrived] - time.perf_counter()) > 0:
+            gather(ahead)
+        now = time.perf_counter() - started
+        batch = [at for at in schedule[arrived:] if at <= now]
+        arrived += len(batch)
+        ids = client.submit_many([("bench.spin", [loops])] * len(batch))
+        due.update((task_id, started + at) for task_id, at in zip(ids, batch))
+    deadline = time.monotonic() + 120
+    while due:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{len(due)} open-loop tasks not finished within 120 s")
+        gather(0.1)
+    return latencies
+
+
+def ppe_latencies(pool: concurrent.futures.ProcessPoolExecutor, loops: int,
+                  schedule: list[float]) -> list[float]:
+    """The same arrivals through ProcessPoolExecutor; a result counts when its future is
+    done (the callback's time)."""
+    latencies: list[float] = []
+    futures = []
+    started = time.perf_counter()
+    for offset in schedule:
+        at = started + offset
+        while (ahead := at - time.perf_counter()) > 0:
+            time.sleep(ahead)
+        future = pool.submit(spin, loops)
+        future.add_done_callback(lambda _f, at=at: latencies.append(time.perf_counter() - at))
+        futures.append(future)
+    concurrent.futures.wait(futures, timeout=120)
+    while len(latencies) < len(futures):  # callbacks run just after the futures complete
+        time.sleep(0.001)
+    return latencies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), -int(-fraction * len(ordered) // 1)))
+    return ordered[rank - 1]
+
+
 def fmt(figures: list[float]) -> str:
     return ", ".join(f"{f:,.0f}" for f in figures)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def ms(values: list[float]) -> str:
+    return "  ".join(f"{percentile(values, p) * 1000:7.1f}" for p in (0.5, 0.9, 0.99))
+
+
+# --- the sections -------------------------------------------------------------------------
+
+
+class Usage:
+    """CPU seconds and wake-ups by role, summed over the measured runs."""
+
+    def __init__(self, node: BenchNode) -> None:
+        self.node, self.roles = node, node.roles()
+        self.cpu: dict[str, float] = {}
+        self.wakeups: dict[str, int] = {}
+        self.tasks = 0
+
+    def measure(self, run: Callable[[], float], tasks: int) -> float:
+        before, woke, mine = self.node.cpu(self.roles), self.node.wakeups(self.roles), \
+            sum(os.times()[:2])
+        figure = run()
+        for role, seconds in self.node.cpu(self.roles).items():
+            self.cpu[role] = self.cpu.get(role, 0.0) + seconds - before.get(role, 0.0)
+        for role, count in self.node.wakeups(self.roles).items():
+            self.wakeups[role] = self.wakeups.get(role, 0) + count - woke.get(role, 0)
+        self.cpu["client"] = self.cpu.get("client", 0.0) + sum(os.times()[:2]) - mine
+        self.tasks += tasks
+        return figure
+
+    def report(self, what: str) -> None:
+        print(f"\nCPU and wake-ups per {what}, by process (machine-load independent):")
+        total = 0.0
+        for role, seconds in sorted(self.cpu.items(), key=lambda item: -item[1]):
+            if role in ("zygotes", "task processes"):
+                continue
+            total += seconds
+            woke = self.wakeups.get(role)
+            woke_text = f"{woke / self.tasks:6.3f} wake-ups" if woke is not None else ""
+            print(f"  {role:<16} {seconds / self.tasks * 1e6:7.1f} us  {woke_text}")
+        tasks_s = self.cpu.get("task processes", 0.0)
+        print(f"  {'node total':<16} {total / self.tasks * 1e6:7.1f} us  "
+              f"(task processes: {tasks_s / self.tasks * 1e6:.1f} us)")
+
+
+def throughput(node: BenchNode, client: akita.Client, pool: concurrent.futures.ProcessPoolExecutor,
+               args: argparse.Namespace, loops: int) -> dict[str, Any]:
+    """Section 1 and 2 on the main node: trivial and 1 ms tasks, rounds alternating."""
+    figures: dict[str, Any] = {"ak": [], "ppe": [], "ak_cpu": [], "ppe_cpu": [], "busy": [],
+                               "task_ms": []}
+    figures["trivial_usage"], figures["cpu_usage"] = Usage(node), Usage(node)
+    for _ in range(args.rounds):  # alternating, so a burst of load elsewhere hits both alike
+        figures["ppe"].append(ppe_run(pool, echo, lambda i: [i], args.tasks))
+        figures["ak"].append(figures["trivial_usage"].measure(
+            lambda: akita_run(client, "akita.echo", lambda i: [i], args.tasks), args.tasks))
+    for _ in range(args.rounds):
+        figures["ppe_cpu"].append(ppe_run(pool, spin, lambda i: [loops], args.cpu_tasks))
+        head = chain.head(chain.db_path(node.config))
+        figures["ak_cpu"].append(figures["cpu_usage"].measure(
+            lambda: akita_run(client, "bench.spin", lambda i: [loops], args.cpu_tasks),
+            args.cpu_tasks))
+        ran_s = sum(e.data.get("duration_s", 0.0) for e in chain.read_events(
+            chain.db_path(node.config), kind_prefix="task.succeeded",
+            after_seq=head[1] if head else 0))
+        figures["busy"].append(ran_s / (args.pool * args.cpu_tasks / figures["ak_cpu"][-1]))
+        figures["task_ms"].append(ran_s / args.cpu_tasks * 1000)
+    return figures
+
+
+def report_throughput(figures: dict[str, Any], args: argparse.Namespace) -> None:
+    ak, ppe = statistics.median(figures["ak"]), statistics.median(figures["ppe"])
+    ak_cpu, ppe_cpu = statistics.median(figures["ak_cpu"]), statistics.median(figures["ppe_cpu"])
+    ideal = min(args.pool, os.cpu_count() or 1) / 0.001
+    print(f"trivial tasks, end to end ({args.tasks:,} per round)")
+    print(f"  akita Client (durable)       {ak:>10,.0f}   [{fmt(figures['ak'])}]")
+    print(f"  ProcessPoolExecutor.submit   {ppe:>10,.0f}   [{fmt(figures['ppe'])}]")
+    print(f"  ratio akita / PPE            {ak / ppe:>10.2f}   (target >= 5)")
+    print(f"\n1 ms CPU-bound tasks ({args.cpu_tasks:,} per round), ideal {ideal:,.0f}/s")
+    print(f"  akita Client (durable)       {ak_cpu:>10,.0f}   [{fmt(figures['ak_cpu'])}]   "
+          f"{ak_cpu / ideal:.0%} of ideal (target >= 90% and above PPE)")
+    print(f"  ProcessPoolExecutor.submit   {ppe_cpu:>10,.0f}   [{fmt(figures['ppe_cpu'])}]   "
+          f"{ppe_cpu / ideal:.0%} of ideal")
+    print(f"  ratio akita / PPE            {ak_cpu / ppe_cpu:>10.2f}")
+    print(f"  akita pool busy (time inside tasks / pool x wall, from the ledger's durations): "
+          f"{statistics.median(figures['busy']):.0%}; a task ran "
+          f"{statistics.median(figures['task_ms']):.2f} ms on average (1 ms when the machine "
+          "is ours)")
+    figures["trivial_usage"].report("trivial task")
+    figures["cpu_usage"].report("1 ms task")
+
+
+def latency(client: akita.Client, pool: concurrent.futures.ProcessPoolExecutor,
+            args: argparse.Namespace, loops: int, saturated: float) -> None:
+    """Section 3: open-loop latency at fractions of the saturated throughput."""
+    print(f"\nsubmit -> result latency of 1 ms tasks, open-loop Poisson arrivals for "
+          f"{args.latency_s:g} s at each load (of {saturated:,.0f}/s, "
+          f"{'given' if args.saturated else 'akita saturated, measured above'}); ms")
+    print(f"  {'load':>5} {'rate/s':>8}  {'':<22} {'p50':>7}  {'p90':>7}  {'p99':>7}")
+    for seed, load in enumerate(args.loads):
+        rate = load * saturated
+        schedule = arrivals(rate, args.latency_s, seed)
+        ppe = ppe_latencies(pool, loops, schedule)
+        ak = akita_latencies(client, loops, schedule)
+        print(f"  {load:>5.0%} {rate:>8,.0f}  {'akita Client (durable)':<22} {ms(ak)}")
+        print(f"  {'':>5} {'':>8}  {'ProcessPoolExecutor':<22} {ms(ppe)}")
+
+
+def sweep(args: argparse.Namespace, loops: int) -> int:
+    """Section 4: a fresh node per pool size; returns the tasks it ran (for the ledger check)."""
+    print(f"\nthe cost curve by pool size ({args.sweep_cpu_tasks:,} 1 ms tasks and "
+          f"{args.sweep_tasks:,} trivial tasks per round; tasks/s, median of {args.rounds})")
+    print(f"  {'pool':>4} {'ideal':>6} | {'akita 1ms':>9} {'PPE 1ms':>8} {'of ideal':>12} "
+          f"{'ratio':>6} | {'akita triv':>10} {'PPE triv':>9} {'ratio':>6}")
+    for size in args.pools:
+        node = BenchNode(size)
+        try:
+            node.wait_ready()
+            with akita.Client(config=node.config, timeout_s=120) as client, \
+                    concurrent.futures.ProcessPoolExecutor(max_workers=size) as pool:
+                row = _sweep_row(client, pool, size, args, loops)
+            check = check_ledger(node, args.rounds * (args.sweep_tasks + args.sweep_cpu_tasks)
+                                 + WARM_UP_TASKS)
+        finally:
+            node.stop(keep=args.keep)
+        print(row + ("" if check.endswith("ok") else f"   ledger: {check}"))
+    return 0
+
+
+def _sweep_row(client: akita.Client, pool: concurrent.futures.ProcessPoolExecutor, size: int,
+               args: argparse.Namespace, loops: int) -> str:
+    warm_up(client, pool, size, loops)
+    got: dict[str, list[float]] = {"ak": [], "ppe": [], "ak_t": [], "ppe_t": []}
+    for _ in range(args.rounds):
+        got["ppe"].append(ppe_run(pool, spin, lambda i: [loops], args.sweep_cpu_tasks))
+        got["ak"].append(akita_run(client, "bench.spin", lambda i: [loops],
+                                   args.sweep_cpu_tasks))
+        got["ppe_t"].append(ppe_run(pool, echo, lambda i: [i], args.sweep_tasks))
+        got["ak_t"].append(akita_run(client, "akita.echo", lambda i: [i], args.sweep_tasks))
+    ak, ppe, ak_t, ppe_t = (statistics.median(got[k]) for k in ("ak", "ppe", "ak_t", "ppe_t"))
+    ideal = min(size, os.cpu_count() or 1) * 1000
+    return (f"  {size:>4} {ideal:>6,} | {ak:>9,.0f} {ppe:>8,.0f} {ak / ideal:>5.0%} / "
+            f"{ppe / ideal:>4.0%} {ak / ppe:>6.2f} | {ak_t:>10,.0f} {ppe_t:>9,.0f} "
+            f"{ak_t / ppe_t:>6.2f}")
+
+
+WARM_UP_TASKS = 2201   # wait_ready's one, and warm_up's
+
+
+def warm_up(client: akita.Client, pool: concurrent.futures.ProcessPoolExecutor, size: int,
+            loops: int) -> None:
+    list(pool.map(echo, range(size * 4)))
+    akita_run(client, "akita.echo", lambda i: [i], 2000)
+    akita_run(client, "bench.spin", lambda i: [loops], 200)
+
+
+def _fractions(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: loads are fractions between 0 and 1, "
+                                         "comma-separated (e.g. 0.5,0.9)")
+    return values
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not all(v >= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: pool sizes are whole numbers >= 1, "
+                                         "comma-separated (e.g. 1,2,4), or empty for none")
+    return values
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=50_000, help="trivial tasks per round")
     parser.add_argument("--cpu-tasks", type=int, default=4_000, help="1 ms tasks per round")
     parser.add_argument("--pool", type=int, default=2, help="pool size for both (default 2)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--loads", type=_fractions, default=[0.5, 0.9],
+                        help="latency at these fractions of the saturated 1 ms throughput")
+    parser.add_argument("--saturated", type=float, default=0.0,
+                        help="tasks/s the loads are fractions of (default: the 1 ms figure "
+                        "measured in this run); fixed, to compare runs")
+    parser.add_argument("--latency-s", type=float, default=5.0,
+                        help="seconds of open-loop arrivals per load (0: no latency section)")
+    parser.add_argument("--pools", type=_sizes, default=[1, 2, 4],
+                        help="pool sizes of the cost curve ('' for none)")
+    parser.add_argument("--sweep-tasks", type=int, default=10_000,
+                        help="trivial tasks per round in the cost curve")
+    parser.add_argument("--sweep-cpu-tasks", type=int, default=2_000,
+                        help="1 ms tasks per round in the cost curve")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the node's directory (config, ledger, logs) afterwards")
-    args = parser.parse_args()
+                        help="keep the nodes' directories (config, ledger, logs) afterwards")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     loops = calibrate()
     print(f"pool size {args.pool}, {os.cpu_count()} CPUs, {args.rounds} rounds each; "
           "figures in tasks/s (median; all rounds in brackets); a 1 ms task is "
-          f"{loops:,} loops\n")
-
+          f"{loops:,} loops; load average {os.getloadavg()[0]:.2f} at the start\n")
     node = BenchNode(args.pool)
     try:
         node.wait_ready()
         with akita.Client(config=node.config, timeout_s=120) as client, \
                 concurrent.futures.ProcessPoolExecutor(max_workers=args.pool) as pool:
-            list(pool.map(echo, range(args.pool * 4)))                   # warm-ups
-            akita_run(client, "akita.echo", lambda i: [i], 2000)
-            akita_run(client, "bench.spin", lambda i: [loops], 200)
-            # Rounds alternate between the two, so a burst of load elsewhere on the machine
-            # hits both alike.
-            figures: dict[str, list[float]] = {"ak": [], "ppe": [], "ak_cpu": [], "ppe_cpu": []}
-            roles = node.roles()
-            spent: dict[str, float] = {}
-            for _ in range(args.rounds):
-                figures["ppe"].append(ppe_run(pool, echo, lambda i: [i], args.tasks))
-                before, mine = node.cpu(roles), sum(os.times()[:2])
-                figures["ak"].append(akita_run(client, "akita.echo", lambda i: [i], args.tasks))
-                after = node.cpu(roles)
-                for role, seconds in after.items():
-                    spent[role] = spent.get(role, 0.0) + seconds - before.get(role, 0.0)
-                spent["client"] = spent.get("client", 0.0) + sum(os.times()[:2]) - mine
-            busy: list[float] = []
-            task_ms: list[float] = []
-            for _ in range(args.rounds):
-                figures["ppe_cpu"].append(ppe_run(pool, spin, lambda i: [loops],
-                                                  args.cpu_tasks))
-                head = chain.head(chain.db_path(node.config))
-                figures["ak_cpu"].append(akita_run(client, "bench.spin", lambda i: [loops],
-                                                   args.cpu_tasks))
-                ran_s = sum(e.data.get("duration_s", 0.0) for e in chain.read_events(
-                    chain.db_path(node.config), kind_prefix="task.succeeded",
-                    after_seq=head[1] if head else 0))
-                busy.append(ran_s / (args.pool * args.cpu_tasks / figures["ak_cpu"][-1]))
-                task_ms.append(ran_s / args.cpu_tasks * 1000)
-        durable = check_ledger(node, args.rounds * (args.tasks + args.cpu_tasks) + 2201)
+            warm_up(client, pool, args.pool, loops)
+            figures = throughput(node, client, pool, args, loops)
+            report_throughput(figures, args)
+            if args.latency_s > 0:
+                latency(client, pool, args, loops,
+                        args.saturated or statistics.median(figures["ak_cpu"]))
+        durable = check_ledger(node, None)
     finally:
         node.stop(keep=args.keep)
-
-    ak_trivial, ak_trivial_all = statistics.median(figures["ak"]), figures["ak"]
-    ppe_trivial, ppe_trivial_all = statistics.median(figures["ppe"]), figures["ppe"]
-    ak_cpu, ak_cpu_all = statistics.median(figures["ak_cpu"]), figures["ak_cpu"]
-    ppe_cpu, ppe_cpu_all = statistics.median(figures["ppe_cpu"]), figures["ppe_cpu"]
-    ideal = args.pool / 0.001
-    print(f"trivial tasks, end to end ({args.tasks:,} per round)")
-    print(f"  akita Client (durable)       {ak_trivial:>10,.0f}   [{fmt(ak_trivial_all)}]")
-    print(f"  ProcessPoolExecutor.submit   {ppe_trivial:>10,.0f}   [{fmt(ppe_trivial_all)}]")
-    print(f"  ratio akita / PPE            {ak_trivial / ppe_trivial:>10.2f}   "
-          f"(target >= 1.0; and >= 10,000 tasks/s)")
-    print(f"\n1 ms CPU-bound tasks ({args.cpu_tasks:,} per round), ideal {ideal:,.0f}/s")
-    print(f"  akita Client (durable)       {ak_cpu:>10,.0f}   [{fmt(ak_cpu_all)}]   "
-          f"{ak_cpu / ideal:.0%} of ideal (target >= 90%)")
-    print(f"  ProcessPoolExecutor.submit   {ppe_cpu:>10,.0f}   [{fmt(ppe_cpu_all)}]   "
-          f"{ppe_cpu / ideal:.0%} of ideal")
-    print(f"  akita pool busy (time inside tasks / pool x wall, from the ledger's durations): "
-          f"{statistics.median(busy):.0%}; a task ran {statistics.median(task_ms):.2f} ms "
-          "on average (1 ms when the machine is ours)")
-    print(f"\nCPU per trivial task, by process (machine-load independent; sum bounds what "
-          f"{os.cpu_count()} idle cores could do):")
-    total = 0.0
-    for role, seconds in sorted(spent.items(), key=lambda item: -item[1]):
-        per_task = seconds / (args.rounds * args.tasks) * 1e6
-        total += per_task
-        print(f"  {role:<16} {per_task:6.1f} us")
-    print(f"  {'total':<16} {total:6.1f} us  -> {(os.cpu_count() or 1) / total * 1e6:,.0f} "
-          "tasks/s if every core were ours and the stages overlapped perfectly")
     print(f"\nledger: {durable}")
+    if args.pools:
+        sweep(args, loops)
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
     return 0
 
 
-def check_ledger(node: BenchNode, expected: int) -> str:
-    """Every task's submission and success must be in the ledger."""
+def check_ledger(node: BenchNode, expected: int | None) -> str:
+    """Every task's submission and success must be in the ledger (`expected` of each, when
+    known; else as many successes as submissions)."""
     counts: dict[str, int] = {}
     for event in chain.read_events(chain.db_path(node.config), kind_prefix="task."):
         counts[event.kind] = counts.get(event.kind, 0) + 1
     submitted, succeeded = counts.get("task.submitted", 0), counts.get("task.succeeded", 0)
-    verdict = "ok" if submitted == succeeded == expected else "MISSING EVENTS"
-    return f"{submitted:,} task.submitted, {succeeded:,} task.succeeded of {expected:,}: {verdict}"
+    want = submitted if expected is None else expected
+    verdict = "ok" if submitted == succeeded == want else "MISSING EVENTS"
+    return f"{submitted:,} task.submitted, {succeeded:,} task.succeeded of {want:,}: {verdict}"
 
 
 if __name__ == "__main__":
