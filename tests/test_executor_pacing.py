@@ -16,7 +16,7 @@ import zmq
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
 from tests.test_ledger_worker import LedgerProcess, ctx, ledger_worker  # noqa: F401
-from workers.executor import pacing, taskproc
+from workers.executor import pacing, pool, taskproc
 
 
 def _frames_for(tasks: int, pace_s: float | None) -> int:
@@ -70,6 +70,10 @@ def test_a_pace_out_of_bounds_is_clamped() -> None:
         theirs.close()
 
 
+class _Pool:
+    prefetch_s = pool.PREFETCH_S
+
+
 class _Ledger:
     """What `Pacing` sets on the ledger client; counts the ticks that send lingering events."""
 
@@ -84,7 +88,8 @@ class _Ledger:
 def test_pacing_follows_saturation_and_tells_every_process() -> None:
     ledger = _Ledger()
     sent: list[tuple[str, Any]] = []
-    pace = pacing.Pacing(ledger, lambda op, body: sent.append((op, body)))
+    procs = _Pool()
+    pace = pacing.Pacing(ledger, procs, lambda op, body: sent.append((op, body)))
     pace.update(False, now=1.0)
     assert sent == [] and ledger.linger_s == 0.0
     pace.update(True, now=2.0)
@@ -94,9 +99,11 @@ def test_pacing_follows_saturation_and_tells_every_process() -> None:
     pace.update(True, now=3.0)
     assert sent == [("pace", pacing.SATURATED_FLUSH_S)]
     assert ledger.linger_s == pacing.SATURATED_LINGER_S
+    assert procs.prefetch_s == pacing.SATURATED_PREFETCH_S > pacing.SATURATED_FLUSH_S
     pace.update(False, now=3.0)
     assert sent[-1] == ("pace", taskproc.FLUSH_S)
     assert ledger.linger_s == 0.0 and ledger.ticks == 1, "what lingered was not sent at once"
+    assert procs.prefetch_s == pool.PREFETCH_S
     assert pace.changes == 2
     pace.update(True, now=4.0)   # the backlog clock started again when the queue emptied
     assert not pace.saturated

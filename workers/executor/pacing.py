@@ -5,7 +5,9 @@ node's own work competes with the tasks for the same cores, and nobody gains fro
 sent a few milliseconds sooner: the tasks behind it wait for the pool anyway. So, saturated,
 
 - task processes gather outcomes for up to `SATURATED_FLUSH_S` (not `taskproc.FLUSH_S`)
-  before sending them, so the executor wakes less often and handles more per wake-up;
+  before sending them, so the executor wakes less often and handles more per wake-up; each
+  may hold `SATURATED_PREFETCH_S` of work (not `pool.PREFETCH_S`), so it never runs dry
+  while its outcomes wait and the executor's answer travels;
 - the executor's ledger appends linger up to `SATURATED_LINGER_S` (`LedgerClient.linger_s`),
   so the ledger commits and fsyncs larger groups, and its committed events reach the bus and
   the clients in fewer, larger messages.
@@ -23,10 +25,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from workers.executor.pool import PREFETCH_S
 from workers.executor.taskproc import FLUSH_S
 
-SATURATED_FLUSH_S = 0.01
-SATURATED_LINGER_S = 0.01
+SATURATED_FLUSH_S = 0.02
+SATURATED_LINGER_S = 0.02
+SATURATED_PREFETCH_S = 2 * SATURATED_FLUSH_S
 SATURATED_AFTER_S = 0.02
 
 
@@ -38,11 +42,19 @@ class Lingering(Protocol):
     def tick(self) -> None: ...
 
 
+class Prefetching(Protocol):
+    """What pacing sets on the executor's `TaskPool`."""
+
+    prefetch_s: float
+
+
 class Pacing:
     """The executor's current pace; `update(saturated)` after every fill of the pool."""
 
-    def __init__(self, ledger: Lingering, send_all: Callable[[str, Any], None]) -> None:
+    def __init__(self, ledger: Lingering, pool: Prefetching,
+                 send_all: Callable[[str, Any], None]) -> None:
         self.ledger = ledger
+        self.pool = pool
         self.send_all = send_all  # (op, body) to every task process
         self.saturated = False
         self.changes = 0
@@ -71,6 +83,7 @@ class Pacing:
         self.saturated = saturated
         self.changes += 1
         self.ledger.linger_s = SATURATED_LINGER_S if saturated else 0.0
+        self.pool.prefetch_s = SATURATED_PREFETCH_S if saturated else PREFETCH_S
         if not saturated:
             self.ledger.tick()  # what lingered goes now
         self.send_all("pace", self.flush_s)

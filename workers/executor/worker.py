@@ -82,7 +82,7 @@ class ExecutorWorker(Worker):
         self.ledger = LedgerClient(self.ctx, self.run_dir, "executor", window=LEDGER_WINDOW,
                                    on_refused=self._ledger_refused)
         self.add_reader(self.ledger.sock, self._on_ledger)
-        self.pacing = Pacing(self.ledger, self._send_all)
+        self.pacing = Pacing(self.ledger, self.pool, self._send_all)
         self.book = TaskBook(self.node_id, capabilities=self.settings.capabilities)
         self.delegation: Delegation = Delegation(self)
         self._waiting: dict[str, list[tuple[DeferredReply, list[str | None], int]]] = {}
