@@ -13,8 +13,10 @@ from typing import Any
 import msgpack
 import zmq
 
+import akita
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
+from tests.helpers import Node, wait_for
 from tests.test_ledger_worker import LedgerProcess, ctx, ledger_worker  # noqa: F401
 from workers.executor import pacing, pool, taskproc
 
@@ -146,3 +148,37 @@ def test_lingering_appends_wait_then_go_together(
         assert durable == [1, 2, 3, 4, 5, 6, 7]
     finally:
         client.close()
+
+
+def test_a_saturated_node_paces_and_reports_only_durable_outcomes(
+        make_node: Callable[..., Node]) -> None:
+    node = make_node({"supervisor": {"workers": "ledger, executor"},
+                      "tasks": {"pool_size": 1}})
+    node.start()
+    db = chain.db_path(node.config)
+    with akita.Client(node.config_path, timeout_s=20) as client:
+        # About 1.5 s of work for one process: the queue stays backed up, so pacing starts.
+        ids = client.submit_many([("akita.sleep", [0.005])] * 300)
+        wait_for(lambda: client.stats()["totals"]["saturated"] == 1, 10,
+                 "the executor to say its pool is saturated")
+        durable: set[str] = set()
+        seen_seq = 0
+        pending = set(ids)
+        deadline = time.monotonic() + 60
+        while pending:
+            assert time.monotonic() < deadline, f"{len(pending)} outcomes never came"
+            done = client.finished(pending, timeout=0.05)
+            if not done:
+                continue
+            # Every outcome the client holds must be in the ledger already.
+            for event in chain.read_events(db, kind_prefix="task.succeeded",
+                                           after_seq=seen_seq):
+                durable.add(event.data["id"])
+                seen_seq = max(seen_seq, event.seq)
+            early = set(done) - durable
+            assert not early, f"{len(early)} outcomes reported before they were durable"
+            assert client.wait_many(done, timeout=0) == [0.005] * len(done)
+            pending.difference_update(done)
+        wait_for(lambda: client.stats()["totals"]["saturated"] == 0, 10,
+                 "pacing to end once the queue emptied")
+        assert client.stats()["totals"]["pacing_changes"] >= 2
