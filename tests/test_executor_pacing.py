@@ -157,13 +157,18 @@ def test_a_saturated_node_paces_and_reports_only_durable_outcomes(
     node.start()
     db = chain.db_path(node.config)
     with akita.Client(node.config_path, timeout_s=20) as client:
-        # About 1.5 s of work for one process: the queue stays backed up, so pacing starts.
-        ids = client.submit_many([("akita.sleep", [0.005])] * 300)
+        # About 3 s of work for one process: the queue stays backed up, so pacing starts.
+        ids = client.submit_many([("akita.sleep", [0.005])] * 600)
         wait_for(lambda: client.stats()["totals"]["saturated"] == 1, 10,
                  "the executor to say its pool is saturated")
+        # A cancel is answered once durable: lingering delays it by milliseconds, not more.
+        started = time.monotonic()
+        assert client.cancel(ids[-1])
+        assert time.monotonic() - started < 1, "a cancel waited long behind paced appends"
+        assert client.status(ids[-1])["state"] == "cancelled"
         durable: set[str] = set()
         seen_seq = 0
-        pending = set(ids)
+        pending = set(ids[:-1])
         deadline = time.monotonic() + 60
         while pending:
             assert time.monotonic() < deadline, f"{len(pending)} outcomes never came"
