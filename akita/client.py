@@ -239,6 +239,14 @@ class Client:
             self._watched.discard(task_id)
         return values
 
+    def finished(self, task_ids: Iterable[str], timeout: float = 0.0) -> list[str]:
+        """Which of `task_ids` (submitted by this client, or waited for before) have an
+        outcome here, after reading what arrives within `timeout` s (returning as soon as
+        anything does). Never blocks longer; `wait_many` then returns their values at once.
+        For a loop that submits and gathers results at the same time."""
+        self._pump(timeout)
+        return [task_id for task_id in task_ids if task_id in self._results]
+
     def _collect(self, task_ids: Sequence[str], timeout: float | None) -> None:
         """Read pushed outcomes until every one of `task_ids` is in."""
         self._arrived.clear()

@@ -44,6 +44,12 @@ def test_client_pipelines_waits_and_finds(make_node: Callable[..., Node]) -> Non
         slow = client.submit("akita.sleep", [0.5])
         with pytest.raises(TimeoutError, match="not finished within 0.05 s"):
             client.wait(slow, timeout=0.05)
+        # `finished` reads what arrived without waiting for everything.
+        quick = client.submit("akita.echo", ["quick"])
+        assert client.finished([slow, quick], timeout=0.0) in ([], [quick])
+        wait_for(lambda: client.finished([slow, quick], timeout=0.05) == [quick], 5,
+                 "the quick task finished while the slow one runs")
+        assert client.wait(quick, timeout=0) == "quick"
         assert client.wait(slow, timeout=10) == 0.5
         with pytest.raises(akita.TaskNotFound, match="no task 0123456789abcdef on this node"):
             client.wait("0123456789abcdef", timeout=5)

@@ -7,7 +7,8 @@ interpreter. Each process gets one end of a stream socketpair (its task channel,
 see `workers.executor.taskproc` for both.
 
 Feeding: a process takes tasks in batches, but only as much work as it will finish within
-`PREFETCH_S` by the executor's running estimate of each type's duration. A type not seen
+`PREFETCH_S` (more while the pool is saturated: `TaskPool.prefetch_s`, set by
+`workers.executor.pacing`) by the executor's running estimate of each type's duration. A type not seen
 yet, or a slow one, goes only to an idle process and nothing queues behind it, so priorities
 hold and a cancel or timeout never strands work behind a long task.
 """
@@ -81,12 +82,12 @@ class PoolProcess:
         number, started_ns = _SLOT.unpack_from(self.slot, 0)
         return number, started_ns
 
-    def can_take(self, estimate_s: float | None) -> bool:
+    def can_take(self, estimate_s: float | None, prefetch_s: float = PREFETCH_S) -> bool:
         if not self.in_flight:
             return True
         if self.unknown or estimate_s is None or len(self.in_flight) >= MAX_IN_FLIGHT:
             return False
-        if self.backlog_s + estimate_s <= PREFETCH_S:
+        if self.backlog_s + estimate_s <= prefetch_s:
             return True
         # One task waiting behind a short running one, so the process never idles while its
         # outcome travels to the executor and the next task travels back.
@@ -176,6 +177,7 @@ class TaskPool:
         self.processes: dict[int, PoolProcess] = {}
         self.holder: dict[str, PoolProcess] = {}   # task id → the process it was sent to
         self.estimates: dict[str, float] = {}
+        self.prefetch_s = PREFETCH_S
         self.started = 0
         self.lost = 0
         self.broken: list[PoolProcess] = []   # killed by `fill`: the owner handles their loss
@@ -244,7 +246,7 @@ class TaskPool:
                 if record is None:
                     break
                 estimate_s = self.estimates.get(record.name)
-                if not proc.can_take(estimate_s):
+                if not proc.can_take(estimate_s, self.prefetch_s):
                     break
                 queue.pop()
                 timeout_s = start(record, proc.pid)

@@ -98,6 +98,16 @@ class DelegationFigures(Protocol):
     def load(self, counts: dict[str, int], table: TaskTable) -> dict[str, Any]: ...
 
 
+class PacingState(Protocol):
+    """What `task.stats` reads of the executor's pacing (`pacing.Pacing`)."""
+
+    @property
+    def saturated(self) -> bool: ...
+
+    @property
+    def changes(self) -> int: ...
+
+
 class QueryOwner(Protocol):
     """What the query answers read of the executor (`worker.ExecutorWorker`); they change
     nothing."""
@@ -113,6 +123,9 @@ class QueryOwner(Protocol):
 
     @property
     def delegation(self) -> DelegationFigures: ...
+
+    @property
+    def pacing(self) -> PacingState: ...
 
 
 def on_status(ex: QueryOwner, request: Request) -> protocol.Message:
@@ -153,6 +166,9 @@ def on_stats(ex: QueryOwner, request: Request) -> protocol.Message:
                                    totals={"processes_started": ex.pool.started,
                                            "processes_lost": ex.pool.lost,
                                            "queued": ex.book.queued(),
+                                           # 1 while the pool is saturated (paced sending)
+                                           "saturated": int(ex.pacing.saturated),
+                                           "pacing_changes": ex.pacing.changes,
                                            **ex.delegation.totals()},
                                    load=ex.delegation.load(counts, ex.table),
                                    by_priority=_by_priority(ex))

@@ -6,12 +6,14 @@ frames, and uses nothing else: no ZeroMQ, no database.
 
     executor → process   ["run", [[id, name, args, attempt], …]]   tasks, in the order to run
                          ["skip", [id, …]]                          drop these if not yet run
+                         ["pace", flush_s]                          how long outcomes may wait
     process → executor   ["done", [[id, ok, value, duration_s, size], …]]
                          value: the result when ok, else {"type", "message", "traceback"};
                          size: about how many bytes it encodes to
 
 Many tasks travel per frame both ways: outcomes are flushed when the process runs out of
-work, every `FLUSH_S` behind short tasks, and at once around a slow one (`SLOW_S`), so
+work, every `FLUSH_S` behind short tasks (longer while the executor says the pool is
+saturated, `workers.executor.pacing`), and at once around a slow one (`SLOW_S`), so
 trivial tasks cost a fraction of a frame each and no outcome waits behind a long task. The
 executor enforces timeouts by killing the whole process, which is why a task never runs in
 a thread here.
@@ -43,6 +45,7 @@ SLOT_FD = 4
 SLOT_BYTES = 16
 _U64 = struct.Struct("<Q")
 FLUSH_S = 0.002   # longest an outcome waits in the process (behind short tasks) to be sent
+MAX_FLUSH_S = 0.1  # the most a "pace" frame may ask for
 SLOW_S = 0.01     # a task this long has its outcome sent at once, and what is done before it
 CHECK_S = 0.001   # how often, between tasks, the process looks for new frames (skips)
 _RECV_BYTES = 1 << 18
@@ -64,6 +67,7 @@ class TaskProcess:
         self.pending: deque[list[Any]] = deque()
         self.skipped: set[str] = set()
         self.outcomes: list[list[Any]] = []
+        self.flush_s = FLUSH_S
         self.last_flush = self.last_check = time.monotonic()
 
     def serve(self) -> int:
@@ -93,6 +97,8 @@ class TaskProcess:
                 self.pending.extend(body)
             elif op == "skip":
                 self.skipped.update(body)
+            elif op == "pace" and isinstance(body, float | int):
+                self.flush_s = min(max(float(body), 0.0), MAX_FLUSH_S)
         return True
 
     def _run(self, entry: list[Any]) -> None:
@@ -115,7 +121,7 @@ class TaskProcess:
         self.last_duration[name] = duration
         self.outcomes.append([task_id, ok, value, duration, size])
         if not self.pending or duration >= SLOW_S or \
-                time.monotonic() - self.last_flush >= FLUSH_S:
+                time.monotonic() - self.last_flush >= self.flush_s:
             self._flush()
 
     def _flush(self) -> None:

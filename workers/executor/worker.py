@@ -38,6 +38,7 @@ from workers.executor import admission, snapshot
 from workers.executor import recovery as taskrecovery
 from workers.executor import replies as taskreplies
 from workers.executor.delegation import Delegation
+from workers.executor.pacing import SATURATED_LINGER_S, Pacing
 from workers.executor.pool import Dispatch, PoolProcess, TaskPool, cpu_count, describe_exit
 from workers.executor.replies import DeferredReply, Watchers
 from workers.zygote import ZygoteError
@@ -81,6 +82,7 @@ class ExecutorWorker(Worker):
         self.ledger = LedgerClient(self.ctx, self.run_dir, "executor", window=LEDGER_WINDOW,
                                    on_refused=self._ledger_refused)
         self.add_reader(self.ledger.sock, self._on_ledger)
+        self.pacing = Pacing(self.ledger, self.pool, self._send_all)
         self.book = TaskBook(self.node_id, capabilities=self.settings.capabilities)
         self.delegation: Delegation = Delegation(self)
         self._waiting: dict[str, list[tuple[DeferredReply, list[str | None], int]]] = {}
@@ -135,6 +137,8 @@ class ExecutorWorker(Worker):
             self.snapshots.save(self.book, self._durable_seq())
         busy = bool(self.pool.holder) or self.ledger.pending() > 0
         self.tick_interval_s = BUSY_TICK_S if busy else IDLE_TICK_S
+        if self.pacing.saturated:  # lingering appends are sent from here
+            self.tick_interval_s = SATURATED_LINGER_S
         self._settle()
 
     # --- recovery ---------------------------------------------------------------------------
@@ -334,6 +338,12 @@ class ExecutorWorker(Worker):
     def _watch_process(self, proc: PoolProcess) -> None:
         self.add_reader(proc.fileno(), lambda: self._on_process(proc))
         self._dispatch_due = True
+        if self.pacing.saturated:
+            self._send_or_lose(proc, "pace", self.pacing.flush_s)
+
+    def _send_all(self, op: str, body: Any) -> None:
+        for proc in list(self.pool.processes.values()):
+            self._send_or_lose(proc, op, body)
 
     def _replace_zygote(self, why: str) -> None:
         """The task processes' fork server died or hangs: start a new one and carry on with
@@ -509,6 +519,8 @@ class ExecutorWorker(Worker):
             self._dispatch_due = False
             self.pool.fill(self.book.queue, self._start)
             self._replace_broken()
+        # Tasks left queued: every process holds all it may, the pool is the bottleneck.
+        self.pacing.update(bool(self.book.queue))
         if self.watchers:
             self.watchers.flush()
 
