@@ -7,6 +7,7 @@ format a page.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -31,10 +32,9 @@ class Histogram:
         self.count = 0
 
     def observe(self, value: float) -> None:
-        for index, bound in enumerate(self.bounds):
-            if value <= bound:
-                self.counts[index] += 1
-                break
+        index = bisect.bisect_left(self.bounds, value)   # the first bound >= value
+        if index < len(self.counts):
+            self.counts[index] += 1
         self.sum += value
         self.count += 1
 

@@ -10,7 +10,9 @@ their figures directly on their request sockets once per step: the sampler's int
 
 From the bus it counts committed ledger events (tasks by type and outcome, run times,
 delegated and received tasks, events by kind, the delay from an event's creation to its
-commit) and keeps the sampler's latest per-process USS. Per-process CPU seconds, RSS,
+commit) and keeps the sampler's latest per-process USS. It reads the bus in batches, at
+most every `GATHER_S`: under load a wake-up per event would take the cores from the tasks
+(three events a task), and the figures are only shown once per step anyway. Per-process CPU seconds, RSS,
 descriptors and threads it reads itself from /proc at each step, so they do not depend on
 the sampler either.
 
@@ -39,7 +41,7 @@ from akita import transport
 from akita.errors import AkitaError, ProtocolError
 from akita.ledger import chain
 from akita.wire import protocol
-from supervisor.observed import FINAL_STATES, Observations
+from supervisor.observed import FINAL_STATES, LAST_EVENTS, Observations
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ SAVE_EVERY_S = 60.0
 REQUEST_TIMEOUT_S = 1.0
 _REFILL_EVENTS = 50_000     # most task events read back from the ledger at start
 _TASK_NAMES = 100_000       # task id → type remembered for outcome events
+GATHER_S = 0.05             # events gather this long on the bus between two reads
+BUS_HWM = 20_000            # events the bus holds for the observer between reads
+SAMPLE_TOPIC = b"resource.sample"
 
 
 class Observer:
@@ -87,6 +92,7 @@ class Observer:
         self._load_history()
         ctx = zmq.Context()
         sub = transport.make_socket(ctx, zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, BUS_HWM)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(transport.endpoint(self.run_dir, transport.BUS_OUT))
         try:
@@ -112,53 +118,70 @@ class Observer:
                 self._save_history()
                 next_save = now + SAVE_EVERY_S
             if sub.poll(int(max(0.0, next_step - time.monotonic()) * 1000) + 1):
-                for _ in range(1000):
+                batch = []
+                for _ in range(BUS_HWM):
                     try:
-                        frames = sub.recv_multipart(zmq.NOBLOCK)
+                        batch.append(sub.recv_multipart(zmq.NOBLOCK))
                     except zmq.Again:
                         break
-                    self.on_bus(frames)
+                self.on_bus(batch)
+                self._stop.wait(GATHER_S)
 
     # --- the bus ------------------------------------------------------------------------
 
-    def on_bus(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
+    def on_bus(self, batch: list[list[bytes]]) -> None:
+        """Frames read from the bus, in order: committed ledger events and resource samples;
+        anything else, or malformed, is skipped."""
+        committed = []
+        for frames in batch:
+            if len(frames) != 2:
+                continue
+            if frames[0] == SAMPLE_TOPIC:
+                self._on_sample(frames[1])
+                continue
+            event = protocol.read_committed(frames[1])
+            if event is not None:
+                committed.append(event)
+        if not committed:
             return
+        obs = self.observations
+        now = time.time()
+        with obs.lock:
+            for seq, ts, kind, data in committed:
+                self._on_event(kind, data if isinstance(data, dict) else {}, now - ts)
+            # only the newest are kept: their summaries are all that is worth building
+            for seq, ts, kind, data in committed[-LAST_EVENTS:]:
+                obs.last_events.append({"seq": seq, "ts": ts, "kind": kind, "summary":
+                                        _summary(data if isinstance(data, dict) else {})})
+
+    def _on_sample(self, raw: bytes) -> None:
         try:
-            msg = protocol.decode(frames[1])
+            msg = protocol.decode(raw)
         except ProtocolError:
             return
-        obs = self.observations
-        if isinstance(msg, protocol.LedgerCommitted):
-            self._on_event(msg)
-        elif isinstance(msg, protocol.ResourceSample):
+        if isinstance(msg, protocol.ResourceSample):
             uss = {e["pid"]: e.get("uss_bytes") for e in msg.processes
                    if isinstance(e, dict) and isinstance(e.get("pid"), int)}
-            with obs.lock:
-                obs.uss = uss
+            with self.observations.lock:
+                self.observations.uss = uss
 
-    def _on_event(self, msg: protocol.LedgerCommitted) -> None:
+    def _on_event(self, kind: str, data: dict[str, Any], latency_s: float) -> None:
+        """One committed event; the caller holds the observations' lock."""
         obs = self.observations
-        data = msg.data if isinstance(msg.data, dict) else {}
-        kind = msg.event_kind
-        latency_s = max(0.0, time.time() - msg.ts)
-        with obs.lock:
-            obs.events_by_kind[kind] = obs.events_by_kind.get(kind, 0) + 1
-            obs.commit_latency.observe(latency_s)
-            obs.last_events.append({"seq": msg.seq, "ts": msg.ts, "kind": kind,
-                                    "summary": _summary(data)})
-            if kind == "task.submitted":
-                self._on_submitted(data)
-            elif kind == "task.delegated":
-                obs.delegated += 1
-            elif kind in FINAL_STATES:
-                name = self._task_names.pop(str(data.get("id")), "unknown")
-                key = (name, FINAL_STATES[kind])
-                obs.finished[key] = obs.finished.get(key, 0) + 1
-                self._finished_in_step += 1
-                duration = data.get("duration_s")
-                if isinstance(duration, (int, float)):
-                    obs.run_time.observe(float(duration))
+        obs.events_by_kind[kind] = obs.events_by_kind.get(kind, 0) + 1
+        obs.commit_latency.observe(max(0.0, latency_s))
+        if kind == "task.submitted":
+            self._on_submitted(data)
+        elif kind == "task.delegated":
+            obs.delegated += 1
+        elif kind in FINAL_STATES:
+            name = self._task_names.pop(str(data.get("id")), "unknown")
+            key = (name, FINAL_STATES[kind])
+            obs.finished[key] = obs.finished.get(key, 0) + 1
+            self._finished_in_step += 1
+            duration = data.get("duration_s")
+            if isinstance(duration, (int, float)):
+                obs.run_time.observe(float(duration))
 
     def _on_submitted(self, data: dict[str, Any]) -> None:
         obs = self.observations

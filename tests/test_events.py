@@ -221,6 +221,10 @@ def test_hand_built_ledger_frames_decode_as_their_messages() -> None:
                       k_kind, pack("task.started"), k_data, pack({"id": "t"})))
     assert protocol.decode(frame) == protocol.LedgerCommitted(
         feed="feed", seq=7, ts=1.5, event_kind="task.started", data={"id": "t"})
+    assert protocol.read_committed(frame) == (7, 1.5, "task.started", {"id": "t"})
+    beat = protocol.encode(protocol.Heartbeat(name="w", pid=1, ts=0.0))
+    for bad in (b"\xc1", pack([1, 2]), beat, frame.replace(pack(7), pack("7"), 1)):
+        assert protocol.read_committed(bad) is None, bad
 
 
 def test_replay_skips_and_counts_events_that_do_not_decode() -> None:

@@ -9,10 +9,12 @@ import os
 import signal
 import socket
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,7 +22,9 @@ import akita
 from akita import config as config_mod
 from akita.errors import ConfigError
 from akita.tasks.queue import TaskQueue, TaskRecord, TaskState
+from akita.wire import protocol
 from supervisor.observed import Histogram, flatten_counters
+from supervisor.observer import Observer
 from tests.helpers import Node, free_port, start_network, wait_for
 
 TASKS = {"pool_size": 2, "modules": "tests.sample_tasks", "task_timeout": 20}
@@ -271,3 +275,35 @@ def test_mesh_metrics_from_two_nodes(make_node: Callable[..., Node]) -> None:
     airtime = {k: v for k, v in got.items() if k.startswith("akita_mesh_airtime_percent")}
     windows = {k.split('window="')[1].split('"')[0] for k in airtime}
     assert windows == {"hour", "start"} and min(airtime.values()) >= 0, airtime
+
+
+def test_the_observer_reads_a_batch_of_bus_frames(tmp_path: Path) -> None:
+    config = types.SimpleNamespace(node=types.SimpleNamespace(run_dir=tmp_path,
+                                                              data_dir=tmp_path),
+                                   sampler=types.SimpleNamespace(interval=5))
+    observer = Observer(config, lambda: None)
+    pack = msgpack.Packer(use_bin_type=True).pack
+    k_ts, k_kind, k_data = protocol.LEDGER_COMMITTED_KEYS
+
+    def committed(seq: int, kind: str, data: Any) -> list[bytes]:
+        return [kind.encode(), b"".join((protocol.ledger_committed_prefix("f"), pack(seq),
+                                         k_ts, pack(time.time()), k_kind, pack(kind),
+                                         k_data, pack(data)))]
+
+    batch = []
+    for i in range(60):
+        batch += [committed(3 * i, "task.submitted", {"id": f"t{i}", "name": "sum"}),
+                  committed(3 * i + 1, "task.started", {"id": f"t{i}"}),
+                  committed(3 * i + 2, "task.succeeded", {"id": f"t{i}", "duration_s": 0.5})]
+    batch += [[b"task.started", b"\xc1"], [b"only one frame"],
+              [b"resource.sample", protocol.encode(protocol.ResourceSample(
+                  ts=1.0, host={}, processes=[{"pid": 7, "uss_bytes": 1000}]))]]
+    observer.on_bus(batch)
+    obs = observer.observations
+    assert obs.events_by_kind == {"task.submitted": 60, "task.started": 60,
+                                  "task.succeeded": 60}
+    assert obs.submitted == {"sum": 60} and obs.finished == {("sum", "succeeded"): 60}
+    assert obs.run_time.count == 60 and obs.commit_latency.count == 180
+    assert [e["seq"] for e in obs.last_events] == list(range(130, 180))
+    assert obs.last_events[-1]["summary"] == "id=t59"
+    assert obs.uss == {7: 1000}

@@ -377,6 +377,25 @@ class LedgerCommitted(Message):
     data: Any
 
 
+def read_committed(data: bytes) -> tuple[int, float, str, Any] | None:
+    """(seq, ts, event_kind, data) of a `ledger.committed` frame, or None if `data` is not
+    one: for a subscriber that reads every event, without building a `LedgerCommitted`
+    (a third of the cost). The checks are decode's, less the message object."""
+    if len(data) > MAX_FRAME_BYTES:
+        return None
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception:  # noqa: BLE001 - msgpack raises several unrelated types for bad input
+        return None
+    if not isinstance(body, dict) or body.get("kind") != LedgerCommitted.KIND \
+            or body.get("v") != PROTOCOL_VERSION:
+        return None
+    seq, ts, kind = body.get("seq"), body.get("ts"), body.get("event_kind")
+    if type(seq) is not int or not isinstance(ts, float | int) or not isinstance(kind, str):
+        return None
+    return seq, float(ts), kind, body.get("data")
+
+
 def ledger_committed_prefix(feed: str) -> bytes:
     """The fixed start of every `ledger.committed` frame of `feed`, up to the seq value.
 
