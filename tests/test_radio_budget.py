@@ -54,8 +54,8 @@ def airtime_over(sock: str, window_s: float) -> dict[str, float]:
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_auto_timers_keep_an_idle_cluster_within_its_airtime_budget(
-        make_node: Callable[..., Node], short_tmp: Path,
-        record_property: Callable[[str, Any], None]) -> None:
+        make_node: Callable[..., Node], short_tmp: Path, request: pytest.FixtureRequest
+        ) -> None:
     sock = str(short_tmp / "radio.sock")
     channel = start_channel(sock)
     clients: list[akita.Client] = []
@@ -89,7 +89,9 @@ def test_auto_timers_keep_an_idle_cluster_within_its_airtime_budget(
         before = [idle_figures(node) for node in nodes]
         shares = airtime_over(sock, max(4 * interval, timers["state_refresh_s"]))
         idle = [idle_figures(node, since) for node, since in zip(nodes, before)]
-        record_property("idle_airtime_percent", {n: round(v, 2) for n, v in shares.items()})
+        # Kept with the report (e.g. --junitxml), to follow the figure from run to run.
+        request.node.user_properties.append(
+            ("idle_airtime_percent", {n: round(v, 2) for n, v in shares.items()}))
         assert all(share <= BUDGET_PERCENT for share in shares.values()), {
             "airtime %": shares, "while idle": idle}
         assert not any(figures["events"] for figures in idle), idle
@@ -116,8 +118,8 @@ def feeds_agree(nodes: list[Node]) -> Callable[[], Any]:
 
 
 def idle_figures(node: Node, since: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What explains a node's airtime: its own feed's head and the bytes it
-    sent by kind (and, given `since`, the events written and bytes sent after it)."""
+    """What explains a node's airtime: its own feed's head and the bytes it sent by kind
+    (and, given `since`, the events written and the bytes sent after it)."""
     reply = node.request(protocol.PeerStats())
     assert isinstance(reply, protocol.PeerStatsReply)
     found = chain.head(chain.db_path(node.config))
