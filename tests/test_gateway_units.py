@@ -28,7 +28,7 @@ from workers.gateway.discovery import Admission, Discovery, DiscoveryTiming
 from workers.gateway.load import LoadTracker
 from workers.gateway.peers import AnnounceOutcome, PeerState, PeerTable
 from workers.gateway.probes import DirectProbe, IndirectProbe, Prober, ProbeTiming, Suspect
-from workers.gateway.sync import StateSync
+from workers.gateway.sync import SNAPSHOT_BURST, StateSync, ViewSnapshots
 
 A = "aa" * 16
 B = "bb" * 16
@@ -375,6 +375,35 @@ def test_snapshot_restores_into_a_fresh_store() -> None:
     assert restored.restore(sync_b.snapshot()) == 1
     assert held(restored, a.node_id).get("x") == 1
 
+
+
+def test_the_view_snapshot_follows_lasting_changes_only_and_is_paced() -> None:
+    a, b = ident.NodeIdentity.generate(), ident.NodeIdentity.generate()
+    sync_a, sync_b = StateSync.create(a, 1), StateSync.create(b, 1)
+    snaps = ViewSnapshots(interval_s=100.0)
+
+    def a_writes(**changes: Any) -> None:
+        sync_a.update_own(changes)
+        assert sync_b.take(sync_a.encode_own(), lambda o: True) == [a.node_id]
+
+    a_writes(note=0)
+    assert snaps.take(sync_b, 0.0) is not None                   # a's record appeared
+    # Load figures move by themselves: an idle cluster writes nothing for them.
+    a_writes(**{st.KEY_RESOURCES: {"cpu_percent": 50.0}, st.KEY_QUEUE_DEPTH: 3,
+                st.KEY_TASK_LOAD: [1, 0, 1]})
+    assert snaps.take(sync_b, 1.0) is None and not snaps.pending
+    for value in range(1, SNAPSHOT_BURST):                       # the rest of the burst
+        a_writes(note=value)
+        assert snaps.take(sync_b, 2.0) is not None
+    a_writes(note=99)
+    assert snaps.take(sync_b, 3.0) is None and snaps.pending      # then one per interval
+    assert snaps.take(sync_b, 50.0) is None and snaps.pending
+    view = snaps.take(sync_b, 103.0)
+    assert view is not None and not snaps.pending
+    restored = StateSync.create(b, 2)
+    assert restored.restore(view) == 1 and held(restored, a.node_id).get("note") == 99
+    sync_b.forget_except(set())                                   # a went: that is lasting
+    assert snaps.take(sync_b, 1000.0) == {"records": []}
 
 # --- formation, discovery and views -------------------------------------------------------------
 

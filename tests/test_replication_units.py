@@ -367,3 +367,60 @@ def test_a_mate_flooding_requests_is_refused_past_a_few_in_flight() -> None:
     first = rig.ledger.take(protocol.LedgerRange)[0]
     first.on_error("timeout", "no answer")  # one settles: room for one more
     assert request() is DEFER
+
+
+# --- who tells whom: the author, once per change ----------------------------------------------
+
+
+def test_news_for_tells_only_feeds_spoken_for_that_moved_and_the_mate_lacks() -> None:
+    mine = {ME: Head(5, b"x"), A: Head(9, b"y")}
+    assert plan.news_for(mine, None, None, {ME})
+    assert plan.news_for(mine, {ME: Head(4, b"w")}, {ME: Head(4, b"w")}, {ME})
+    assert not plan.news_for(mine, {ME: Head(5, b"x")}, {}, {ME})      # told it already
+    assert not plan.news_for(mine, {ME: Head(4, b"w")}, {ME: Head(5, b"")}, {ME})  # holds it
+    assert not plan.news_for(mine, {}, {}, {B})                         # nothing of B's
+    assert not plan.news_for({A: Head(9, b"y")}, {}, {}, {ME})          # A's: A tells it
+    assert plan.news_for(mine, {}, {A: Head(3, b"")}, {A})
+
+
+def test_events_pulled_from_their_author_are_not_passed_on_but_a_gone_authors_are() -> None:
+    rig = Rig()
+    rig.round({ME: 1, A: 1, B: 1})
+    rig.answer_heads(A, {ME: 1, A: 1, B: 1})
+    rig.answer_heads(B, {ME: 1, A: 1, B: 1})
+    rig.round({ME: 1, A: 2, B: 1})   # A's new event reached us: A tells B itself
+    assert not rig.links.take("/heads")
+    rig.net.table.alive_ids = lambda: {B}   # A is gone (still a member for now)
+    rig.round({ME: 1, A: 3, B: 1})
+    assert {s.peer for s in rig.links.take("/heads")} == {B}  # we speak for A's feed now
+
+
+def test_answering_a_mates_exchange_counts_as_the_pairs_exchange() -> None:
+    rig = Rig()
+    answers: list[bytes] = []
+    request = SimpleNamespace(peer_id=A, data=bundles.encode_heads({A: Head(1, _hash(1))}),
+                              link_mdu=16303, respond=answers.append, fail=lambda text: None)
+    assert rig.links.handlers["akita.ledger/heads"](request) is DEFER
+    (asked,) = rig.ledger.take(protocol.LedgerHeads)
+    asked.on_reply(protocol.LedgerHeadsReply(own=ME, feeds={ME: [1, _hash(1), 1],
+                                                            A: [1, _hash(1), 1]}, forked=[]))
+    assert bundles.decode_heads(answers[0]) == {ME: Head(1, _hash(1)[:8]),
+                                                A: Head(1, _hash(1)[:8])}
+    rig.round({ME: 1, A: 1})
+    assert {s.peer for s in rig.links.take("/heads")} == {B}  # A heard our heads already
+
+
+def test_a_mate_that_pulled_our_new_events_is_not_told_them_again() -> None:
+    rig = Rig()
+    rig.round({ME: 1})
+    rig.answer_heads(A, {ME: 1})
+    rig.answer_heads(B, {ME: 1})
+    request = SimpleNamespace(peer_id=A, data=plan.encode_range_request(
+        plan.RangeRequest(ME, 1, False)), link_mdu=16303, respond=lambda body: None,
+        fail=lambda text: None)
+    rig.links.handlers["akita.ledger/range"](request)  # A pulls events 2-3 before our round
+    (asked,) = rig.ledger.take(protocol.LedgerRange)
+    asked.on_reply(protocol.LedgerRangeReply(feed=ME, bundle=b"b", first_seq=2, last_seq=3,
+                                             head_seq=3))
+    rig.round({ME: 3})
+    assert {s.peer for s in rig.links.take("/heads")} == {B}

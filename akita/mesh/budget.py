@@ -11,8 +11,16 @@ b = airtime_budget / 100, a node's idle upkeep per announce interval I is
       + m · 2 · cost(HEADS) / REPLICATION_REFRESH_INTERVALS   ledger heads, each way
       + m · (cost(PULL) + cost(RECORD)) / STATE_REFRESH_INTERVALS   mates pull the
                                                               refreshed state record
-      + m · cost(LEDGER_RANGE) / STATE_REFRESH_INTERVALS      the ledger event of that
-                                                              refresh, replicated to mates
+      + m · cost(LEDGER_RANGE) / STATE_REFRESH_INTERVALS      a state.view snapshot,
+                                                              replicated to mates
+
+The heads and snapshot terms are bounds rather than what an idle cluster spends. An
+answered heads exchange counts for both of the pair, so each pair exchanges about once per
+refresh (the term allows each side its own). The gateway writes a snapshot of the merged
+view only when a lasting key of a record changes, on average at most once per state
+refresh (load figures refreshed alone write none). An idle cluster spends the announce,
+the heads refresh and, with a sampler, the state pulls; the rest is room for an
+operator's changes.
 
 and the timers are
 

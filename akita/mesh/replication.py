@@ -116,6 +116,26 @@ def member_heads(heads: Mapping[str, Head], members: Collection[str]) -> dict[st
     return {feed: head for feed, head in heads.items() if feed in members}
 
 
+def news_for(mine: Mapping[str, Head], told: Mapping[str, Head] | None,
+             theirs: Mapping[str, Head] | None, feeds: Collection[str]) -> bool:
+    """Whether a mate should be sent our heads now: one of `feeds` (those we speak for: our
+    own, and members' whose author is not a live mate to tell it) moved since we last told
+    this mate (`told`), and the mate, as far as we know (`theirs`), lacks it.
+
+    Only the author (or, for a gone author, whoever holds the feed) tells: a mate that
+    pulled an event does not tell the others, so one new event costs one exchange per mate
+    instead of a cascade; a mate that missed it still gets it at the next refresh."""
+    held = theirs or {}
+    for feed in feeds:
+        head = mine.get(feed)
+        if head is None or (told is not None and told.get(feed) == head):
+            continue
+        known = held.get(feed)
+        if known is None or known.seq < head.seq:
+            return True
+    return False
+
+
 def next_pull(mine: Mapping[str, Head], theirs: Mapping[str, Head], *,
               members: Collection[str], skip: Collection[str],
               stalled: Mapping[str, Head]) -> tuple[str, int] | None:

@@ -31,7 +31,7 @@ from workers.gateway.links import IncomingRequest, Links, RequestRefused
 from workers.gateway.load import LoadTracker
 from workers.gateway.peers import Peer, PeerState, PeerTable, PullBackoff
 from workers.gateway.probes import DirectProbe, IndirectProbe, Prober, ProbeTiming, Suspect
-from workers.gateway.sync import StateSync
+from workers.gateway.sync import StateSync, ViewSnapshots
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class NetNode:
         self._last_snapshot = 0.0
         self._last_tick = time.monotonic()
         self._tick_interval_s = tick_interval_s
-        self.snapshot_interval_s = SNAPSHOT_INTERVAL_S
+        self.snapshots = ViewSnapshots(SNAPSHOT_INTERVAL_S)
         # Other parts of the gateway (delegation, replication, inter-cluster messages) hook in
         # here: called on the loop with the peer's id / after the clusters changed.
         self.peer_joined_hooks: list[Callable[[str], None]] = []
@@ -137,7 +137,7 @@ class NetNode:
         ledger (which replicates to mates), no more often than the airtime budget allows."""
         self.load = LoadTracker(refresh_s=state_refresh_s,
                                 min_spacing_s=max(load_mod.MIN_SPACING_S, state_refresh_s / 3))
-        self.snapshot_interval_s = max(SNAPSHOT_INTERVAL_S, state_refresh_s)
+        self.snapshots = ViewSnapshots(max(SNAPSHOT_INTERVAL_S, state_refresh_s))
 
     # --- announces --------------------------------------------------------------------------
 
@@ -233,14 +233,15 @@ class NetNode:
         changes = self.load.due(now)
         if changes is not None:
             self.sync.update_own(changes)   # the new version rides on the next announce
-        if now - self._last_snapshot >= self.snapshot_interval_s and self.discovery.settled:
+        if now - self._last_snapshot >= SNAPSHOT_INTERVAL_S and self.discovery.settled:
             self._last_snapshot = now
             # Records of nodes gone while we were down (restored from the ledger) go too.
             self.sync.forget_except(self.table.alive_ids())
             if self._snapshot_due:
-                self._snapshot_due = False
-                view = self.sync.snapshot()
-                self.record(*events.StateView(records=view["records"]).entry())
+                view = self.snapshots.take(self.sync, now)
+                self._snapshot_due = self.snapshots.pending
+                if view is not None:
+                    self.record(*events.StateView(records=view["records"]).entry())
 
     # --- probes ---------------------------------------------------------------------------------
 

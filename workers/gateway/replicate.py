@@ -8,9 +8,13 @@ this module carries the bytes between nodes, on the gateway's loop:
   its cluster's members and gets the mate's back. Each side then pulls what it lacks from
   the other — the requester from the response, the responder from the request — so one
   round trip repairs both directions. A node exchanges with each live mate when the mate
-  joins or the clusters change, when the mate announces a changed state, whenever its own
-  member heads changed since it last told that mate (so a new event reaches the mates
-  within a round), and every `refresh_s` anyway.
+  joins or the clusters change; when a feed it speaks for moved since it last told that
+  mate and the mate lacks it (its own feed, so a new event reaches the mates within a
+  round; and a member's whose author is not a live mate any more); and when neither side
+  of the pair exchanged for `refresh_s`. Events a node pulled from their author are not
+  passed on (the author tells every mate itself; the refresh repairs what it missed): on a
+  radio one new event costs one exchange per mate, and an idle cluster sends only the
+  refresh.
 - Pull (``{ledger_channel}/range``): the next missing range of one feed
   (`replicate_plan.next_pull`); the serving mate asks its ledger worker for a bundle that
   fits the Link (`replicate_plan.bundle_budget` of the link MDU; a larger one, such as the
@@ -97,9 +101,8 @@ class MateSync:
     busy: str = ""                          # "", "heads", "range" or "ingest"
     feed: str = ""                          # the feed being pulled
     told: dict[str, Head] | None = None     # our member heads as last sent to it
-    last_exchange: float = float("-inf")
+    last_exchange: float = float("-inf")    # either way: ours asked or its request answered
     due: bool = True                        # exchange on the next round, whatever changed
-    announced: tuple[int, int] | None = None  # its (generation, state version), announced
     failures: int = 0
     retry_at: float = 0.0
     quarantined_until: float = 0.0
@@ -132,7 +135,6 @@ class Replicator:
         self.links.serve(self.range_path, self._serve_range)
         net.peer_joined_hooks.append(self._peer_changed)
         net.peer_left_hooks.append(self._peer_left)
-        net.peer_updated_hooks.append(self._peer_announced)
         net.cluster_hooks.append(self._clusters_changed)
 
     # --- membership -------------------------------------------------------------------------
@@ -148,19 +150,6 @@ class Replicator:
         if peer in self.mates:
             self.mates[peer].due = True
         self._next_round = 0.0
-
-    def _peer_announced(self, peer: str) -> None:
-        """A mate announced: if its own state changed (an `akitactl state set`, new task
-        types: each also an event in its feed), exchange heads with it now."""
-        sync = self.mates.get(peer)
-        found = self.net.table.get(peer)
-        if sync is None or found is None:
-            return
-        stamp = (found.info.generation, found.info.state_version)
-        if sync.announced is not None and stamp != sync.announced:
-            sync.due = True
-            self._next_round = 0.0
-        sync.announced = stamp
 
     def _peer_left(self, peer: str) -> None:
         """Gone or restarted: forget where we stood; its callbacks still on the way are
@@ -203,12 +192,14 @@ class Replicator:
         mates = self.live_mates()
         for peer in [p for p in self.mates if p not in mates]:
             self._forget(peer)
-        told = plan.member_heads(self.mine, self.members())
+        # Feeds we speak for: our own, and members' whose author is not a live mate.
+        ours = {self.node_id} | (self.members() - mates)
         for peer in sorted(mates):
             sync = self.mates.setdefault(peer, MateSync(peer))
             if sync.busy or sync.retry_at or now < sync.quarantined_until:
                 continue
-            if sync.due or sync.told != told or now - sync.last_exchange >= self.timing.refresh_s:
+            if (sync.due or now - sync.last_exchange >= self.timing.refresh_s
+                    or plan.news_for(self.mine, sync.told, sync.theirs, ours)):
                 self._exchange(sync, now)
 
     def _take_heads(self, reply: protocol.LedgerHeadsReply) -> None:
@@ -408,13 +399,15 @@ class Replicator:
 
         def answer(reply: protocol.LedgerHeadsReply) -> None:
             self._take_heads(reply)
-            self._respond(request, bundles.encode_heads(
-                plan.member_heads(self.mine, self.members())))
+            told = plan.member_heads(self.mine, self.members())
+            self._respond(request, bundles.encode_heads(told))
             self.counters.heads_served += 1
             sync = self.mates.get(peer)
             if sync is None and peer in self.live_mates():
                 sync = self.mates[peer] = MateSync(peer, due=False)
             if sync is not None:
+                # The answer told it our heads: this pair needs no exchange of ours now.
+                sync.told, sync.last_exchange = told, time.monotonic()
                 self._learn(sync, theirs)  # it may hold what we lack: pull it from there
 
         return self._ask_then_answer(request, peer, protocol.LedgerHeads(),
@@ -431,11 +424,24 @@ class Replicator:
         def answer(reply: protocol.LedgerRangeReply) -> None:
             self.counters.ranges_served += 1
             self._respond(request, plan.encode_range_response(reply.bundle, reply.head_seq))
+            self._sent(peer, reply)
 
         return self._ask_then_answer(request, peer, protocol.LedgerRange(
             feed=wanted.feed, after_seq=wanted.after_seq,
             max_bytes=plan.bundle_budget(request.link_mdu), with_key=wanted.with_key),
             protocol.LedgerRangeReply, answer)
+
+    def _sent(self, peer: str, reply: protocol.LedgerRangeReply) -> None:
+        """A mate is taking `reply`'s range: it holds that feed that far now (if its ingest
+        fails, its own retries and the refresh repair it), so it need not be told again."""
+        sync = self.mates.get(peer)
+        if sync is None or sync.theirs is None or not reply.bundle:
+            return
+        known = sync.theirs.get(reply.feed)
+        if known is None or known.seq < reply.last_seq:
+            head = self.mine.get(reply.feed)
+            last_hash = head.hash if head is not None and head.seq == reply.last_seq else b""
+            sync.theirs[reply.feed] = Head(reply.last_seq, last_hash)
 
     def _respond(self, request: IncomingRequest, body: bytes) -> None:
         self.counters.bytes_sent += len(body)

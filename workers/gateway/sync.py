@@ -21,6 +21,7 @@ Pure logic: no RNS, no sockets (`akita.identity` signs and verifies).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,10 @@ MAX_DELTA_BYTES = 4 << 20
 MAX_CUSTOM_KEYS = 256
 MAX_CUSTOM_VALUE_BYTES = 4096
 LIST_HEADER_BYTES = 5             # msgpack array header, at most
+# Keys whose values change by themselves (sampled load, queue, the executor's task load):
+# a snapshot of the view does not follow them (see `ViewSnapshots`).
+VOLATILE_KEYS = frozenset({st.KEY_RESOURCES, st.KEY_QUEUE_DEPTH, st.KEY_TASK_LOAD})
+SNAPSHOT_BURST = 3
 
 
 
@@ -237,6 +242,17 @@ class StateSync:
                 items.append(item)
         return {"records": items}
 
+    def lasting_digest(self) -> bytes:
+        """A digest of what `snapshot()` would hold, without the `VOLATILE_KEYS`: it changes
+        when a record appears or goes, or a lasting key (task types, services, custom keys
+        ...) of one changes."""
+        digest = hashlib.sha256()
+        for origin, record in sorted(self.store.records.items()):
+            if origin != self.store.local and self._item(record) is not None:
+                lasting = [[k, v] for k, v in record.entries if k not in VOLATILE_KEYS]
+                digest.update(msgpack.packb([origin, lasting], use_bin_type=True))
+        return digest.digest()
+
     def restore(self, snapshot: Mapping[str, Any]) -> int:
         """Take records from a ledger snapshot (signatures are checked again)."""
         items = snapshot.get("records")
@@ -250,3 +266,45 @@ def _canon(value: Any) -> Any:
         return st.Record.new("00", 0, 0, {"k": value}).entries[0][1]
     except ValueError:
         return value
+
+
+@dataclass
+class ViewSnapshots:
+    """When the merged view goes into the ledger as ``state.view`` (what a restarted gateway
+    serves until it hears its peers again). Every event of the own feed is replicated to
+    each cluster mate, over the radio too, so:
+
+    - only a change a restart would miss is written: a record appearing or going, or a
+      lasting key of one changing. Load figures (`VOLATILE_KEYS`) change by themselves
+      and are stale after a restart anyway; were they followed, every state refresh of
+      every peer would put an event in every member's feed, and an idle cluster would
+      never stop replicating;
+    - at once (at the caller's next check), at most `burst` in a row and on average one per
+      `interval_s` (a token bucket): an operator's rare change is in the ledger before the
+      cluster goes idle, and a peer that keeps changing its record costs a bounded rate.
+    """
+
+    interval_s: float
+    burst: int = SNAPSHOT_BURST
+    tokens: float = SNAPSHOT_BURST
+    refilled_at: float | None = None
+    written: bytes | None = None     # `lasting_digest()` of the last snapshot written
+    pending: bool = False            # a change waits for a token
+
+    def take(self, sync: StateSync, now: float) -> dict[str, Any] | None:
+        """The snapshot to write now, or None: nothing lasting changed, or no token yet
+        (then `pending` stays set)."""
+        key = sync.lasting_digest()
+        if key == self.written:
+            self.pending = False
+            return None
+        if self.refilled_at is not None:
+            earned = (now - self.refilled_at) / self.interval_s
+            self.tokens = min(float(self.burst), self.tokens + earned)
+        self.refilled_at = now
+        if self.tokens < 1:
+            self.pending = True
+            return None
+        self.tokens -= 1
+        self.written, self.pending = key, False
+        return sync.snapshot()
