@@ -342,8 +342,9 @@ def _last_checkpoint(path: Path) -> float | None:
     except (AkitaError, OSError):
         return None
     try:
-        for (ts,) in conn.execute("SELECT max(c.ts) FROM checkpoints c JOIN feeds f "
-                                  "ON c.feed = f.id WHERE f.local = 1"):
+        # the newest by key, not max(ts) over every checkpoint the node ever wrote
+        for (ts,) in conn.execute("SELECT ts FROM checkpoints WHERE feed = (SELECT id FROM "
+                                  "feeds WHERE local = 1) ORDER BY seq DESC LIMIT 1"):
             return float(ts) if ts is not None else None
         return None
     except apsw.Error as exc:  # e.g. a file the writer has not initialised yet
