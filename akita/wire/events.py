@@ -1,7 +1,7 @@
 """The ledger's vocabulary: every event kind a node writes to its feed, and its data.
 
 An event in the feed is ``{kind, ts, data}`` (see `protocol.LedgerAppend`); `data` is a
-msgpack map. Each kind is a frozen dataclass here, registered under its ``noun.verb`` kind:
+msgpack map. Each kind is a dataclass here, registered under its ``noun.verb`` kind:
 writers build one and append it (`LedgerClient.record`), readers that interpret data get
 it back with `decode()`. The stored bytes are what the feed's hashes, signatures and
 replicas cover, so the layout is fixed: keys in field order, the same value types as
@@ -15,7 +15,9 @@ node's feed. Readers that replay a feed skip (and count) events that do not deco
 may be old, damaged or a peer's.
 
 Validation happens only on decode: building an event and `to_data()` cost no more than a
-small object and a dict, because the executor writes several events per task.
+small object and a dict, because the executor writes several events per task. For the same
+reason the classes are not frozen (a frozen init costs three times as much): an event is a
+value all the same, never changed once built.
 
 Kinds are grouped by noun; add new ones in their group.
 """
@@ -31,7 +33,7 @@ from akita.errors import ProtocolError
 from akita.wire.protocol import _runtime_types
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Event:
     """Base of every ledger event; subclasses are registered with `@event("noun.verb")`."""
 
@@ -79,7 +81,7 @@ _REGISTRY: dict[str, type[Event]] = {}
 
 
 def event(kind: str) -> Any:
-    """Register a frozen dataclass as the ledger event `kind`."""
+    """Register a dataclass as the ledger event `kind`."""
 
     def register(cls: type[Event]) -> type[Event]:
         if kind in _REGISTRY:
@@ -120,20 +122,20 @@ def decode(kind: str, data: Any) -> Event:
 
 
 @event("node.started")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class NodeStarted(Event):
     pid: int
     workers: list[str]
 
 
 @event("node.stopped")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class NodeStopped(Event):
     pid: int
 
 
 @event("config.reloaded")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ConfigReloaded(Event):
     """Worker names per what a reload did to them."""
 
@@ -143,7 +145,7 @@ class ConfigReloaded(Event):
 
 
 @event("config.reload_failed")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ConfigReloadFailed(Event):
     error: str
 
@@ -152,7 +154,7 @@ class ConfigReloadFailed(Event):
 
 
 @event("worker.started")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class WorkerStarted(Event):
     name: str
     pid: int
@@ -160,7 +162,7 @@ class WorkerStarted(Event):
 
 
 @event("worker.exited")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class WorkerExited(Event):
     """`exit_code` or `signal` is None (always written); `cause` says why it stopped."""
 
@@ -172,7 +174,7 @@ class WorkerExited(Event):
 
 
 @event("worker.fatal")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class WorkerFatal(Event):
     """Too many restarts in the window, or a cause restarting cannot fix (`error`): the
     worker stays stopped, for `retry_in_s` (its fatal cooldown) or until an operator or a
@@ -186,7 +188,7 @@ class WorkerFatal(Event):
 
 
 @event("worker.fatal_retry")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class WorkerFatalRetry(Event):
     """A FATAL worker is tried again after `after_s` of cooldown (its `retry`-th try)."""
 
@@ -199,7 +201,7 @@ class WorkerFatalRetry(Event):
 
 
 @event("resource.alert")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ResourceAlert(Event):
     """An alert raised or cleared (also published on the bus as `protocol.ResourceAlert`)."""
 
@@ -217,7 +219,7 @@ class ResourceAlert(Event):
 
 
 @event("task.submitted")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskSubmitted(Event):
     """A task accepted here; `origin`… are set when a peer delegated it to us."""
 
@@ -232,7 +234,7 @@ class TaskSubmitted(Event):
 
 
 @event("task.started")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskStarted(Event):
     id: str
     attempt: int | None = None
@@ -240,7 +242,7 @@ class TaskStarted(Event):
 
 
 @event("task.delegated")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskDelegated(Event):
     """Leased to `peer` for `lease_s`, under the cluster `term` that admitted it."""
 
@@ -252,7 +254,7 @@ class TaskDelegated(Event):
 
 
 @event("task.requeued")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskRequeued(Event):
     id: str
     attempts: int | None = None
@@ -260,7 +262,7 @@ class TaskRequeued(Event):
 
 
 @event("task.succeeded")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskSucceeded(Event):
     """`result` is always written (None is a result); `ran_on` for a delegated task."""
 
@@ -272,7 +274,7 @@ class TaskSucceeded(Event):
 
 
 @event("task.failed")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskFailed(Event):
     """`error` is {type, message, …} and always written."""
 
@@ -284,7 +286,7 @@ class TaskFailed(Event):
 
 
 @event("task.timed_out")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskTimedOut(Event):
     id: str
     attempt: int | None = None
@@ -294,7 +296,7 @@ class TaskTimedOut(Event):
 
 
 @event("task.cancelled")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskCancelled(Event):
     """`reason` says why the node itself withdrew a task (e.g. the disk was full when it
     was submitted); an operator's cancel has none."""
@@ -328,7 +330,7 @@ def task_outcome(state: str, *, id: str, attempt: int, ran_on: str | None = None
 
 
 @event("peer.joined")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class PeerJoined(Event):
     node: str
     name: str
@@ -336,7 +338,7 @@ class PeerJoined(Event):
 
 
 @event("peer.restarted")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class PeerRestarted(Event):
     node: str
     name: str
@@ -344,7 +346,7 @@ class PeerRestarted(Event):
 
 
 @event("peer.left")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class PeerLeft(Event):
     node: str
     name: str
@@ -355,7 +357,7 @@ class PeerLeft(Event):
 
 
 @event("cluster.seat")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ClusterSeat(Event):
     """This node's seat (`Seat.pack()`, or None: always written) and term, and the seat
     numbers of the mates it saw: [[node, number], ...]."""
@@ -366,14 +368,14 @@ class ClusterSeat(Event):
 
 
 @event("cluster.changed")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ClusterChanged(Event):
     clusters: list[dict[str, Any]]
     term: int
 
 
 @event("state.own")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StateOwn(Event):
     """This node's own state record (`Record.pack()`), custom keys included."""
 
@@ -381,7 +383,7 @@ class StateOwn(Event):
 
 
 @event("state.view")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StateView(Event):
     """The merged view: the other nodes' signed records (`StateSync.snapshot()`)."""
 
@@ -392,7 +394,7 @@ class StateView(Event):
 
 
 @event("gateway.started")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GatewayStarted(Event):
     """`seat` is the data of the `cluster.seat` event it starts from."""
 
@@ -404,13 +406,13 @@ class GatewayStarted(Event):
 
 
 @event("gateway.stopped")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GatewayStopped(Event):
     pass
 
 
 @event("gateway.interface_failed")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GatewayInterfaceFailed(Event):
     """`restarts_help` is False when another program holds what the interface needs: the
     worker then stays stopped (FATAL) until its configuration changes."""
@@ -420,7 +422,7 @@ class GatewayInterfaceFailed(Event):
 
 
 @event("gateway.reticulum_mode")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GatewayReticulumMode(Event):
     """Whether the gateway owns its interfaces or attaches to the host's shared instance."""
 
@@ -430,7 +432,7 @@ class GatewayReticulumMode(Event):
 
 
 @event("gateway.shared_instance")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GatewaySharedInstance(Event):
     """The connection to the host's shared Reticulum instance went down or came back."""
 
@@ -443,7 +445,7 @@ class GatewaySharedInstance(Event):
 
 
 @event("operator.command")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class OperatorCommand(Event):
     """An accepted operator command: who sent it (identity hash), through what (`via`:
     lxmf), the command as understood, and the message hash it arrived in."""
@@ -458,7 +460,7 @@ class OperatorCommand(Event):
 
 
 @event("intercluster.sent")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class InterclusterSent(Event):
     id: str
     to: str
@@ -467,7 +469,7 @@ class InterclusterSent(Event):
 
 
 @event("intercluster.delivered")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class InterclusterDelivered(Event):
     id: str
     to: str
@@ -476,7 +478,7 @@ class InterclusterDelivered(Event):
 
 
 @event("intercluster.failed")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class InterclusterFailed(Event):
     id: str
     to: str
@@ -485,7 +487,7 @@ class InterclusterFailed(Event):
 
 
 @event("intercluster.routed")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class InterclusterRouted(Event):
     """A coordinator handed a message to the members of its cluster."""
 
@@ -497,7 +499,7 @@ class InterclusterRouted(Event):
 
 
 @event("intercluster.received")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class InterclusterReceived(Event):
     id: str
     from_: str
@@ -508,7 +510,7 @@ class InterclusterReceived(Event):
 
 
 @event("ledger.forgery_refused")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class LedgerForgeryRefused(Event):
     """A bundle that did not verify; `suppressed` counts refusals not recorded since."""
 
@@ -519,7 +521,7 @@ class LedgerForgeryRefused(Event):
 
 
 @event("ledger.fork_detected")
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class LedgerForkDetected(Event):
     """Two signed entries with the same `seq` in `feed`: proof its author misbehaved."""
 
