@@ -508,9 +508,10 @@ def test_first_round_waits_for_the_settle_time_then_forms_one_cluster() -> None:
     clusters = discovery.formation.clusters(discovery.terms())
     assert clusters[0]["coordinator"] == cluster.coordinator
     table = discovery.table
-    listed = views.peers(C, table, discovery.formation, 2.0)
+    listed = views.peers(C, table, discovery.formation, 2.0, lambda node: node == A)
     assert {p["id"] for p in listed} == {A, B}
     assert all(p["cluster"] == cluster.id for p in listed)
+    assert {p["id"]: p["takes_work"] for p in listed} == {A: True, B: False}
     discovery.tick(6.6)  # both silent past peer_timeout
     assert ("left", A) in events.log and ("left", B) in events.log
 
