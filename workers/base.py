@@ -14,6 +14,7 @@ the log, and the supervisor's restart policy applies.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -140,6 +141,9 @@ class Worker:
             self.publisher.connect(transport.endpoint(self.run_dir, transport.BUS_IN))
             self.add_reader(self.router, self._on_request)
             self.setup()
+            # What exists now lives as long as the worker: frozen out of the cyclic collector's
+            # sight, it is not scanned again by every full collection a busy loop triggers.
+            gc.freeze()
             try:
                 log.info("%s worker running (pid %d)", self.name, os.getpid())
                 self._loop()
