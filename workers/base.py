@@ -236,12 +236,31 @@ def load_class(name: str) -> type[Worker]:
     return cls
 
 
+# Configs parsed in the zygote before it forks (`prepare_in_zygote`), by (text, path); a
+# reload adds one, so only the latest few are kept.
+_PARSED: dict[tuple[str, str], config_mod.Config] = {}
+_PARSED_KEPT = 2
+
+
+def prepare_in_zygote(args: dict[str, Any]) -> None:
+    """Parse the config text a worker is about to be started with, in the zygote: the next
+    worker forked with the same text (every restart, until a reload) finds it parsed.
+    The config is plain frozen data, safe to hold in a fork server."""
+    key = (args["config_text"], args["config_path"])
+    if key not in _PARSED:
+        parsed = config_mod.parse(key[0], Path(key[1]))
+        while len(_PARSED) >= _PARSED_KEPT:
+            del _PARSED[next(iter(_PARSED))]
+        _PARSED[key] = parsed
+
+
 def main(args: dict[str, Any]) -> int:
     """Entry point in a freshly forked worker: {"name", "config_path", "config_text"}."""
     name = args["name"]
     configure_logging(name)
     try:
-        config = config_mod.parse(args["config_text"], Path(args["config_path"]))
+        config = (_PARSED.get((args["config_text"], args["config_path"]))
+                  or config_mod.parse(args["config_text"], Path(args["config_path"])))
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         run_dir = args.get("run_dir")
