@@ -216,21 +216,25 @@ def _cmdline(pid: int) -> list[str]:
 def find_supervisor(run_dir: Path) -> int:
     """The supervisor's pid: from its pid file when that names one of our ancestors,
     otherwise the nearest ancestor that is not a fork server."""
-    ancestors: list[psutil.Process] = []
-    proc: psutil.Process | None = psutil.Process()
-    while proc is not None and len(ancestors) < 8:
-        proc = proc.parent()
-        if proc is not None:
-            ancestors.append(proc)
     try:
-        recorded = int(rundir.pid_path(run_dir).read_text().split()[0])
+        recorded: int | None = int(rundir.pid_path(run_dir).read_text().split()[0])
     except (OSError, ValueError, IndexError):
         recorded = None
-    if any(p.pid == recorded for p in ancestors):
-        return int(recorded)  # type: ignore[arg-type]
+    # Walked up only as far as needed: the supervisor is usually our grandparent (we were
+    # forked by its zygote), and each step reads /proc, which a restart waits for.
+    ancestors: list[int] = []
+    pid = os.getppid()
+    while pid > 1 and len(ancestors) < 8:
+        if pid == recorded:
+            return pid
+        ancestors.append(pid)
+        try:
+            pid = psutil.Process(pid).ppid()
+        except psutil.Error:
+            break
     for parent in ancestors:
-        if _ZYGOTE_MODULE not in _cmdline(parent.pid):
-            return parent.pid
+        if _ZYGOTE_MODULE not in _cmdline(parent):
+            return parent
     return os.getppid()
 
 
@@ -242,7 +246,9 @@ class SamplerWorker(Worker):
         settings = self.config.sampler
         self.interval_s = settings.interval
         self.thresholds = resources.thresholds_from_config(settings)
-        self.alerts = resources.AlertState(self._raised_before())
+        # Read from the ledger at the first sample, the first time it is needed: a restarted
+        # sampler answers requests without waiting for that read.
+        self._alert_state: resources.AlertState | None = None
         self.bus = transport.make_socket(self.ctx, zmq.SUB)
         for topic in ("worker.heartbeat", "worker.state"):
             self.bus.setsockopt(zmq.SUBSCRIBE, topic.encode())
@@ -261,8 +267,16 @@ class SamplerWorker(Worker):
         self._next_sample = time.monotonic() + min(self.interval_s, self.heartbeat_interval_s)
         self._samples_taken = 0
 
+    @property
+    def alerts(self) -> resources.AlertState:
+        if self._alert_state is None:
+            self._alert_state = resources.AlertState(self._raised_before())
+        return self._alert_state
+
     def _raised_before(self) -> set[tuple[str, str]]:
         """Alerts a previous incarnation raised and did not clear, from the ledger."""
+        if not self.thresholds:
+            return set()  # no alert can be judged: nothing to read
         path = chain.db_path(self.config)
         try:
             stored = [event.data for event in chain.read_events(path, kind_prefix=ALERT_KIND)
