@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ALERT_KIND = events.ResourceAlert.KIND  # published on the bus as protocol.ResourceAlert too
 # The module a fork server runs: its command line tells a zygote from the children it forks.
 _ZYGOTE_MODULE = "workers.zygote"
+BUSY_TICK_S = 0.1  # the tick while ledger events wait for their acknowledgement
 # Worker states after which its pid no longer names that worker.
 _GONE_STATES = {"stopped", "exited", "fatal", "backoff"}
 
@@ -297,11 +298,15 @@ class SamplerWorker(Worker):
     def tick(self) -> None:
         self.ledger.tick()
         now = time.monotonic()
-        if now < self._next_sample:
-            return
-        # Keep the cadence, but never queue up samples missed while the host was busy.
-        self._next_sample = max(self._next_sample + self.interval_s, now + self.interval_s / 2)
-        self.sample()
+        if now >= self._next_sample:
+            # Keep the cadence, but never queue up samples missed while the host was busy.
+            self._next_sample = max(self._next_sample + self.interval_s,
+                                    now + self.interval_s / 2)
+            self.sample()
+        # Woken for the next sample, not ten times a second; sooner while the ledger client
+        # holds events (an alert) whose acknowledgement may need a resend.
+        self.tick_interval_s = (BUSY_TICK_S if self.ledger.pending()
+                                else max(BUSY_TICK_S, self._next_sample - time.monotonic()))
 
     def sample(self) -> protocol.ResourceSample:
         started = time.process_time()

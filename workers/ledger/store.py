@@ -292,20 +292,29 @@ class WalCheckpointer:
     so one unlucky commit (and every sender waiting on it) pays for copying megabytes and
     an fsync of the database file. A PASSIVE checkpoint on a second connection never blocks
     the writer, and APSW releases the GIL while SQLite works, so the writer's loop goes on.
-    The owner turns the automatic checkpoint off on its own connection.
+    The owner turns the automatic checkpoint off on its own connection, and calls `notify()`
+    after each commit: the thread checkpoints at most every `interval_s`, and only after
+    commits (an idle ledger does not wake it).
     """
 
     def __init__(self, path: Path, interval_s: float = 0.5) -> None:
         self.path = path
         self.interval_s = interval_s
         self._stop = threading.Event()
+        self._written = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def notify(self) -> None:
+        """Something was committed: the WAL has frames to copy back."""
+        if not self._written.is_set():  # the cheap check first: this runs at every commit
+            self._written.set()
+
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
+        self._written.set()
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
@@ -313,10 +322,15 @@ class WalCheckpointer:
         conn.set_busy_timeout(chain.BUSY_TIMEOUT_MS)
         try:
             while not self._stop.wait(self.interval_s):
+                self._written.wait()
+                if self._stop.is_set():
+                    break
+                self._written.clear()
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except apsw.Error as exc:  # e.g. busy: the next round tries again
                     log.warning("WAL checkpoint failed: %s", exc)
+                    self._written.set()
         finally:
             conn.close()
 

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 MAX_FRAMES_PER_DRAIN = 5_000
 PRUNE_INTERVAL_S = 3600.0
+# With no event waiting for a checkpoint there is nothing to time but the hourly prune: the
+# worker wakes for its heartbeats only, and a commit pulls the next tick in (`_commit`).
+IDLE_TICK_S = 60.0
 WAL_SIZE_LIMIT_BYTES = 64 << 20
 # An I/O error with less room than this left where the ledger lives is a full disk too
 # (SQLite reports some ENOSPC writes as SQLITE_IOERR rather than SQLITE_FULL).
@@ -95,12 +98,23 @@ class LedgerWorker(Worker):
         try:
             if self.store.checkpoint_due(self.settings.checkpoint_interval, now):
                 self.store.checkpoint()
+                self.checkpointer.notify()
             if now >= self._next_prune:
                 self._next_prune = now + PRUNE_INTERVAL_S
                 self.store.prune_sources(time.time())
         except apsw.Error as exc:
             self._housekeeping_errors.log(logging.ERROR, "ledger housekeeping failed (will "
                                           "retry): %s", self._describe(exc)[1])
+            self.tick_interval_s = Worker.tick_interval_s
+            return
+        self.tick_interval_s = min(self._checkpoint_in_s(now), self._next_prune - now,
+                                   IDLE_TICK_S)
+
+    def _checkpoint_in_s(self, now: float) -> float:
+        """Seconds until the interval checkpoint is due; IDLE_TICK_S with nothing to sign."""
+        if self.store.chain.seq <= self.store.checkpoint_seq:
+            return IDLE_TICK_S
+        return max(0.0, self.store.checkpoint_at + self.settings.checkpoint_interval - now)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -171,6 +185,7 @@ class LedgerWorker(Worker):
 
     def _ingest(self, msg: protocol.LedgerIngest) -> protocol.Message:
         result = self.replicas.ingest(msg.bundle, msg.sender)
+        self.checkpointer.notify()
         if result.record is not None:
             kind, data = result.record
             events = parse_events([protocol.ledger_event(kind, time.time(), data)])
@@ -222,6 +237,9 @@ class LedgerWorker(Worker):
             self._commit_errors.total = 0
         self.commits += 1
         self.committed_events += len(rows)
+        if rows:
+            self.checkpointer.notify()
+            self.tick_within(self._checkpoint_in_s(time.monotonic()))
         for append in batch:
             if append.ack:
                 append.reply_to.reply(protocol.LedgerAcked(
