@@ -33,6 +33,7 @@ ALERT_KIND = events.ResourceAlert.KIND  # published on the bus as protocol.Resou
 # The module a fork server runs: its command line tells a zygote from the children it forks.
 _ZYGOTE_MODULE = "workers.zygote"
 BUSY_TICK_S = 0.1  # the tick while ledger events wait for their acknowledgement
+BUS_BATCH = 1000
 # Worker states after which its pid no longer names that worker.
 _GONE_STATES = {"stopped", "exited", "fatal", "backoff"}
 
@@ -254,7 +255,8 @@ class SamplerWorker(Worker):
         for topic in ("worker.heartbeat", "worker.state"):
             self.bus.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self.bus.connect(transport.endpoint(self.run_dir, transport.BUS_OUT))
-        self.add_reader(self.bus, self._on_bus)
+        # Not polled: the names are needed only at a sample, so the heartbeats (every worker,
+        # every second) wait on the socket and are read then, without waking this process.
         self.ledger = LedgerClient(self.ctx, self.run_dir, self.name)
         self.add_reader(self.ledger.sock, self.ledger.on_readable)
         self.host = HostSampler(self.config.node.data_dir)
@@ -310,6 +312,7 @@ class SamplerWorker(Worker):
 
     def sample(self) -> protocol.ResourceSample:
         started = time.process_time()
+        self._on_bus()
         msg = protocol.ResourceSample(ts=time.time(), host=self.host.sample(),
                                       processes=self.processes.sample())
         self.publish(msg.KIND, msg)
@@ -354,10 +357,14 @@ class SamplerWorker(Worker):
             threshold=alert.threshold, raised=alert.raised), ack=True)
 
     def _on_bus(self) -> None:
-        messages, bad = transport.drain_bus(self.bus)
-        self.bad_frames += bad
-        for msg in messages:
-            self._learn(msg)
+        """Learn from every heartbeat and state change queued since the last sample."""
+        while True:
+            messages, bad = transport.drain_bus(self.bus, BUS_BATCH)
+            self.bad_frames += bad
+            for msg in messages:
+                self._learn(msg)
+            if len(messages) + bad < BUS_BATCH:
+                return
 
     def _learn(self, msg: protocol.Message) -> None:
         """Keep pid → worker name current from heartbeats and state changes."""
