@@ -292,14 +292,17 @@ class WalCheckpointer:
     so one unlucky commit (and every sender waiting on it) pays for copying megabytes and
     an fsync of the database file. A PASSIVE checkpoint on a second connection never blocks
     the writer, and APSW releases the GIL while SQLite works, so the writer's loop goes on.
-    The owner turns the automatic checkpoint off on its own connection, and calls `notify()`
-    after each commit: the thread checkpoints at most every `interval_s`, and only after
-    commits (an idle ledger does not wake it).
+    The owner turns the automatic checkpoint off on its own connection and installs
+    `on_wal` as its WAL hook instead: like SQLite's own automatic checkpoint, this one runs
+    once the WAL holds `pages` pages, and at most every `interval_s` (an idle ledger never
+    wakes the thread). Each checkpoint fsyncs the database file, and durable commits that
+    meet it wait behind it: at 2,000 commits/s, one every 0.5 s put 1 % of them behind one.
     """
 
-    def __init__(self, path: Path, interval_s: float = 0.5) -> None:
+    def __init__(self, path: Path, interval_s: float = 0.5, pages: int = 1000) -> None:
         self.path = path
         self.interval_s = interval_s
+        self.pages = pages
         self._stop = threading.Event()
         self._written = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
@@ -307,10 +310,11 @@ class WalCheckpointer:
     def start(self) -> None:
         self._thread.start()
 
-    def notify(self) -> None:
-        """Something was committed: the WAL has frames to copy back."""
-        if not self._written.is_set():  # the cheap check first: this runs at every commit
+    def on_wal(self, _conn: apsw.Connection, _db: str, pages: int) -> int:
+        """The writer connection's WAL hook, called after each commit with the WAL's size."""
+        if pages >= self.pages and not self._written.is_set():
             self._written.set()
+        return apsw.SQLITE_OK
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()

@@ -68,6 +68,8 @@ class LedgerWorker(Worker):
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
         self.conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}").fetchall()
         self.checkpointer = WalCheckpointer(path)
+        # Set after wal_autocheckpoint, which would replace it.
+        self.conn.set_wal_hook(self.checkpointer.on_wal)
         self.checkpointer.start()
         self.settings = self.config.ledger
         self._batch: list[Append] = []
@@ -98,7 +100,6 @@ class LedgerWorker(Worker):
         try:
             if self.store.checkpoint_due(self.settings.checkpoint_interval, now):
                 self.store.checkpoint()
-                self.checkpointer.notify()
             if now >= self._next_prune:
                 self._next_prune = now + PRUNE_INTERVAL_S
                 self.store.prune_sources(time.time())
@@ -185,7 +186,6 @@ class LedgerWorker(Worker):
 
     def _ingest(self, msg: protocol.LedgerIngest) -> protocol.Message:
         result = self.replicas.ingest(msg.bundle, msg.sender)
-        self.checkpointer.notify()
         if result.record is not None:
             kind, data = result.record
             events = parse_events([protocol.ledger_event(kind, time.time(), data)])
@@ -238,7 +238,6 @@ class LedgerWorker(Worker):
         self.commits += 1
         self.committed_events += len(rows)
         if rows:
-            self.checkpointer.notify()
             self.tick_within(self._checkpoint_in_s(time.monotonic()))
         for append in batch:
             if append.ack:
