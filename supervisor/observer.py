@@ -43,6 +43,8 @@ from supervisor.observed import FINAL_STATES, Observations
 
 log = logging.getLogger(__name__)
 
+_HEARTBEAT_TOPIC = protocol.topic_of(protocol.Heartbeat.KIND)
+
 MIN_STEP_S = 0.5
 HISTORY_S = 3600.0
 HISTORY_FILE = "operator-history.msgpack"
@@ -122,8 +124,8 @@ class Observer:
     # --- the bus ------------------------------------------------------------------------
 
     def on_bus(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            return
+        if len(frames) != 2 or frames[0] == _HEARTBEAT_TOPIC:
+            return  # heartbeats (every worker, every second) are not for the pages
         try:
             msg = protocol.decode(frames[1])
         except ProtocolError:
