@@ -12,7 +12,7 @@
 Each round runs all three back to back (the writer keeps its growing database); the summary
 is the median round, which tames a noisy shared machine somewhat.
 
-Targets: ≥ 50,000 events/s, ≥ 0.3 of raw; p50 ≤ 1 ms, p99 ≤ 10 ms at 2,000 events/s.
+Targets: ≥ 50,000 events/s, ≥ 0.75 of raw; p50 ≤ 1 ms, p99 ≤ 5 ms at 2,000 events/s.
 The writer is started directly (`workers.base.main` in a fresh interpreter), as the
 supervisor starts it. Run it on a quiet machine: every figure here is shared-CPU sensitive.
 """
@@ -113,6 +113,7 @@ def sender_throughput(run_dir: Path, count: int, start_at: float) -> dict[str, A
     poll = client.sock.poll
     while time.time() < start_at:
         time.sleep(0.001)
+    cpu_before = time.process_time()  # without the imports, which would double the figure
     first = time.time()
     for i in range(count):
         client.append(KIND, event_data(i), on_durable=durable)
@@ -123,7 +124,7 @@ def sender_throughput(run_dir: Path, count: int, start_at: float) -> dict[str, A
     client.close()
     ctx.term()
     return {"ok": ok, "acked": acked[0], "first": first, "last": last_ack[0],
-            "cpu_s": time.process_time()}
+            "cpu_s": time.process_time() - cpu_before}
 
 
 def _latency_probe(latencies: list[float]) -> Callable[[int], None]:
@@ -226,6 +227,13 @@ def raw_commit_latency(path: Path, rate: float, seconds: float) -> list[float]:
 # --- main -----------------------------------------------------------------------------------
 
 
+def settle() -> None:
+    """Flush what the previous phase left dirty in the page cache, so that its writeback
+    does not land in the next phase's fsyncs: a 2,000/s latency run that starts while a
+    burst of 100 MB is still being written back measures the burst, not the writer."""
+    os.sync()
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -261,9 +269,13 @@ def run(root: Path, args: argparse.Namespace) -> int:
     try:
         for round_no in range(1, args.rounds + 1):
             load = os.getloadavg()[0]
+            settle()
             worker_rate, acked, writer_us, sender_us, busy = throughput(root, args, writer.pid)
+            settle()
             raw_rate = raw_apsw(root / f"raw{round_no}.db", total)
+            settle()
             latency = sender_latency(root / "run", args.rate, args.latency_s)
+            settle()
             floor = [x * 1000 for x in raw_commit_latency(root / f"rawlat{round_no}.db",
                                                           args.rate, args.latency_s)]
             lat = [x * 1000 for x in latency["latencies"]]
@@ -288,9 +300,9 @@ def run(root: Path, args: argparse.Namespace) -> int:
     print(f"  durable appends through the ledger worker: {statistics.median(rates):,.0f} "
           f"events/s (target >= 50,000)")
     print(f"  ratio to raw APSW (same rows and chain, 1,000-row transactions, "
-          f"synchronous=FULL): {statistics.median(ratios):.2f} (target >= 0.3)")
+          f"synchronous=FULL): {statistics.median(ratios):.2f} (target >= 0.75)")
     print(f"  durable latency at {args.rate:,.0f} events/s: p50 {statistics.median(p50s):.2f} ms "
-          f"(target 1), p99 {statistics.median(p99s):.2f} ms (target 10); the same run's "
+          f"(target 1), p99 {statistics.median(p99s):.2f} ms (target 5); the same run's "
           f"floor, raw APSW committing each event alone at that rate: p50 "
           f"{statistics.median(f[0] for f in floors):.2f} ms, p99 "
           f"{statistics.median(f[1] for f in floors):.2f} ms")

@@ -71,9 +71,10 @@ class Bus:
     def on_message(self) -> None:
         """Messages on the topics the supervisor acts on."""
         for _ in range(_BATCH):
-            if not self.sub.poll(0, zmq.POLLIN):
+            try:  # not poll(0) first: Socket.poll builds a Poller per call, for every message
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
                 return
-            frames = self.sub.recv_multipart()
             if len(frames) != 2:
                 self.bad_frames += 1
                 continue

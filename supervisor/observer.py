@@ -45,6 +45,8 @@ from supervisor.observed import FINAL_STATES, LAST_EVENTS, Observations
 
 log = logging.getLogger(__name__)
 
+_HEARTBEAT_TOPIC = protocol.topic_of(protocol.Heartbeat.KIND)
+
 MIN_STEP_S = 0.5
 HISTORY_S = 3600.0
 HISTORY_FILE = "operator-history.msgpack"
@@ -54,7 +56,7 @@ _REFILL_EVENTS = 50_000     # most task events read back from the ledger at star
 _TASK_NAMES = 100_000       # task id → type remembered for outcome events
 GATHER_S = 0.05             # events gather this long on the bus between two reads
 BUS_HWM = 20_000            # events the bus holds for the observer between reads
-SAMPLE_TOPIC = b"resource.sample"
+SAMPLE_TOPIC = protocol.topic_of(protocol.ResourceSample.KIND)
 
 
 class Observer:
@@ -134,8 +136,8 @@ class Observer:
         anything else, or malformed, is skipped."""
         committed = []
         for frames in batch:
-            if len(frames) != 2:
-                continue
+            if len(frames) != 2 or frames[0] == _HEARTBEAT_TOPIC:
+                continue  # heartbeats (every worker, every second) are not for the pages
             if frames[0] == SAMPLE_TOPIC:
                 self._on_sample(frames[1])
                 continue

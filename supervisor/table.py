@@ -109,6 +109,11 @@ class ProcessTable:
         reason = (exits.take_reason(self.config.node.run_dir, proc.name)
                   if returncode == exits.EXIT_CONFIG else "")
         outcome = proc.exited(returncode, now, reason)
+        # An immediate restart is forked first: the new worker starts while the exit is
+        # logged, recorded and published (its own start is recorded after the exit).
+        restart_now = (outcome.state is WorkerState.BACKOFF and outcome.delay_s == 0
+                       and not self.shutting_down and not proc.remove_after_stop)
+        new_pid = self._fork_with_retry(proc) if restart_now else None
         log.log(logging.INFO if cause == "stop_requested" else logging.WARNING,
                 "%s (pid %d) %s; cause: %s; now %s", proc.name, pid,
                 proc.describe_exit(returncode), cause, outcome.state.value)
@@ -126,8 +131,8 @@ class ProcessTable:
         self.host.worker_changed(proc)
         if proc.remove_after_stop:
             del self.procs[proc.name]
-        elif proc.state is WorkerState.BACKOFF and outcome.delay_s == 0:
-            self.spawn(proc)
+        elif new_pid is not None:
+            self._spawned(proc, new_pid)
 
     def heartbeat(self, name: str, pid: int, note: str = "") -> None:
         proc = self.procs.get(name)
@@ -230,21 +235,29 @@ class ProcessTable:
         If the zygote fails, it is replaced and the fork tried once more; if that fails too,
         the worker keeps its state and a pending restart is retried a second later.
         """
+        pid = self._fork_with_retry(proc)
+        if pid is not None:
+            self._spawned(proc, pid)
+
+    def _fork_with_retry(self, proc: WorkerProcess) -> int | None:
+        """The new pid of `proc`, or None when it could not be forked (see `spawn`)."""
         for attempt in (1, 2):
             try:
-                pid = self._fork(proc)
-                break
+                return self._fork(proc)
             except (ZygoteError, OSError) as exc:
                 if attempt == 2:
                     log.error("cannot start %s: %s", proc.name, exc)
                     proc.last_error = f"cannot start: {exc}"
                     if proc.state is WorkerState.BACKOFF or proc.restart_due is not None:
                         proc.restart_due = time.monotonic() + 1.0
-                    return
+                    return None
                 self._replace_zygote(self.forks.for_worker(proc.name),
                                      f"starting {proc.name} failed: {exc}")
                 if proc.state in ACTIVE_STATES:
-                    return  # replacing the zygote restarted it already
+                    return None  # replacing the zygote restarted it already
+        return None
+
+    def _spawned(self, proc: WorkerProcess, pid: int) -> None:
         proc.spawned(pid, time.monotonic())
         self.dirty = True
         self.by_pid[pid] = proc

@@ -14,10 +14,12 @@ the log, and the supervisor's restart policy applies.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -65,7 +67,9 @@ class Worker:
     """Base of every worker process."""
 
     name = "worker"
-    tick_interval_s = 0.1  # also bounds how late a stop signal is noticed
+    # A subclass may change it (even from tick()) or pull the next tick in (`tick_within`).
+    # A stop signal wakes the loop at once through the signal wakeup descriptor.
+    tick_interval_s = 0.1
 
     def __init__(self, config: config_mod.Config) -> None:
         self.config = config
@@ -81,6 +85,7 @@ class Worker:
         self.bad_frames = 0
         self._next_heartbeat = 0.0
         self._heartbeat_step = 0.05
+        self._next_tick = 0.0
         self.note = ""  # sent with each heartbeat: what `status` shows for this worker
 
     # --- for subclasses --------------------------------------------------------------------
@@ -124,12 +129,17 @@ class Worker:
     def stop(self) -> None:
         self._stopping = True
 
+    def tick_within(self, delay_s: float) -> None:
+        """Run `tick()` at the latest `delay_s` from now (sooner than planned, if need be)."""
+        self._next_tick = min(self._next_tick, time.monotonic() + delay_s)
+
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        wakeup = self._wake_on_signals()
         self.prefork()
         self.ctx = zmq.Context()
         try:
@@ -140,6 +150,9 @@ class Worker:
             self.publisher.connect(transport.endpoint(self.run_dir, transport.BUS_IN))
             self.add_reader(self.router, self._on_request)
             self.setup()
+            # What exists now lives as long as the worker: frozen out of the cyclic collector's
+            # sight, it is not scanned again by every full collection a busy loop triggers.
+            gc.freeze()
             try:
                 log.info("%s worker running (pid %d)", self.name, os.getpid())
                 self._loop()
@@ -147,19 +160,41 @@ class Worker:
                 self.teardown()
         finally:
             self.ctx.destroy(linger=transport.LINGER_MS)
+            signal.set_wakeup_fd(-1)
+            for sock in wakeup:
+                sock.close()
         log.info("%s worker stopped", self.name)
         return 0
 
+    def _wake_on_signals(self) -> tuple[socket.socket, socket.socket]:
+        """A descriptor the loop polls, written to whenever a signal arrives: the handler only
+        sets a flag, and without this the loop would see it at its next timeout only."""
+        read, write = socket.socketpair()
+        read.setblocking(False)
+        write.setblocking(False)
+        signal.set_wakeup_fd(write.fileno(), warn_on_full_buffer=False)
+
+        def drain() -> None:
+            try:
+                while read.recv(512):
+                    pass
+            except BlockingIOError:
+                pass
+
+        self.add_reader(read.fileno(), drain)
+        return read, write
+
     def _loop(self) -> None:
-        next_tick = time.monotonic()
+        self._next_tick = time.monotonic()
         while not self._stopping:
             now = time.monotonic()
             if now >= self._next_heartbeat:
                 self._heartbeat(now)
-            if now >= next_tick:
-                self.tick()
-                next_tick = now + self.tick_interval_s
-            wait_s = max(0.0, min(next_tick, self._next_heartbeat) - time.monotonic())
+            if now >= self._next_tick:
+                self._next_tick = float("inf")  # tick() may pull the next one in, or
+                self.tick()                     # change tick_interval_s
+                self._next_tick = min(self._next_tick, now + self.tick_interval_s)
+            wait_s = max(0.0, min(self._next_tick, self._next_heartbeat) - time.monotonic())
             for source, _event in self.poller.poll(int(wait_s * 1000) + 1):
                 callback = self._readers.get(source)
                 if callback is not None:
@@ -232,12 +267,31 @@ def load_class(name: str) -> type[Worker]:
     return cls
 
 
+# Configs parsed in the zygote before it forks (`prepare_in_zygote`), by (text, path); a
+# reload adds one, so only the latest few are kept.
+_PARSED: dict[tuple[str, str], config_mod.Config] = {}
+_PARSED_KEPT = 2
+
+
+def prepare_in_zygote(args: dict[str, Any]) -> None:
+    """Parse the config text a worker is about to be started with, in the zygote: the next
+    worker forked with the same text (every restart, until a reload) finds it parsed.
+    The config is plain frozen data, safe to hold in a fork server."""
+    key = (args["config_text"], args["config_path"])
+    if key not in _PARSED:
+        parsed = config_mod.parse(key[0], Path(key[1]))
+        while len(_PARSED) >= _PARSED_KEPT:
+            del _PARSED[next(iter(_PARSED))]
+        _PARSED[key] = parsed
+
+
 def main(args: dict[str, Any]) -> int:
     """Entry point in a freshly forked worker: {"name", "config_path", "config_text"}."""
     name = args["name"]
     configure_logging(name)
     try:
-        config = config_mod.parse(args["config_text"], Path(args["config_path"]))
+        config = (_PARSED.get((args["config_text"], args["config_path"]))
+                  or config_mod.parse(args["config_text"], Path(args["config_path"])))
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         run_dir = args.get("run_dir")

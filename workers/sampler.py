@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 ALERT_KIND = events.ResourceAlert.KIND  # published on the bus as protocol.ResourceAlert too
 # The module a fork server runs: its command line tells a zygote from the children it forks.
 _ZYGOTE_MODULE = "workers.zygote"
+BUSY_TICK_S = 0.1  # the tick while ledger events wait for their acknowledgement
+BUS_BATCH = 1000
 # Worker states after which its pid no longer names that worker.
 _GONE_STATES = {"stopped", "exited", "fatal", "backoff"}
 
@@ -216,21 +218,25 @@ def _cmdline(pid: int) -> list[str]:
 def find_supervisor(run_dir: Path) -> int:
     """The supervisor's pid: from its pid file when that names one of our ancestors,
     otherwise the nearest ancestor that is not a fork server."""
-    ancestors: list[psutil.Process] = []
-    proc: psutil.Process | None = psutil.Process()
-    while proc is not None and len(ancestors) < 8:
-        proc = proc.parent()
-        if proc is not None:
-            ancestors.append(proc)
     try:
-        recorded = int(rundir.pid_path(run_dir).read_text().split()[0])
+        recorded: int | None = int(rundir.pid_path(run_dir).read_text().split()[0])
     except (OSError, ValueError, IndexError):
         recorded = None
-    if any(p.pid == recorded for p in ancestors):
-        return int(recorded)  # type: ignore[arg-type]
+    # Walked up only as far as needed: the supervisor is usually our grandparent (we were
+    # forked by its zygote), and each step reads /proc, which a restart waits for.
+    ancestors: list[int] = []
+    pid = os.getppid()
+    while pid > 1 and len(ancestors) < 8:
+        if pid == recorded:
+            return pid
+        ancestors.append(pid)
+        try:
+            pid = psutil.Process(pid).ppid()
+        except psutil.Error:
+            break
     for parent in ancestors:
-        if _ZYGOTE_MODULE not in _cmdline(parent.pid):
-            return parent.pid
+        if _ZYGOTE_MODULE not in _cmdline(parent):
+            return parent
     return os.getppid()
 
 
@@ -242,12 +248,15 @@ class SamplerWorker(Worker):
         settings = self.config.sampler
         self.interval_s = settings.interval
         self.thresholds = resources.thresholds_from_config(settings)
-        self.alerts = resources.AlertState(self._raised_before())
+        # Read from the ledger at the first sample, the first time it is needed: a restarted
+        # sampler answers requests without waiting for that read.
+        self._alert_state: resources.AlertState | None = None
         self.bus = transport.make_socket(self.ctx, zmq.SUB)
         for topic in ("worker.heartbeat", "worker.state"):
             self.bus.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self.bus.connect(transport.endpoint(self.run_dir, transport.BUS_OUT))
-        self.add_reader(self.bus, self._on_bus)
+        # Not polled: the names are needed only at a sample, so the heartbeats (every worker,
+        # every second) wait on the socket and are read then, without waking this process.
         self.ledger = LedgerClient(self.ctx, self.run_dir, self.name)
         self.add_reader(self.ledger.sock, self.ledger.on_readable)
         self.host = HostSampler(self.config.node.data_dir)
@@ -261,8 +270,16 @@ class SamplerWorker(Worker):
         self._next_sample = time.monotonic() + min(self.interval_s, self.heartbeat_interval_s)
         self._samples_taken = 0
 
+    @property
+    def alerts(self) -> resources.AlertState:
+        if self._alert_state is None:
+            self._alert_state = resources.AlertState(self._raised_before())
+        return self._alert_state
+
     def _raised_before(self) -> set[tuple[str, str]]:
         """Alerts a previous incarnation raised and did not clear, from the ledger."""
+        if not self.thresholds:
+            return set()  # no alert can be judged: nothing to read
         path = chain.db_path(self.config)
         try:
             stored = [event.data for event in chain.read_events(path, kind_prefix=ALERT_KIND)
@@ -283,14 +300,19 @@ class SamplerWorker(Worker):
     def tick(self) -> None:
         self.ledger.tick()
         now = time.monotonic()
-        if now < self._next_sample:
-            return
-        # Keep the cadence, but never queue up samples missed while the host was busy.
-        self._next_sample = max(self._next_sample + self.interval_s, now + self.interval_s / 2)
-        self.sample()
+        if now >= self._next_sample:
+            # Keep the cadence, but never queue up samples missed while the host was busy.
+            self._next_sample = max(self._next_sample + self.interval_s,
+                                    now + self.interval_s / 2)
+            self.sample()
+        # Woken for the next sample, not ten times a second; sooner while the ledger client
+        # holds events (an alert) whose acknowledgement may need a resend.
+        self.tick_interval_s = (BUSY_TICK_S if self.ledger.pending()
+                                else max(BUSY_TICK_S, self._next_sample - time.monotonic()))
 
     def sample(self) -> protocol.ResourceSample:
         started = time.process_time()
+        self._on_bus()
         msg = protocol.ResourceSample(ts=time.time(), host=self.host.sample(),
                                       processes=self.processes.sample())
         self.publish(msg.KIND, msg)
@@ -335,10 +357,14 @@ class SamplerWorker(Worker):
             threshold=alert.threshold, raised=alert.raised), ack=True)
 
     def _on_bus(self) -> None:
-        messages, bad = transport.drain_bus(self.bus)
-        self.bad_frames += bad
-        for msg in messages:
-            self._learn(msg)
+        """Learn from every heartbeat and state change queued since the last sample."""
+        while True:
+            messages, bad = transport.drain_bus(self.bus, BUS_BATCH)
+            self.bad_frames += bad
+            for msg in messages:
+                self._learn(msg)
+            if len(messages) + bad < BUS_BATCH:
+                return
 
     def _learn(self, msg: protocol.Message) -> None:
         """Keep pid → worker name current from heartbeats and state changes."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import importlib
 import logging
 import os
@@ -45,12 +46,18 @@ _MAX_MESSAGE = 1 << 20
 _MAX_FDS = 8
 
 
+_libc: ctypes.CDLL | None = None
+
+
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """Ask the kernel to send `sig` when our parent exits; exit now if it already has."""
+    global _libc
     parent = os.getppid()
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        # Loaded once, in the zygote: every child it forks finds the handle ready.
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the parent's own cleanup must do
         return
     if os.getppid() != parent or parent == 1:
@@ -218,6 +225,10 @@ class _Server:
             except Exception:  # noqa: BLE001 - a broken module is reported when a child needs it
                 print(f"{self.title}: cannot preload {module}:\n{traceback.format_exc()}",
                       file=sys.stderr, flush=True)
+        # Out of the cyclic collector's sight: a collection in a child would otherwise write
+        # to the header of every object it inherited, copying the zygote's pages one by one
+        # (slower starts, and memory no longer shared).
+        gc.freeze()
         self._send({"op": "ready"})
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
@@ -264,6 +275,7 @@ class _Server:
         if body.get("op") != "spawn":
             self._send({"op": "failed", "error": f"unknown op {body.get('op')!r}"})
             return True
+        _prepare(body["target"], body["args"])
         pid = os.fork()
         if pid == 0:
             self._become_child(body, fds, wake_r, wake_w)
@@ -305,6 +317,25 @@ class _Server:
                 sys.stderr.flush()
             finally:
                 os._exit(code)
+
+
+def _prepare(target: str, args: Any) -> None:
+    """Run the target module's `prepare_in_zygote(args)`, if it has one, before the fork.
+
+    Why: work every child would repeat with the same arguments (parsing the config text a
+    worker is started with) is done once here, and a restarted child finds the result in
+    memory it shares with us. The hook may only compute and cache pure data: no socket,
+    thread, file handle or anything stateful may stay behind in the zygote. Whatever goes
+    wrong here is the child's to find out and report, so it is ignored."""
+    module_name, _, _function = target.partition(":")
+    module = sys.modules.get(module_name)
+    hook = getattr(module, "prepare_in_zygote", None)
+    if hook is None:
+        return
+    try:
+        hook(args)
+    except Exception:  # noqa: BLE001, S110 - the child repeats the work and reports errors
+        pass
 
 
 def _main(argv: list[str]) -> int:

@@ -292,20 +292,33 @@ class WalCheckpointer:
     so one unlucky commit (and every sender waiting on it) pays for copying megabytes and
     an fsync of the database file. A PASSIVE checkpoint on a second connection never blocks
     the writer, and APSW releases the GIL while SQLite works, so the writer's loop goes on.
-    The owner turns the automatic checkpoint off on its own connection.
+    The owner turns the automatic checkpoint off on its own connection and installs
+    `on_wal` as its WAL hook instead: like SQLite's own automatic checkpoint, this one runs
+    once the WAL holds `pages` pages, and at most every `interval_s` (an idle ledger never
+    wakes the thread). Each checkpoint fsyncs the database file, and durable commits that
+    meet it wait behind it: at 2,000 commits/s, one every 0.5 s put 1 % of them behind one.
     """
 
-    def __init__(self, path: Path, interval_s: float = 0.5) -> None:
+    def __init__(self, path: Path, interval_s: float = 0.5, pages: int = 1000) -> None:
         self.path = path
         self.interval_s = interval_s
+        self.pages = pages
         self._stop = threading.Event()
+        self._written = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def on_wal(self, _conn: apsw.Connection, _db: str, pages: int) -> int:
+        """The writer connection's WAL hook, called after each commit with the WAL's size."""
+        if pages >= self.pages and not self._written.is_set():
+            self._written.set()
+        return apsw.SQLITE_OK
+
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
+        self._written.set()
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
@@ -313,10 +326,15 @@ class WalCheckpointer:
         conn.set_busy_timeout(chain.BUSY_TIMEOUT_MS)
         try:
             while not self._stop.wait(self.interval_s):
+                self._written.wait()
+                if self._stop.is_set():
+                    break
+                self._written.clear()
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except apsw.Error as exc:  # e.g. busy: the next round tries again
                     log.warning("WAL checkpoint failed: %s", exc)
+                    self._written.set()
         finally:
             conn.close()
 
