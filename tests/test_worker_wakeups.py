@@ -12,12 +12,14 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from akita.wire import protocol
-from tests.helpers import Node, wait_for
+from tests.helpers import Node, NotYet, wait_for
 from tests.test_sampler import BusListener
 
 HEARTBEAT_S = 4.0
@@ -51,3 +53,32 @@ def test_an_idle_worker_stops_at_once_on_sigterm(make_node: Callable[..., Node],
              HEARTBEAT_S + 5, f"{worker} (pid {pid}) gone after SIGTERM")
     took_s = time.monotonic() - started
     assert took_s < PROMPT_S, f"{worker} took {took_s:.2f} s to stop after SIGTERM"
+
+
+def _wakeups_per_s(pid: int, window_s: float) -> float:
+    """Voluntary context switches of the main thread of `pid`: each is a sleep it woke from."""
+    def switches() -> int:
+        status = (Path("/proc") / str(pid) / "task" / str(pid) / "status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("voluntary_ctxt_switches")))
+
+    before = switches()
+    time.sleep(window_s)
+    return (switches() - before) / window_s
+
+
+def test_an_idle_executor_ticks_about_once_a_second(make_node: Callable[..., Node]) -> None:
+    # Nothing queued, running, leased or waiting for the ledger: the executor's timer has
+    # nothing to look after (requests and task processes wake its loop by themselves).
+    node = make_node({"supervisor": {"workers": "ledger, executor",
+                                     "heartbeat_interval": HEARTBEAT_S}})
+    node.start()
+    pid = node.worker("executor")["pid"]
+    rates: list[float] = []
+
+    def quiet() -> Any:
+        rates.append(round(_wakeups_per_s(pid, 2.0), 1))
+        # it ticked ten times a second before
+        return True if rates[-1] < 4.0 else NotYet({"wake-ups per second": rates})
+
+    wait_for(quiet, 30, f"the idle executor (pid {pid}) waking under 4 times a second")

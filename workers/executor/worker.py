@@ -46,7 +46,8 @@ from workers.zygote import ZygoteError
 log = logging.getLogger(__name__)
 
 BUSY_TICK_S = 0.02      # timeouts are checked this often while tasks run
-IDLE_TICK_S = 0.1
+IDLE_TICK_S = 0.1       # while anything waits: the ledger, a lease, a catch-up, a snapshot
+QUIET_TICK_S = 1.0      # nothing at all: requests and task processes wake the loop anyway
 LEDGER_FLUSH_S = 2.0
 LEDGER_WINDOW = 2   # frames in flight to the ledger; what comes meanwhile rides in one frame
 GC_THRESHOLDS = (50_000, 20, 100)
@@ -136,7 +137,8 @@ class ExecutorWorker(Worker):
         if self.snapshots.due() and self._quiet():
             self.snapshots.save(self.book, self._durable_seq())
         busy = bool(self.pool.holder) or self.ledger.pending() > 0
-        self.tick_interval_s = BUSY_TICK_S if busy else IDLE_TICK_S
+        self.tick_interval_s = BUSY_TICK_S if busy else \
+            IDLE_TICK_S if self._tick_needed() else QUIET_TICK_S
         if self.pacing.saturated:  # lingering appends are sent from here
             self.tick_interval_s = SATURATED_LINGER_S
         self._settle()
@@ -498,6 +500,12 @@ class ExecutorWorker(Worker):
         """Append one task event to this node's feed; `on_durable(seq)` once it is durable."""
         self.ledger.record(event, on_durable=on_durable)
         self.snapshots.note()
+
+    def _tick_needed(self) -> bool:
+        """Something the tick looks after is pending: appends not yet sent, a delegation's
+        lease, the catch-up after start, a snapshot, queued tasks."""
+        return bool(self.ledger.due_in() is not None or self.delegation.leases
+                    or self._catch_up_at or self.snapshots.due() or self.book.queue)
 
     def _quiet(self) -> bool:
         """The book is exactly the projection of the durable feed: a snapshot may be taken
