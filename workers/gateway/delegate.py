@@ -60,6 +60,11 @@ log = logging.getLogger(__name__)
 
 HOT_S = 1.0                   # rounds keep running this long after a submit or re-queue
 LOAD_FRESH_S = 2.0            # a mate's load from its last answer counts this long
+# Our executor's load is read every `own_load_s` while there is work about, and this often
+# when the node has been idle for IDLE_AFTER_S: a task queued here or a /run served makes
+# the next tick read it again at once.
+IDLE_LOAD_S = 5.0
+IDLE_AFTER_S = 5.0
 PAUSE_S = 1.0                 # a mate whose /run failed is not asked again for this long
 REFUSED_TYPE_S = 30.0         # a type a mate said it does not run is not offered it for this
 TAKE_REPLY_BYTES = 8 << 20    # what one take reply may carry (below the 16 MiB frame limit)
@@ -376,6 +381,7 @@ class Delegator:
         self._recorded: dict[str, int] | None = None
         self._recorded_at = float("-inf")
         self._next_stats = 0.0
+        self._last_work = float("-inf")
         self.exe = ExecutorRequests(ctx, run_dir, self._pushed)
         self.bus = transport.make_socket(ctx, zmq.SUB, hwm=10_000)
         for topic in _TRIGGERS:
@@ -394,7 +400,7 @@ class Delegator:
     def tick(self, now: float) -> None:
         self.exe.tick(now)
         if now >= self._next_stats:
-            self._next_stats = now + self.timing.own_load_s
+            self._next_stats = now + (IDLE_LOAD_S if self._idle(now) else self.timing.own_load_s)
             self.exe.ask(protocol.TaskStats(), protocol.TaskStatsReply, self._own_stats,
                          _ignore_error)
         self.origin.tick(now)
@@ -416,11 +422,25 @@ class Delegator:
     def _pushed(self, outcomes: list[dict[str, Any]]) -> None:
         self.peer.outcomes(outcomes)
 
+    def note_work(self, now: float) -> None:
+        """Work came to our executor: read its load at the next tick, and often for a while."""
+        self._last_work = now
+        self._next_stats = min(self._next_stats, now)
+
+    def _idle(self, now: float) -> bool:
+        load = self.own_load
+        return (load is not None and not (load.queued or load.running or load.held
+                                          or load.waiting)
+                and not self.origin.out and not self.origin.taking
+                and now - self._last_work >= IDLE_AFTER_S)
+
     def _on_bus(self) -> None:
         messages, _bad = transport.drain_bus(self.bus)
         # A task run here for a peer is never offered on: only our own ones count.
         if any(_own_task_queued(msg) for msg in messages):
-            self.origin.trigger(time.monotonic())
+            now = time.monotonic()
+            self.note_work(now)
+            self.origin.trigger(now)
 
     # --- the operator's view ----------------------------------------------------------------------
 

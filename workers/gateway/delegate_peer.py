@@ -88,6 +88,8 @@ class PeerOwner(spillover.SpillOwner, Protocol):
     @property
     def body_limit(self) -> int: ...
 
+    def note_work(self, now: float) -> None: ...
+
 
 class PeerSide:
     """Runs what cluster mates hand in; sends outcomes home; renews leases."""
@@ -117,7 +119,9 @@ class PeerSide:
         if refusal is not None:
             self.counters.runs_refused += 1
             raise RequestRefused(refusal)
-        net.table.heard(origin, time.monotonic())
+        now = time.monotonic()
+        net.table.heard(origin, now)
+        self.d.note_work(now)
         self.lease_of[origin] = body.lease_s
         self.counters.runs_served += 1
 
