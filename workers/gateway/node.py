@@ -118,7 +118,7 @@ class NetNode:
         self._snapshot_due = False
         self._last_snapshot = 0.0
         self._last_tick = time.monotonic()
-        self._tick_interval_s = tick_interval_s
+        self.tick_interval_s = tick_interval_s
         self.snapshots = ViewSnapshots(SNAPSHOT_INTERVAL_S)
         # Other parts of the gateway (delegation, replication, inter-cluster messages) hook in
         # here: called on the loop with the peer's id / after the clusters changed.
@@ -219,7 +219,7 @@ class NetNode:
     # --- the timer ------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        lag = max(0.0, now - self._last_tick - self._tick_interval_s)
+        lag = max(0.0, now - self._last_tick - self.tick_interval_s)
         self._last_tick = now
         self.prober.note_lag(lag)
         if self.rns.new_interfaces_online():
