@@ -32,7 +32,7 @@ FIELD_COMMANDS = 0x09
 
 
 def say(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
+    rns_boot.say(json.dumps(fields))
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ from tests import rns_boot
 
 
 def say(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
+    rns_boot.say(json.dumps(fields))
 
 
 def main() -> int:

@@ -8,6 +8,8 @@ Never imported by the test process (RNS stays out of pytest).
 from __future__ import annotations
 
 import argparse
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from akita.config import ReticulumConfig
 from workers.gateway import rnsconfig
 
 ONLINE_WAIT_S = 10.0
+_OUT = threading.Lock()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,3 +47,11 @@ def online(rns: Any, timeout_s: float = ONLINE_WAIT_S) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def say(text: str) -> None:
+    """One line to stdout, whole: Reticulum's threads report too, and print() writes the
+    text and its newline separately (a "DONE" met a "RESULT …" on one line)."""
+    with _OUT:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()

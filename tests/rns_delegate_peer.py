@@ -43,7 +43,7 @@ MEMBER_WAIT_S = 25.0
 
 
 def say(key: str, value: Any) -> None:
-    print(f"{key} {json.dumps(value, default=repr)}", flush=True)
+    rns_boot.say(f"{key} {json.dumps(value, default=repr)}")
 
 
 def spec(task_id: str, name: str, args: list[Any]) -> dict[str, Any]:
@@ -183,16 +183,16 @@ def main() -> int:
     mate.aspect_filter = args.channel  # type: ignore[attr-defined]
     RNS.Transport.register_announce_handler(mate)
     if not rns_boot.online(RNS):
-        print("FAILED interface did not come up", flush=True)
+        rns_boot.say("FAILED interface did not come up")
         return 1
-    print(f"READY {mate.node_id}", flush=True)
+    rns_boot.say(f"READY {mate.node_id}")
     # Our plain announce (no seat) would let the node place us; a stranger stays silent.
     try:
         run(mate, args.task_channel)
     except (queue.Empty, AssertionError) as exc:
-        print(f"FAILED {type(exc).__name__}: {exc}", flush=True)
+        rns_boot.say(f"FAILED {type(exc).__name__}: {exc}")
         return 1
-    print("DONE", flush=True)
+    rns_boot.say("DONE")
     while True:
         time.sleep(1)
 

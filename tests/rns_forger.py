@@ -121,9 +121,9 @@ def main() -> int:
     destination.set_proof_strategy(RNS.Destination.PROVE_ALL)  # answers the nodes' probes
     serve(RNS, destination, args.ledger_channel, histories, author.node_id)
     if not wait_online(RNS):
-        print("FAILED interface did not come up", flush=True)
+        rns_boot.say("FAILED interface did not come up")
         return 1
-    print(f"READY {author.node_id}", flush=True)
+    rns_boot.say(f"READY {author.node_id}")
     if args.flood:
         flood = Flood(RNS, rns_identity, args, args.dir / "GO")
         RNS.Transport.register_announce_handler(flood)
@@ -152,7 +152,7 @@ class Flood:
         deadline = time.monotonic() + 60
         while not (self.go.exists() and self.node_identity is not None):
             if time.monotonic() > deadline:
-                print("FAILED no GO or no announce from the node within 60 s", flush=True)
+                rns_boot.say("FAILED no GO or no announce from the node within 60 s")
                 return
             time.sleep(0.05)
         RNS, args = self.RNS, self.args
@@ -172,8 +172,8 @@ class Flood:
         got = [answers.get(timeout=30) for _ in range(args.flood)]
         served = sum(1 for a in got if a is not None and a[0] == 0)
         refused = [a[1] for a in got if a is not None and a[0] != 0]
-        print(f"FLOOD served={served} refused={len(refused)} "
-              f"failed={got.count(None)} reasons={sorted(set(map(str, refused)))}", flush=True)
+        rns_boot.say(f"FLOOD served={served} refused={len(refused)} "
+                     f"failed={got.count(None)} reasons={sorted(set(map(str, refused)))}")
 
 
 def _peer(remote: Any) -> str:
@@ -186,7 +186,7 @@ def serve(RNS: Any, destination: Any, channel: str, histories: Histories, feed: 
 
     def served(path: str, remote: Any) -> None:
         with lock:
-            print(f"SERVED {path} {_peer(remote)}", flush=True)
+            rns_boot.say(f"SERVED {path} {_peer(remote)}")
 
     def heads(path: str, data: Any, request_id: bytes, link_id: bytes, remote: Any,
               requested_at: float) -> list[Any]:

@@ -56,7 +56,7 @@ def flood(RNS: Any, channel: str, count: int) -> None:
         identity, destination = new_destination(RNS, channel)
         destination.announce(app_data=app_data(identity.hash.hex(), 1, f"flood{index}"))
         time.sleep(0.02)
-    print(f"SENT {count}", flush=True)
+    rns_boot.say(f"SENT {count}")
 
 
 def seats(RNS: Any, channel: str, cluster: str, count: int, for_s: float) -> None:
@@ -69,7 +69,7 @@ def seats(RNS: Any, channel: str, cluster: str, count: int, for_s: float) -> Non
                 identity.hash.hex(), seq, seat=Seat(cluster, 0, MAX_SEAT), term=MAX_TERM,
                 coordinator=True))
         time.sleep(SPACING_S)
-    print(f"CLAIMED {seq}", flush=True)
+    rns_boot.say(f"CLAIMED {seq}")
 
 
 def name(RNS: Any, channel: str, interval_s: float) -> None:
@@ -78,7 +78,7 @@ def name(RNS: Any, channel: str, interval_s: float) -> None:
         destination.announce(app_data=app_data(identity.hash.hex(), seq, EVIL_NAME,
                                                interval_s=interval_s))
         time.sleep(SPACING_S)
-    print(f"NAMED {identity.hash.hex()}", flush=True)
+    rns_boot.say(f"NAMED {identity.hash.hex()}")
 
 
 
@@ -103,7 +103,7 @@ def request(RNS: Any, channel: str, node_id: str, path: str, size: int,
     try:
         node_identity = heard.get(timeout=20)
     except queue.Empty:
-        print("NO-ANNOUNCE", flush=True)
+        rns_boot.say("NO-ANNOUNCE")
         return
     identity, _ = new_destination(RNS, channel + ".unused")
     app, *aspects = channel.split(".")
@@ -143,10 +143,10 @@ def request(RNS: Any, channel: str, node_id: str, path: str, size: int,
         except queue.Empty:
             answer = "RETRY"
         if answer != "RETRY":
-            print(answer, flush=True)
+            rns_boot.say(str(answer))
             return
-        print(f"UNANSWERED attempt {attempt}", flush=True)
-    print("NO-ANSWER", flush=True)
+        rns_boot.say(f"UNANSWERED attempt {attempt}")
+    rns_boot.say("NO-ANSWER")
 
 
 def main() -> int:
@@ -165,9 +165,9 @@ def main() -> int:
     args = parser.parse_args()
     RNS = rns_boot.start(args)
     if not rns_boot.online(RNS):
-        print("FAILED interface did not come up", flush=True)
+        rns_boot.say("FAILED interface did not come up")
         return 1
-    print("READY", flush=True)
+    rns_boot.say("READY")
     if args.attack == "flood":
         flood(RNS, args.channel, args.count)
     elif args.attack == "seats":
@@ -176,7 +176,7 @@ def main() -> int:
         name(RNS, args.channel, args.interval)
     else:
         request(RNS, args.channel, args.to, args.path, args.bytes, args.abort)
-    print("DONE", flush=True)
+    rns_boot.say("DONE")
     while True:
         time.sleep(1)
 

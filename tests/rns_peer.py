@@ -87,21 +87,21 @@ def main() -> int:
     destination = RNS.Destination(identity, RNS.Destination.IN, RNS.Destination.SINGLE, app,
                                   *aspects)
     if not rns_boot.online(RNS):
-        print("FAILED interface did not come up", flush=True)
+        rns_boot.say("FAILED interface did not come up")
         return 1
     node_id = identity.hash.hex()
-    print(f"READY {node_id}", flush=True)
+    rns_boot.say(f"READY {node_id}")
     for label, app_data in plan(args.plan, node_id):
         time.sleep(SPACING_S)
         try:
             destination.announce(app_data=app_data)
         except (ValueError, OSError) as exc:  # oversized app_data may be refused locally
-            print(f"REFUSED {label} {exc}", flush=True)
+            rns_boot.say(f"REFUSED {label} {exc}")
             continue
-        print(f"SENT {label} {len(app_data)}", flush=True)
+        rns_boot.say(f"SENT {label} {len(app_data)}")
     if args.request:
         request_once(RNS, identity, args.channel, args.request, args.to)
-    print("DONE", flush=True)
+    rns_boot.say("DONE")
     while True:
         time.sleep(1)
 
@@ -122,7 +122,7 @@ def request_once(RNS: Any, identity: Any, channel: str, path: str, node_id: str)
     try:
         node_identity = heard.get(timeout=15)
     except queue.Empty:
-        print("NO-ANNOUNCE", flush=True)
+        rns_boot.say("NO-ANNOUNCE")
         return
     app, *aspects = channel.split(".")
     target = RNS.Destination(node_identity, RNS.Destination.OUT, RNS.Destination.SINGLE, app,
@@ -137,9 +137,9 @@ def request_once(RNS: Any, identity: Any, channel: str, path: str, node_id: str)
 
     RNS.Link(target, established_callback=established)
     try:
-        print(answers.get(timeout=10), flush=True)
+        rns_boot.say(str(answers.get(timeout=10)))
     except queue.Empty:
-        print("NO-RESPONSE", flush=True)
+        rns_boot.say("NO-RESPONSE")
 
 
 def _hex(response: Any) -> str:

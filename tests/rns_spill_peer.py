@@ -108,15 +108,15 @@ def main() -> int:
     far.aspect_filter = args.channel  # type: ignore[attr-defined]
     RNS.Transport.register_announce_handler(far)
     if not rns_boot.online(RNS):
-        print("FAILED interface did not come up", flush=True)
+        rns_boot.say("FAILED interface did not come up")
         return 1
-    print(f"READY {far.node_id}", flush=True)
+    rns_boot.say(f"READY {far.node_id}")
     try:
         run(far, args.member, args.head, args.task_channel)
     except (queue.Empty, AssertionError, KeyError) as exc:
-        print(f"FAILED {type(exc).__name__}: {exc}", flush=True)
+        rns_boot.say(f"FAILED {type(exc).__name__}: {exc}")
         return 1
-    print("DONE", flush=True)
+    rns_boot.say("DONE")
     while True:
         time.sleep(1)
 
