@@ -59,6 +59,7 @@ from akita.errors import AkitaError
 from akita.ledger import chain
 from akita.wire import protocol
 from bench.open_loop import latency, spin
+from supervisor.demo import free_port
 
 TASK_MODULE = '''
 import akita
@@ -102,7 +103,9 @@ class BenchNode:
         self.config_path.write_text(
             "[node]\ndata_dir = data\nrun_dir = run\nlog_dir = log\nname = bench\n"
             "[supervisor]\nworkers = ledger, executor\n"
-            f"[tasks]\npool_size = {pool}\nmodules = bench_tasks\nmax_queue = 10000000\n")
+            f"[tasks]\npool_size = {pool}\nmodules = bench_tasks\nmax_queue = 10000000\n"
+            # /metrics and the dashboard on, as in the default config, on a port of its own
+            f"[metrics]\nlisten = 127.0.0.1:{free_port()}\n")
         self.config = config_mod.load(self.config_path)
         env = dict(os.environ, PYTHONPATH=f"{self.root}:{REPO}")
         self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.main", "-c",
