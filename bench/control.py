@@ -7,7 +7,7 @@ Both sides use a REQ client in this process and a server in another process, so 
 difference is what the supervisor adds: decoding, building the status, encoding, and the
 envelope handling of its ROUTER (it serves DEALER clients with requests in flight, too).
 The two are measured in alternating blocks, so that load from other processes falls on
-both alike. Target: ratio ≤ 1.2.
+both alike. Target: ratio ≤ 1.1.
 """
 
 from __future__ import annotations

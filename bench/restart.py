@@ -9,7 +9,7 @@ every millisecond until a pong comes from the new pid. Prints median and p99.
 
 Baseline, measured in the same run: fork+exec of a fresh interpreter that imports zmq,
 msgpack, psutil and apsw — what a restart costs without a fork server. Target: median
-≤ 50 ms; the ratio against the baseline is the figure that survives a noisy machine.
+≤ 10 ms; the ratio against the baseline is the figure that survives a noisy machine.
 """
 
 from __future__ import annotations
