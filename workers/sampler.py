@@ -242,7 +242,8 @@ class SamplerWorker(Worker):
         settings = self.config.sampler
         self.interval_s = settings.interval
         self.thresholds = resources.thresholds_from_config(settings)
-        self.alerts = resources.AlertState(self._raised_before())
+        self.alerts = resources.AlertState(self._raised_before(),
+                                           resources.AlertPolicy.from_config(settings))
         self.bus = transport.make_socket(self.ctx, zmq.SUB)
         for topic in ("worker.heartbeat", "worker.state"):
             self.bus.setsockopt(zmq.SUBSCRIBE, topic.encode())
