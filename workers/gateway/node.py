@@ -359,18 +359,22 @@ class NetNode:
 
     def _paced_work(self, now: float) -> None:
         """Pulls and a push that waited for the airtime bucket, once it allows them."""
+        mates = self.formation.cluster_mates()
+
         def still_wanted(node_id: str, stamp: st.Stamp) -> bool:
             peer = self.table.get(node_id)
-            return peer is not None and node_id not in self._pulling and (
-                self.sync.behind(node_id, stamp) or (
-                    node_id in self.formation.cluster_mates()
-                    and peer.info.digest != self.sync.store.digest()))
+            mate = node_id in mates
+            return peer is not None and node_id not in self._pulling \
+                and (mate or not self.pacer.mates_only) and (
+                    self.sync.behind(node_id, stamp)
+                    or (mate and peer.info.digest != self.sync.store.digest()))
 
         for node_id, stamp in self.pacing.due_pulls(now, still_wanted):
             self._pull(node_id, stamp)
-        mates = self.formation.cluster_mates() & self.table.alive_ids()
-        if self.pacing.push_due(mates, len(self.sync.encode_own()), now):
-            self._send_own(mates)
+        if self.pacing.push_pending:
+            live = mates & self.table.alive_ids()
+            if self.pacing.push_due(live, len(self.sync.encode_own()), now):
+                self._send_own(live)
 
     def _pull(self, node_id: str, advertised: st.Stamp = (0, 0)) -> None:
         if node_id in self._pulling:
