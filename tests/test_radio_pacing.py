@@ -66,14 +66,14 @@ def test_the_budget_binds_on_lora_and_never_on_a_lan() -> None:
     assert lan.ready_at(1e6, 5.0) == 5.0
 
 
-def test_the_bucket_holds_one_interval_of_upkeep_and_earns_the_budget() -> None:
+def test_the_bucket_holds_ten_minutes_of_budget_or_more_and_earns_the_budget() -> None:
     pacer = pacer_for("SF9")
     medium = pacer.medium
     cluster = dataclasses.replace(ClusterConfig(), airtime_budget=1.0)
     timers = budget.derive(cluster, medium)
     assert pacer.bucket.rate == pytest.approx(0.01)
     assert pacer.bucket.capacity_s == pytest.approx(
-        max(timers.upkeep_s, 4 * medium.cost_s(budget.ANNOUNCE_BYTES)))
+        max(timers.upkeep_s, 4 * medium.cost_s(budget.ANNOUNCE_BYTES), 0.01 * 600))
     # A pull over a new link costs more than over one that is up.
     assert pacer.request_cost_s(200, 450, link_open=False) > \
         pacer.request_cost_s(200, 450, link_open=True)
@@ -129,9 +129,10 @@ def test_on_lora_newcomers_are_answered_within_the_budget_and_none_is_left_out()
     cost = pacer.announce_cost_s()
     sent_at = hear_newcomers(pacer, count=5, spread_s=20.0, until_s=900.0)
     # The bucket's burst answers the first ones; the rest wait for it, and one announce
-    # answers every newcomer heard meanwhile.
-    assert 2 <= len(sent_at) <= 5, sent_at
-    assert sent_at[-1] > 22.0           # the last newcomer was answered after it was heard
+    # answers every newcomer heard meanwhile (later ones: the first formation round).
+    assert sent_at[:4] == [0.0, 2.0, 7.0, 12.0], sent_at
+    later = [t for t in sent_at if t > 22.0]
+    assert later and later[0] > 30.0, sent_at   # the last two newcomers: one announce
     spent = cost * len(sent_at)
     assert spent <= pacer.bucket.capacity_s + cost + 0.01 * sent_at[-1]
 
@@ -149,8 +150,18 @@ def test_a_burst_of_state_changes_is_pushed_once_now_and_once_when_the_bucket_al
     due = [now for now in ticks if pacing.push_due(mates, 450, now)]
     # One push carries every change made while it waited, about one announce interval on.
     assert len(due) == 1 and not pacing.push_pending
-    assert due[0] > 100.0
+    assert due[0] >= pacing.pacer.push_spacing_s > 100.0    # an announce interval on
     assert pacing.held_pushes == 1
+
+
+def test_pushes_are_spaced_by_an_interval_even_with_airtime_to_spare() -> None:
+    pacer = pacer_for("SF9")
+    pacer.bucket = AirtimeBucket(rate=1.0, capacity_s=1e6)     # plenty of airtime
+    pacing = StatePacing(pacer, is_open=lambda _peer: True)
+    mates = {peer_id(1)}
+    assert [pacing.may_push(mates, 450, float(t)) for t in range(3)] == [True, False, False]
+    assert not pacing.push_due(mates, 450, pacer.push_spacing_s - 1)
+    assert pacing.push_due(mates, 450, pacer.push_spacing_s)
 
 
 def test_state_changes_on_a_lan_are_pushed_at_once_every_time() -> None:

@@ -12,8 +12,10 @@ links timed out before they were up and were opened again.
 
 So that work draws on one token bucket of airtime per node (`AirtimeBucket`): it earns the
 budget's share of time (b seconds on air per second) and holds at most one announce
-interval's upkeep U (at least `MIN_BURST_FRAMES` frames' worth), so a burst of reactions
-costs what the budget allows and is spread over the next intervals instead.
+interval's upkeep U, `MIN_BURST_FRAMES` announces or b · `BURST_WINDOW_S` (10 minutes of
+the budget), whichever is most, so a burst of reactions costs what the budget allows and
+is spread over the next intervals instead. In the worst hour a node so spends its budget
+plus that burst (about 1.17 b at SF9); Europe's duty cycle is reckoned over an hour.
 Work that waits is coalesced, never lost: one announce answers every newcomer heard
 meanwhile, one push carries the record's latest version, a pull or an exchange still due
 goes when the bucket allows.
@@ -36,7 +38,8 @@ from akita.mesh import budget
 
 # Frame sizes on the air (Reticulum's figures: link request, proof, RTT; see MESH-OPS §2.4).
 LINK_SETUP_BYTES = (83, 115, 99)
-MIN_BURST_FRAMES = 4          # the bucket holds at least this many announces' airtime
+MIN_BURST_FRAMES = 4          # the bucket holds at least this many announces' airtime ...
+BURST_WINDOW_S = 600.0        # ... and at least the budget's share of this many seconds
 FRAME_PAYLOAD_BYTES = 400     # what one link packet carries of a larger body ...
 FRAME_HEADER_BYTES = 50       # ... and what it adds (header, link encryption)
 LINK_ESTABLISH_FLOOR_S = 10.0  # what a link may take to come up on a LAN
@@ -98,6 +101,10 @@ class Pacer:
     medium: budget.Medium
     bucket: AirtimeBucket
     binding: bool
+    # Pushes of the own record to the mates: at most one per this many seconds (an
+    # announce interval where the budget binds; 0: no limit). A change that must wait
+    # rides in the next push with whatever else changed.
+    push_spacing_s: float = 0.0
 
     @classmethod
     def lan(cls) -> Pacer:
@@ -108,9 +115,11 @@ class Pacer:
     def for_budget(cls, timers: budget.Timers, medium: budget.Medium) -> Pacer:
         share = timers.airtime_budget_percent / 100.0
         unbound_interval = timers.upkeep_s / share
-        capacity = max(timers.upkeep_s, MIN_BURST_FRAMES * medium.cost_s(budget.ANNOUNCE_BYTES))
-        return cls(medium, AirtimeBucket(share, capacity),
-                   binding=unbound_interval > budget.FLOOR_ANNOUNCE_S)
+        capacity = max(timers.upkeep_s, MIN_BURST_FRAMES * medium.cost_s(budget.ANNOUNCE_BYTES),
+                       share * BURST_WINDOW_S)
+        binding = unbound_interval > budget.FLOOR_ANNOUNCE_S
+        return cls(medium, AirtimeBucket(share, capacity), binding=binding,
+                   push_spacing_s=timers.announce_interval_s if binding else 0.0)
 
     @property
     def mates_only(self) -> bool:

@@ -3,9 +3,10 @@
 A pull is asked for when a peer announces a newer record; a push when the own record
 changes (`akitactl state set`, new task types). Where the budget binds, each waits for the
 node's airtime bucket: a pull that waits is remembered (with the newest stamp heard) and
-sent from the loop's tick once the bucket allows it; pushes that wait are coalesced into
-one, which carries the record's latest version when it goes. On a LAN everything goes at
-once, as before.
+sent from the loop's tick once the bucket allows it. Pushes go at most once per
+`Pacer.push_spacing_s` (an announce interval) and when the bucket pays: those that wait
+are coalesced into one, which carries the record's latest version when it goes. On a LAN
+everything goes at once, as before.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class StatePacing:
     is_open: Callable[[str], bool]                  # is a link to this peer up already?
     wanted: dict[str, st.Stamp] = field(default_factory=dict)   # pulls waiting
     push_pending: bool = False
+    last_push_at: float = float("-inf")
     held_pulls: int = 0
     held_pushes: int = 0
 
@@ -66,8 +68,12 @@ class StatePacing:
     def may_push(self, mates: set[str], record_bytes: int, now: float) -> bool:
         """True: push the own record to `mates` now (paid for). False: one push waits
         (see `push_due`), whatever else changes meanwhile."""
-        if not mates or self.pacer.try_spend(self.push_cost_s(mates, record_bytes), now):
+        spaced = now >= self.last_push_at + self.pacer.push_spacing_s
+        if not mates or (spaced and self.pacer.try_spend(self.push_cost_s(mates, record_bytes),
+                                                         now)):
             self.push_pending = False
+            if mates:
+                self.last_push_at = now
             return True
         if not self.push_pending:
             self.held_pushes += 1
