@@ -213,3 +213,29 @@ def test_ledger_exchanges_wait_for_the_bucket_and_stay_due() -> None:
     assert rounds(5) == 1             # the other mate stayed due
     pacer.bucket.tokens_s = pacer.bucket.capacity_s
     assert rounds(5) == 0             # nothing left to say
+
+
+def test_ledger_exchanges_wait_behind_state_pulls() -> None:
+    from akita.wire import protocol
+    from tests.test_replication_units import ME, Rig, _hash
+
+    rig = Rig()
+    pacer = pacer_for("SF9")
+    rig.net.pacer = pacer
+    pacing = StatePacing(pacer, is_open=lambda _peer: False)
+    pacer.bucket.rate, pacer.bucket.tokens_s = 1e-12, 0.0
+    assert not pacing.may_pull(peer_id(7), (1, 1), 0.0) and pacer.state_waiting
+    pacer.bucket.tokens_s = pacer.bucket.capacity_s
+
+    def exchanges() -> int:
+        rig.tick()
+        for asked in rig.ledger.take(protocol.LedgerHeads):
+            asked.on_reply(protocol.LedgerHeadsReply(own=ME, feeds={ME: [1, _hash(1), 1]},
+                                                     forked=[]))
+        return len(rig.links.take("/heads"))
+
+    assert exchanges() == 0           # the bucket is full, but a state pull comes first
+    assert [p for p, _s in pacing.due_pulls(1.0, lambda _p, _s: True)] == [peer_id(7)]
+    assert not pacer.state_waiting
+    pacer.bucket.tokens_s = pacer.bucket.capacity_s
+    assert exchanges() == 1

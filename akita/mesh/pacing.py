@@ -105,6 +105,9 @@ class Pacer:
     # announce interval where the budget binds; 0: no limit). A change that must wait
     # rides in the next push with whatever else changed.
     push_spacing_s: float = 0.0
+    # State pulls wait for the bucket: the ledger's catch-up waits behind them (a mate's
+    # task types and capacity decide where work goes; its ledger copy can lag).
+    state_waiting: bool = False
 
     @classmethod
     def lan(cls) -> Pacer:

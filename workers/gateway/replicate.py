@@ -32,7 +32,8 @@ recorded by the ledger writer) is not pulled from for `quarantine_s`.
 Where the airtime budget binds (radio), each exchange and each range pull this node starts
 waits for its airtime bucket (`net.pacer`, `akita.mesh.pacing`): the start-up catch-up
 between mates is spread over the first intervals instead of saturating the channel; an
-exchange or pull that waits stays due and goes when the bucket allows.
+exchange or pull that waits stays due and goes when the bucket allows, after any state
+pull that waits for it.
 """
 
 from __future__ import annotations
@@ -199,9 +200,10 @@ class Replicator:
 
     def _paid(self, sync: MateSync, request_bytes: int, response_bytes: int,
               now: float) -> bool:
-        """Does the airtime bucket pay for a request to this mate now (always, on a LAN)?"""
+        """Does the airtime bucket pay for a request to this mate now (always, on a LAN)?
+        Not while state pulls wait for it: they go first."""
         pacer = self.net.pacer
-        return bool(pacer.try_spend(pacer.request_cost_s(
+        return not pacer.state_waiting and bool(pacer.try_spend(pacer.request_cost_s(
             request_bytes, response_bytes, self.links.is_open(sync.peer)), now))
 
     def _ready_at(self, sync: MateSync, request_bytes: int, response_bytes: int,

@@ -44,6 +44,7 @@ class StatePacing:
         if node_id not in self.wanted:
             self.held_pulls += 1
         self.wanted[node_id] = max(advertised, self.wanted.get(node_id, advertised))
+        self.pacer.state_waiting = True
         return False
 
     def due_pulls(self, now: float, still_wanted: Callable[[str, st.Stamp], bool]
@@ -59,6 +60,7 @@ class StatePacing:
                 due.append((node_id, stamp))
             else:
                 break   # in order: a later one must not overtake a waiting one
+        self.pacer.state_waiting = bool(self.wanted)
         return due
 
     def push_cost_s(self, mates: Iterable[str], record_bytes: int) -> float:
@@ -86,6 +88,7 @@ class StatePacing:
 
     def forget(self, node_id: str) -> None:
         self.wanted.pop(node_id, None)
+        self.pacer.state_waiting = bool(self.wanted)
 
     def stats(self, now: float) -> dict[str, Any]:
         return {**self.pacer.as_dict(now), "pulls_waiting": len(self.wanted),
