@@ -200,6 +200,10 @@ class SamplerConfig:
                                            "threshold (0: off)", 0)
     alert_hysteresis: float = setting(percent, "an alert clears this many percentage points "
                                       "below its threshold (RSS: this percent below)", 5.0)
+    alert_samples: int = setting(int_range(1, 1000), "samples in a row over the threshold "
+                                 "before an alert is raised (and under it before it clears)", 3)
+    alert_min_interval: float = setting(seconds(0, 86400), "an alert is raised again at most "
+                                        "once per this many seconds", 300.0)
     uss_every: int = setting(int_range(0, 1_000_000), "measure per-process USS every Nth "
                              "sample (it reads the memory maps; 0: never)", 6)
 

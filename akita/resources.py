@@ -7,6 +7,7 @@ sampler worker (`workers/sampler.py`) feeds these functions what it measured.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,28 +65,78 @@ class Alert:
                 "threshold": self.threshold, "raised": self.raised}
 
 
+@dataclass(frozen=True)
+class AlertPolicy:
+    """How sure the sampler must be before an alert changes state.
+
+    A busy host's CPU swings between idle and full from one sample to the next; were every
+    crossing an alert, each would be a ledger event replicated to every cluster mate (over
+    a radio, a share of the air). So an alert is raised only after its value held at or
+    over the limit for `hold_samples` samples in a row, clears only after `hold_samples`
+    samples in a row below the clear level, and is raised again at most once per
+    `min_raise_interval_s` (a condition still holding when that time is up raises then).
+    """
+
+    hold_samples: int = 1
+    min_raise_interval_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.hold_samples < 1:
+            raise ValueError(f"hold_samples {self.hold_samples}: expected 1 or more")
+        if self.min_raise_interval_s < 0:
+            raise ValueError(f"min_raise_interval_s {self.min_raise_interval_s}: expected 0 "
+                             "or more")
+
+    @classmethod
+    def from_config(cls, config: SamplerConfig) -> AlertPolicy:
+        return cls(config.alert_samples, config.alert_min_interval)
+
+
 @dataclass
 class AlertState:
-    """Which (metric, subject) alerts are raised; `update` reports only the changes."""
+    """Which (metric, subject) alerts are raised; `update` reports only the changes, as
+    `policy` allows (the default: at the first sample that crosses or clears)."""
 
     raised: set[tuple[str, str]] = field(default_factory=set)
+    policy: AlertPolicy = field(default_factory=AlertPolicy)
+    # (metric, subject) → samples in a row that argue for a change of state.
+    streak: dict[tuple[str, str], int] = field(default_factory=dict)
+    raised_at: dict[tuple[str, str], float] = field(default_factory=dict)
 
-    def update(self, threshold: Threshold, subject: str, value: float) -> Alert | None:
-        """Feed one measurement; returns an `Alert` when this crosses or clears the limit."""
+    def update(self, threshold: Threshold, subject: str, value: float,
+               now: float | None = None) -> Alert | None:
+        """Feed one measurement (taken at `now`, monotonic seconds; default: the clock);
+        returns an `Alert` when the alert is raised or cleared by it."""
         key = (threshold.metric, subject)
-        if key not in self.raised and value >= threshold.limit:
-            self.raised.add(key)
-            return Alert(threshold.metric, subject, value, threshold.limit, True)
-        if key in self.raised and value < threshold.clear_below:
+        raised = key in self.raised
+        arguing = value < threshold.clear_below if raised else value >= threshold.limit
+        if not arguing:
+            self.streak.pop(key, None)
+            return None
+        held = self.streak[key] = self.streak.get(key, 0) + 1
+        if held < self.policy.hold_samples:
+            return None
+        if raised:
             self.raised.discard(key)
+            self.streak.pop(key, None)
             return Alert(threshold.metric, subject, value, threshold.limit, False)
-        return None
+        at = time.monotonic() if now is None else now
+        last = self.raised_at.get(key)
+        if last is not None and at - last < self.policy.min_raise_interval_s:
+            return None
+        self.raised.add(key)
+        self.raised_at[key] = at
+        self.streak.pop(key, None)
+        return Alert(threshold.metric, subject, value, threshold.limit, True)
 
     def forget(self, metric: str, present: Iterable[str],
                thresholds: Mapping[str, Threshold]) -> list[Alert]:
         """Clear the `metric` alerts of subjects no longer `present` (a process that exited):
         a raised alert must not stay raised for something that is gone."""
         keep = set(present)
+        for table in (self.streak, self.raised_at):
+            for key in [k for k in table if k[0] == metric and k[1] not in keep]:
+                del table[key]
         gone = [key for key in self.raised if key[0] == metric and key[1] not in keep]
         alerts = []
         for key in sorted(gone):

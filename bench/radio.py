@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import akita
+from akita.errors import AkitaError
 from akita.mesh.airtime import profile
 from bench.node_fixture import BenchNode, wait_for
 from supervisor.radio import query_stats
@@ -113,6 +115,13 @@ def main() -> int:
                         help="skip the failure detection phase (it takes a peer_timeout)")
     parser.add_argument("--timeout-s", type=float, default=1800.0,
                         help="longest wait for any one phase")
+    parser.add_argument("--settle-s", type=float, default=0.0,
+                        help="longest wait for the start-up ledger catch-up before the idle "
+                             "window (default: --timeout-s); past it the idle window starts "
+                             "anyway and says so (at 1 %% on SF9 the catch-up takes hours)")
+    parser.add_argument("--timeline-s", type=float, default=60.0,
+                        help="print the channel's use and the bytes sent by kind every so "
+                             "many seconds from start-up (0: never)")
     args = parser.parse_args()
     lora = profile(args.profile)
     root = Path(tempfile.mkdtemp(prefix="akr-", dir="/tmp"))
@@ -120,6 +129,7 @@ def main() -> int:
     channel = subprocess.Popen([sys.executable, "-m", "supervisor.radio", "channel",
                                 "--socket", str(sock), "--profile", args.profile])
     nodes: list[BenchNode] = []
+    timeline: Timeline | None = None
     try:
         wait_for(sock.exists, 10, "the channel's socket")
         print(f"channel {args.profile}: {lora.bitrate:.0f} bit/s, a 200-byte frame is "
@@ -129,6 +139,9 @@ def main() -> int:
             node.start(["ledger", "executor", "gateway"], timeout_s=60)
         up = time.monotonic()
         clients = [akita.Client(node.config_path) for node in nodes]
+        timeline = Timeline(sock, [akita.Client(node.config_path) for node in nodes],
+                            args.timeline_s)
+        timeline.start()
         ids = {str(c.peers()["self"]) for c in clients}
         timers = clients[0].mesh()["budget"]
         interval = float(timers["announce_interval_s"])
@@ -143,7 +156,7 @@ def main() -> int:
               f"intervals of {interval:g} s (target ≤ 3)")
         print_airtime_so_far(sock, "at formation")
         state_phase(clients, interval, args)
-        if args.idle_s > 0 or args.tasks > 0:
+        if args.tasks > 0:   # the idle phase settles by itself
             settle_phase(clients, args)
         delegation_phase(clients, args)
         if args.idle_s > 0:
@@ -151,6 +164,8 @@ def main() -> int:
         if args.kill:
             kill_phase(nodes, clients, args)
     finally:
+        if timeline is not None:
+            timeline.stop()
         for node in nodes:
             node.stop()
         channel.terminate()
@@ -206,7 +221,15 @@ def settle_phase(clients: list[akita.Client], args: argparse.Namespace) -> None:
                 return False
         return True
 
-    wait_for(feeds_agree, args.timeout_s, "every node holding its mates' feeds", poll_s=2.0)
+    try:
+        wait_for(feeds_agree, args.settle_s or args.timeout_s,
+                 "every node holding its mates' feeds", poll_s=2.0)
+    except SystemExit as exc:
+        if not args.settle_s:
+            raise
+        print(f"start-up ledger replication NOT settled ({exc}); going on with the catch-up "
+              "still running")
+        return
     print(f"start-up ledger replication settled after {time.monotonic() - started:.0f} s")
 
 
@@ -230,6 +253,67 @@ def idle_phase(sock: Path, clients: list[akita.Client], args: argparse.Namespace
         print(f"  {name}: airtime {figures['airtime_percent']:.3f} % (target ≤ 1 %), "
               f"{figures['bytes_per_min']:.0f} B/min in {figures['frames']} frames; sent by "
               "kind: " + ", ".join(f"{k} {v}" for k, v in sent.items() if v))
+
+
+class Timeline:
+    """Every `period_s` from start-up: the channel's utilisation in that period, its busiest
+    node, and the bytes all nodes sent by kind, so a start-up burst shows what it is made
+    of and when it ends. Runs on its own thread with its own clients."""
+
+    def __init__(self, sock: Path, clients: list[akita.Client], period_s: float) -> None:
+        self.sock, self.clients, self.period_s = sock, clients, period_s
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="timeline", daemon=True)
+        self.started = time.monotonic()
+        self.rows: list[tuple[float, float]] = []      # (end of period s, busy %)
+        self.node_rows: list[dict[str, float]] = []     # node → airtime % in that period
+
+    def start(self) -> None:
+        if self.period_s > 0:
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join(10)
+        first = [i for i, (end, _busy) in enumerate(self.rows) if end <= 900.0 + 1e-6]
+        for label, rows in (("the first", first),
+                            ("after the first 900 s,", [i for i in range(len(self.rows))
+                                                        if i not in first])):
+            if not rows:
+                continue
+            span = self.rows[rows[-1]][0] - (self.rows[rows[0] - 1][0] if rows[0] else 0.0)
+            busy = statistics.mean(self.rows[i][1] for i in rows)
+            nodes = sorted(self.node_rows[rows[0]])
+            print(f"timeline: {label} {span:.0f} s: channel busy {busy:.2f} %; per node "
+                  + ", ".join(f"{n} {statistics.mean(self.node_rows[i][n] for i in rows):.2f} %"
+                              for n in nodes))
+
+    def _totals(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for client in self.clients:
+            try:
+                for kind, sent in sent_by_kind(client).items():
+                    totals[kind] = totals.get(kind, 0) + sent
+            except AkitaError:
+                continue
+        return totals
+
+    def _run(self) -> None:
+        before, kinds = query_stats(str(self.sock)), self._totals()
+        while not self.done.wait(self.period_s):
+            after, now_kinds = query_stats(str(self.sock)), self._totals()
+            window = airtime_between(before, after)
+            end = time.monotonic() - self.started
+            self.rows.append((end, window["utilisation_percent"]))
+            self.node_rows.append({n: f["airtime_percent"] for n, f in window["nodes"].items()})
+            busiest = max(window["nodes"].items(), key=lambda kv: kv[1]["airtime_percent"])
+            queued = sum(n["queued"] for n in after["nodes"].values())
+            sent = {k: v - kinds.get(k, 0) for k, v in now_kinds.items()}
+            print(f"  t={end:5.0f} s: busy {window['utilisation_percent']:5.1f} %, busiest "
+                  f"{busiest[0]} {busiest[1]['airtime_percent']:.1f} %, queued {queued}; B sent: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(sent.items()) if v), flush=True)
+            before, kinds = after, now_kinds
 
 
 def print_airtime_so_far(sock: Path, when: str) -> None:

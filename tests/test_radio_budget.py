@@ -67,7 +67,9 @@ def test_auto_timers_keep_an_idle_cluster_within_its_airtime_budget(
             node.start()
         for node in nodes:
             node.wait_running()
-        timers = nodes[0].ctl_json("status", "--json")["budget"]
+        status = nodes[0].ctl_json("status", "--json")
+        timers = status["budget"]
+        assert status["pacing"]["binding"], "reactions should be paced by the budget here"
         assert timers["source"] == "auto" and timers["airtime_budget_percent"] == BUDGET_PERCENT
         interval, peer_timeout = timers["announce_interval_s"], timers["peer_timeout_s"]
         assert interval > 10.0, "the budget, not the LAN floor, should set the interval"
@@ -76,6 +78,7 @@ def test_auto_timers_keep_an_idle_cluster_within_its_airtime_budget(
         wait_for(one_cluster_of(nodes), 3 * interval + 20, "one cluster within 3 intervals")
         clients.extend(akita.Client(node.config_path) for node in nodes)
         state_reaches_every_mate(clients, 2 * interval)
+        a_burst_of_state_sets_is_pushed_once_or_twice(nodes[0], clients, 3 * interval)
         task_id = clients[0].submit("akita.echo", ["x" * 100], requires=[CAPABILITY])
         # Work goes only to a mate seated for the settling period ([security] settle_time,
         # by default peer_timeout + discovery_interval, here derived from the budget).
@@ -143,6 +146,29 @@ def state_reaches_every_mate(clients: list[akita.Client], within_s: float) -> No
         return not missing or NotYet({"missing_at": len(missing)})
 
     wait_for(everywhere, within_s, "the state change at both mates")
+
+
+def a_burst_of_state_sets_is_pushed_once_or_twice(origin: Node, clients: list[akita.Client],
+                                                  within_s: float) -> None:
+    """Six `state set`s in a row reach the mates as at most two pushes to each (one at once
+    if the airtime bucket allows, one carrying the latest value), not six."""
+    def pushes() -> int:
+        reply = origin.request(protocol.PeerStats())
+        assert isinstance(reply, protocol.PeerStatsReply)
+        return int(reply.stats["state"]["pushes"])
+
+    before = pushes()
+    me = str(clients[0].peers()["self"])
+    for value in range(6):
+        clients[0].state_set("burst", value)
+
+    def latest_everywhere() -> Any:
+        seen = [c.state(me)["data"].get("burst") for c in clients[1:]]
+        return all(v == 5 for v in seen) or NotYet({"seen": seen})
+
+    wait_for(latest_everywhere, within_s, "the last of a burst of state sets at both mates")
+    sent = pushes() - before
+    assert sent <= 2 * 2, f"{sent} pushes to 2 mates for a burst of 6 state sets"
 
 
 def failed_node_is_dropped(nodes: list[Node], clients: list[akita.Client],

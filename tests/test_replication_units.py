@@ -18,6 +18,7 @@ from akita.identity import NodeIdentity
 from akita.ledger import bundles
 from akita.ledger.bundles import Head
 from akita.mesh import replication as plan
+from akita.mesh.pacing import Pacer
 from akita.wire import mesh, protocol
 from workers.gateway.links import DEFER, RequestRefused
 from workers.gateway.replicate import MAX_SERVING_PER_MATE, ReplicationTiming, Replicator
@@ -118,6 +119,9 @@ class FakeLinks:
                 timeout_s: float = 0, max_response_bytes: int = 0) -> None:
         self.sent.append(Sent(peer, path, data, on_response, on_failure))
 
+    def is_open(self, peer: str) -> bool:
+        return False
+
     def take(self, path_end: str) -> list[Sent]:
         found = [s for s in self.sent if s.path.endswith(path_end)]
         self.sent = [s for s in self.sent if not s.path.endswith(path_end)]
@@ -166,7 +170,8 @@ class Rig:
                 own_cluster=lambda: SimpleNamespace(members=sorted(self.members)),
                 cluster_mates=lambda: self.members - {ME}),
             table=SimpleNamespace(alive_ids=lambda: self.members - {ME}, get=lambda _p: None),
-            peer_joined_hooks=[], peer_left_hooks=[], peer_updated_hooks=[], cluster_hooks=[])
+            peer_joined_hooks=[], peer_left_hooks=[], peer_updated_hooks=[], cluster_hooks=[],
+            pacer=Pacer.lan())
         self.timing = ReplicationTiming(round_s=1.0, refresh_s=6.0, request_timeout_s=5.0,
                                         retry_s=0.0, max_retries=2, quarantine_s=60.0)
         self.rep = Replicator(self.net, self.ledger, self.timing)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 from hypothesis import given
@@ -72,6 +73,82 @@ def test_alert_changes_always_alternate_raise_and_clear(values: list[float]) -> 
     assert [c.raised for c in changes] == [i % 2 == 0 for i in range(len(changes))]
     for change in changes:
         assert change.value >= 90 if change.raised else change.value < 85
+
+
+CPU = Threshold(resources.CPU, limit=95.0, clear_below=90.0)
+BUSY_HOST = resources.AlertPolicy(hold_samples=3, min_raise_interval_s=300.0)
+
+
+def feed_at(state: AlertState, samples: list[tuple[float, float]],
+            threshold: Threshold = CPU) -> list[Alert | None]:
+    """(time, value) samples of the host subject."""
+    return [state.update(threshold, "host", value, now) for now, value in samples]
+
+
+def test_cpu_swinging_every_sample_raises_nothing() -> None:
+    # A busy host: full, idle, full ... every 5 s for 45 s (it used to raise 5 alerts).
+    state = AlertState(policy=BUSY_HOST)
+    changes = feed_at(state, [(5.0 * i, 100.0 if i % 2 else 40.0) for i in range(10)])
+    assert changes == [None] * 10
+
+
+def test_an_alert_is_raised_only_once_the_condition_held() -> None:
+    state = AlertState(policy=BUSY_HOST)
+    changes = feed_at(state, [(0, 99), (5, 99), (10, 50), (15, 99), (20, 96), (25, 97)])
+    assert changes[:5] == [None] * 5
+    assert changes[5] == Alert(resources.CPU, "host", 97, 95.0, True)
+
+
+def test_an_alert_clears_only_after_as_many_samples_under_the_clear_level() -> None:
+    state = AlertState(policy=BUSY_HOST)
+    feed_at(state, [(0, 99), (5, 99), (10, 99)])
+    # Under the limit but above the clear level does not count; a dip back up restarts.
+    assert feed_at(state, [(15, 92), (20, 80), (25, 80), (30, 99), (35, 80), (40, 80)]) == \
+        [None] * 6
+    cleared = state.update(CPU, "host", 70, 45)
+    assert cleared is not None and not cleared.raised and cleared.value == 70
+    assert state.raised == set()
+
+
+def test_an_alert_is_raised_again_at_most_once_per_interval() -> None:
+    state = AlertState(policy=BUSY_HOST)
+    high, low = 99.0, 10.0
+    raised = feed_at(state, [(0, high), (5, high), (10, high)])[-1]
+    assert raised is not None and raised.raised
+    cleared = feed_at(state, [(15, low), (20, low), (25, low)])[-1]
+    assert cleared is not None and not cleared.raised
+    # The condition holds again within the interval: not raised until the interval is up,
+    # then raised at once if it still holds.
+    # (raised at 10 s, so not before 310 s).
+    assert feed_at(state, [(t, high) for t in range(30, 310, 5)]) == [None] * 56
+    again = state.update(CPU, "host", high, 310)
+    assert again is not None and again.raised
+
+
+@given(st.lists(st.tuples(st.floats(min_value=0, max_value=30),
+                          st.floats(min_value=0, max_value=100)), max_size=80),
+       st.integers(min_value=1, max_value=5), st.floats(min_value=0, max_value=120))
+def test_held_alerts_alternate_and_respect_the_interval(
+        samples: list[tuple[float, float]], hold: int, interval_s: float) -> None:
+    state = AlertState(policy=resources.AlertPolicy(hold, interval_s))
+    now, raises_at, kinds = 0.0, [], []
+    for step, value in samples:
+        now += step
+        change = state.update(CPU, "host", value, now)
+        if change is not None:
+            kinds.append(change.raised)
+            if change.raised:
+                raises_at.append(now)
+    assert kinds == [i % 2 == 0 for i in range(len(kinds))]
+    assert all(b - a >= interval_s for a, b in itertools.pairwise(raises_at))
+
+
+def test_alert_policy_from_config_and_bounds() -> None:
+    config = dataclasses.replace(SamplerConfig(), alert_samples=4, alert_min_interval=60.0)
+    assert resources.AlertPolicy.from_config(config) == resources.AlertPolicy(4, 60.0)
+    assert resources.AlertPolicy.from_config(SamplerConfig()) == resources.AlertPolicy(3, 300.0)
+    with pytest.raises(ValueError, match="hold_samples 0"):
+        resources.AlertPolicy(0, 1.0)
 
 
 def test_raised_alerts_are_recovered_from_their_history() -> None:

@@ -251,6 +251,7 @@ class SamplerWorker(Worker):
         # Read from the ledger at the first sample, the first time it is needed: a restarted
         # sampler answers requests without waiting for that read.
         self._alert_state: resources.AlertState | None = None
+        self._alert_policy = resources.AlertPolicy.from_config(settings)
         self.bus = transport.make_socket(self.ctx, zmq.SUB)
         for topic in ("worker.heartbeat", "worker.state"):
             self.bus.setsockopt(zmq.SUBSCRIBE, topic.encode())
@@ -273,7 +274,7 @@ class SamplerWorker(Worker):
     @property
     def alerts(self) -> resources.AlertState:
         if self._alert_state is None:
-            self._alert_state = resources.AlertState(self._raised_before())
+            self._alert_state = resources.AlertState(self._raised_before(), self._alert_policy)
         return self._alert_state
 
     def _raised_before(self) -> set[tuple[str, str]]:

@@ -28,10 +28,11 @@ def gateway_stats(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def status_fields(stats: dict[str, Any] | None) -> dict[str, Any]:
-    """The keys `status --json` adds: "traffic" and "budget" (when the gateway answered)."""
+    """The keys `status --json` adds: "traffic", "budget" and "pacing" (when the gateway
+    answered)."""
     if stats is None:
         return {}
-    return {key: stats[key] for key in ("traffic", "budget") if key in stats}
+    return {key: stats[key] for key in ("traffic", "budget", "pacing") if key in stats}
 
 
 def lines(stats: dict[str, Any] | None) -> list[str]:

@@ -7,7 +7,10 @@ late learns nothing until the others announce again. So besides the timer (every
 when one of its interfaces comes up and when it hears a peer for the first time (or a
 restarted one); with these a late joiner knows everyone within a second or two. Two
 announces of one destination in the same second are not both taken by receivers, so
-announces are spaced by at least `MIN_SPACING_S`.
+announces are spaced by at least `MIN_SPACING_S`. Where the airtime budget binds (radio),
+those prompt announces also wait for the node's airtime bucket (`akita.mesh.pacing`): one
+announce then answers every newcomer heard meanwhile, and the timed announce is charged to
+the same bucket.
 
 Everything here runs on the gateway's loop; the RNS side (sending, remembering a peer's
 destination) goes through the `rns` object, and what the rest of the node should learn
@@ -24,6 +27,7 @@ from typing import Any, Protocol
 
 from akita.keyring import Keyring
 from akita.mesh.formation import Formation, RoundResult
+from akita.mesh.pacing import Pacer
 from akita.wire import mesh
 from workers.gateway.defence import Defence
 from workers.gateway.peers import AnnounceOutcome, Peer, PeerTable
@@ -124,9 +128,12 @@ class Discovery:
     defence: Defence = field(default_factory=Defence)
     rng: random.Random = field(default_factory=random.Random)
     counters: AnnounceCounters = field(default_factory=AnnounceCounters)
+    pacer: Pacer = field(default_factory=Pacer.lan)
     seq: int = 0
     last_announce_at: float = float("-inf")
     next_announce_at: float = 0.0
+    timed_announce_at: float = float("inf")   # the timer's; next_announce_at may be sooner
+    paced: int = 0                            # prompt announces held back by the bucket
     next_round_at: float = 0.0
     round_dirty: bool = True
     started_at: float = 0.0
@@ -163,9 +170,24 @@ class Discovery:
     # --- announcing ---------------------------------------------------------------------------
 
     def announce_soon(self, now: float) -> None:
-        """Announce as soon as spacing allows (a peer or an interface just appeared)."""
+        """Announce as soon as spacing and the airtime bucket allow (a peer or an interface
+        just appeared, or our report changed)."""
+        ready = self.pacer.ready_at(self.pacer.announce_cost_s(), now)
         self.next_announce_at = min(self.next_announce_at,
-                                    max(now, self.last_announce_at + MIN_SPACING_S))
+                                    max(ready, self.last_announce_at + MIN_SPACING_S))
+
+    def _announce_due(self, now: float) -> None:
+        """`next_announce_at` has come: the timer's announce goes (it is charged to the
+        bucket); a prompt one goes if the bucket still allows it, else later."""
+        cost = self.pacer.announce_cost_s()
+        if now >= self.timed_announce_at:
+            self.pacer.spend(cost, now)
+        elif not self.pacer.try_spend(cost, now):
+            self.paced += 1
+            self.next_announce_at = min(self.timed_announce_at,
+                                        self.pacer.ready_at(cost, now))
+            return
+        self._announce(now)
 
     def _announce(self, now: float) -> None:
         self.seq += 1
@@ -177,6 +199,7 @@ class Discovery:
         interval = self.timing.announce_interval_s
         self.next_announce_at = now + max(MIN_SPACING_S,
                                           interval * self.rng.uniform(1.0, 1.0 + JITTER))
+        self.timed_announce_at = self.next_announce_at
 
     # --- hearing --------------------------------------------------------------------------------
 
@@ -242,7 +265,7 @@ class Discovery:
     def tick(self, now: float, health: float = 1.0) -> None:
         """Announce when due, drop silent peers, and run a formation round when due."""
         if now >= self.next_announce_at:
-            self._announce(now)
+            self._announce_due(now)
         mates = self.formation.cluster_mates()
         for peer in self.table.expire(now, mates, health):
             self.rns.forget_peer(peer.node_id)

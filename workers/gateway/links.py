@@ -150,6 +150,12 @@ class Links:
         self.on_path: Callable[[bytes, str], None] = _no_tag
         # Least keepalive interval of our links (see `_slow_keepalive`).
         self.keepalive_s = 0.0
+        # How long a link of ours may take to come up. Reticulum allows a few seconds; on a
+        # busy radio channel the link request waits its turn longer than that, and a link
+        # given up gets its path expired and asked for again (a path request, answered by
+        # an announce): more traffic on a channel that was already too busy. The gateway
+        # widens it from the budget (`Pacer.establish_timeout_s`).
+        self.establish_timeout_s = ESTABLISH_TIMEOUT_S
         destination.set_link_established_callback(self._incoming_established)
         transfers.limit_requests(destination, max_request_bytes,
                                  lambda size, peer: bridge.post(self._too_large, size, peer))
@@ -271,6 +277,9 @@ class Links:
                         established_callback=lambda l: self.bridge.post(self._established,
                                                                         peer_id, l),
                         closed_callback=lambda l: self.bridge.post(self._closed, peer_id, l))
+        if self.establish_timeout_s > ESTABLISH_TIMEOUT_S:
+            link.establishment_timeout = max(float(link.establishment_timeout),
+                                             self.establish_timeout_s)
         out = _OutLink(peer_id, link)
         self._out[peer_id] = out
         self.stats.links_opened += 1
@@ -341,7 +350,7 @@ class Links:
             out.queued = [p for p in out.queued if now < p.deadline]
             for pending in expired:
                 self._fail(pending, f"timed out waiting for a link to {peer_id}")
-            if now - out.opened_at > ESTABLISH_TIMEOUT_S and not out.queued:
+            if now - out.opened_at > self.establish_timeout_s and not out.queued:
                 out.link.teardown()
                 del self._out[peer_id]
 
@@ -361,6 +370,11 @@ class Links:
         return {name: sum(int(getattr(link, attr, 0)) for link in links)
                 for name, attr in (("tx_bytes", "txbytes"), ("rx_bytes", "rxbytes"),
                                    ("tx_packets", "tx"), ("rx_packets", "rx"))}
+
+    def is_open(self, peer_id: str) -> bool:
+        """Is our link to `peer_id` up (a request on it costs no link setup)?"""
+        out = self._out.get(peer_id)
+        return out is not None and out.state is LinkState.READY
 
     def ready_links(self) -> int:
         return sum(1 for out in self._out.values() if out.state is LinkState.READY)

@@ -18,9 +18,10 @@ from akita import identity as ident
 from akita import keyring
 from akita.config import Config
 from akita.keyring import Keyring
-from akita.mesh import delegation
+from akita.mesh import budget, delegation
 from akita.mesh import state as st
 from akita.mesh.formation import Formation, RoundResult
+from akita.mesh.pacing import Pacer
 from akita.text import clean
 from akita.wire import events, mesh, protocol
 from workers.gateway import load as load_mod
@@ -31,6 +32,7 @@ from workers.gateway.links import IncomingRequest, Links, RequestRefused
 from workers.gateway.load import LoadTracker
 from workers.gateway.peers import Peer, PeerState, PeerTable, PullBackoff
 from workers.gateway.probes import DirectProbe, IndirectProbe, Prober, ProbeTiming, Suspect
+from workers.gateway.statepace import StatePacing
 from workers.gateway.sync import StateSync, ViewSnapshots
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ class NetNode:
         self._last_tick = time.monotonic()
         self.tick_interval_s = tick_interval_s
         self.snapshots = ViewSnapshots(SNAPSHOT_INTERVAL_S)
+        self.pacing = StatePacing(Pacer.lan(), links.is_open)
         # Other parts of the gateway (delegation, replication, inter-cluster messages) hook in
         # here: called on the loop with the peer's id / after the clusters changed.
         self.peer_joined_hooks: list[Callable[[str], None]] = []
@@ -138,6 +141,16 @@ class NetNode:
         self.load = LoadTracker(refresh_s=state_refresh_s,
                                 min_spacing_s=max(load_mod.MIN_SPACING_S, state_refresh_s / 3))
         self.snapshots = ViewSnapshots(max(SNAPSHOT_INTERVAL_S, state_refresh_s))
+
+    def pace(self, pacer: Pacer) -> None:
+        """Reactions (prompt announces, state pulls and pushes; ledger replication reads
+        `pacer` too) wait for the node's airtime bucket where the budget binds."""
+        self.pacing.pacer = pacer
+        self.discovery.pacer = pacer
+
+    @property
+    def pacer(self) -> Pacer:
+        return self.pacing.pacer
 
     # --- announces --------------------------------------------------------------------------
 
@@ -186,6 +199,7 @@ class NetNode:
         self.links.close_peer(peer.node_id)
         self._pulling.discard(peer.node_id)
         self._pull_backoff.forget(peer.node_id)
+        self.pacing.forget(peer.node_id)
         self.sync.forget_except(self.table.alive_ids())
         self.publish("peer.left", protocol.PeerLeft(node=peer.node_id, name=peer.name,
                                                     reason=reason))
@@ -215,6 +229,11 @@ class NetNode:
             self.record(*events.ClusterChanged(clusters=clusters, term=local.term).entry())
             for hook in self.cluster_hooks:
                 hook()
+            if self.pacer.mates_only:   # pulls from new mates were not asked for before
+                for mate in self.formation.cluster_mates():
+                    peer = self.table.get(mate)
+                    if peer is not None:
+                        self._maybe_pull(peer)
 
     # --- the timer ------------------------------------------------------------------------------
 
@@ -230,6 +249,7 @@ class NetNode:
         for action in self.prober.step(now, live_mates, heard):
             self._probe(action, now)
         self.links.tick(now)
+        self._paced_work(now)
         changes = self.load.due(now)
         if changes is not None:
             self.sync.update_own(changes)   # the new version rides on the next announce
@@ -328,9 +348,33 @@ class NetNode:
         # At most one pull per peer and announce interval, behind or not: on a saturated
         # radio channel a pull that failed (no link) was retried on every announce heard,
         # each retry a new link request that made the channel busier still. A peer that
-        # does not serve what it announces is asked less and less often (backoff).
-        if (behind or differs) and not recently and self._pull_backoff.due(peer.node_id, now):
+        # does not serve what it announces is asked less and less often (backoff). Where
+        # the budget binds, only mates are pulled from, within the airtime bucket.
+        if self.pacer.mates_only and not mate:
+            return
+        if (behind or differs) and not recently and self._pull_backoff.due(peer.node_id, now) \
+                and peer.node_id not in self._pulling \
+                and self.pacing.may_pull(peer.node_id, own_stamp, now):
             self._pull(peer.node_id, own_stamp)
+
+    def _paced_work(self, now: float) -> None:
+        """Pulls and a push that waited for the airtime bucket, once it allows them."""
+        mates = self.formation.cluster_mates()
+
+        def still_wanted(node_id: str, stamp: st.Stamp) -> bool:
+            peer = self.table.get(node_id)
+            mate = node_id in mates
+            return peer is not None and node_id not in self._pulling \
+                and (mate or not self.pacer.mates_only) and (
+                    self.sync.behind(node_id, stamp)
+                    or (mate and peer.info.digest != self.sync.store.digest()))
+
+        for node_id, stamp in self.pacing.due_pulls(now, still_wanted):
+            self._pull(node_id, stamp)
+        if self.pacing.push_pending:
+            live = mates & self.table.alive_ids()
+            if self.pacing.push_due(live, len(self.sync.encode_own()), now):
+                self._send_own(live)
 
     def _pull(self, node_id: str, advertised: st.Stamp = (0, 0)) -> None:
         if node_id in self._pulling:
@@ -341,6 +385,7 @@ class NetNode:
 
         def done(data: bytes) -> None:
             self._pulling.discard(node_id)
+            self.pacer.settle(budget.RECORD_BYTES, len(data), time.monotonic())
             changed = self.sync.take(data, self._live)
             self._took(changed)
             # A peer that announces a record it does not serve is asked less and less often.
@@ -383,9 +428,16 @@ class NetNode:
                           (st.KEY_TASK_TYPES, st.KEY_SERVICES, st.KEY_CAPABILITIES)})
 
     def _push_own(self) -> None:
-        """Send our changed record to every cluster mate now (they would pull it anyway)."""
+        """Send our changed record to every cluster mate now (they would pull it anyway),
+        or, where the budget binds and the bucket is short, once it allows: changes made
+        meanwhile go in that one push."""
+        mates = self.formation.cluster_mates() & self.table.alive_ids()
+        if self.pacing.may_push(mates, len(self.sync.encode_own()), time.monotonic()):
+            self._send_own(mates)
+
+    def _send_own(self, mates: set[str]) -> None:
         data = self.sync.encode_own()
-        for mate in self.formation.cluster_mates() & self.table.alive_ids():
+        for mate in mates:
             self.sync.counters.pushes += 1
             self.links.request(mate, self.paths.push, data, _ignore, _log_failure(mate),
                                timeout_s=self._request_timeout())
@@ -482,6 +534,8 @@ class NetNode:
             "links": vars(self.links.stats).copy(),
             "state": {**vars(self.sync.counters), "version": self.sync.own.version,
                       "records": len(self.sync.store.records)},
+            "pacing": {**self.pacing.stats(time.monotonic()),
+                       "announces_held": self.discovery.paced},
             "security": self.defence.snapshot(),
         }
 

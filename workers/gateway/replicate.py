@@ -28,6 +28,12 @@ per mate, and one mate at a time sending any one feed; a pull that brings nothin
 until the mate's head moves. Failures are retried `max_retries` times with a doubling delay,
 then left to the next refresh. A mate that sent a forged or malformed bundle (refused, and
 recorded by the ledger writer) is not pulled from for `quarantine_s`.
+
+Where the airtime budget binds (radio), each exchange and each range pull this node starts
+waits for its airtime bucket (`net.pacer`, `akita.mesh.pacing`): the start-up catch-up
+between mates is spread over the first intervals instead of saturating the channel; an
+exchange or pull that waits stays due and goes when the bucket allows, after any state
+pull that waits for it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from typing import Any
 from akita.config import Config
 from akita.ledger import bundles
 from akita.ledger.bundles import Head, Outcome
+from akita.mesh import budget
 from akita.mesh import replication as plan
 from akita.wire import mesh, protocol
 from workers.gateway.ledger_requests import LedgerRequests
@@ -53,6 +60,7 @@ _REFUSED = (Outcome.FORGERY, Outcome.MALFORMED)
 # A mate asks one thing at a time (see `MateSync.busy`); more in flight at once is a flood,
 # refused before it reaches the ledger worker.
 MAX_SERVING_PER_MATE = 4
+RANGE_REQUEST_BYTES = 120     # a range request on a link, as the airtime bucket counts it
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,7 @@ class MateSync:
     quarantined_until: float = 0.0
     stalled: dict[str, Head] = field(default_factory=dict)
     want_key: set[str] = field(default_factory=set)
+    pull_at: float = 0.0                    # a pull waits for the airtime bucket until then
 
 
 class Replicator:
@@ -177,8 +186,31 @@ class Replicator:
                             timeout_s=self.timing.request_timeout_s)
         for sync in list(self.mates.values()):
             if sync.retry_at and now >= sync.retry_at and not sync.busy:
+                if not self._paid(sync, budget.HEADS_BYTES, budget.HEADS_BYTES, now):
+                    sync.retry_at = self._ready_at(sync, budget.HEADS_BYTES,
+                                                   budget.HEADS_BYTES, now)
+                    continue
                 sync.retry_at = 0.0
                 self._exchange(sync, now, retry=True)
+            elif sync.pull_at and now >= sync.pull_at and not sync.busy:
+                sync.pull_at = 0.0
+                self._advance(sync)
+
+    # --- pacing -----------------------------------------------------------------------------
+
+    def _paid(self, sync: MateSync, request_bytes: int, response_bytes: int,
+              now: float) -> bool:
+        """Does the airtime bucket pay for a request to this mate now (always, on a LAN)?
+        Not while state pulls wait for it: they go first."""
+        pacer = self.net.pacer
+        return not pacer.state_waiting and bool(pacer.try_spend(pacer.request_cost_s(
+            request_bytes, response_bytes, self.links.is_open(sync.peer)), now))
+
+    def _ready_at(self, sync: MateSync, request_bytes: int, response_bytes: int,
+                  now: float) -> float:
+        pacer = self.net.pacer
+        return float(pacer.ready_at(pacer.request_cost_s(
+            request_bytes, response_bytes, self.links.is_open(sync.peer)), now))
 
     def _heads_unavailable(self, code: str, text: str) -> None:
         self._reading_heads = False
@@ -200,7 +232,11 @@ class Replicator:
                 continue
             if (sync.due or now - sync.last_exchange >= self.timing.refresh_s
                     or plan.news_for(self.mine, sync.told, sync.theirs, ours)):
-                self._exchange(sync, now)
+                if self._paid(sync, budget.HEADS_BYTES, budget.HEADS_BYTES, now):
+                    self._exchange(sync, now)
+                else:   # still due next round, which comes when the bucket allows
+                    self._next_round = min(self._next_round, self._ready_at(
+                        sync, budget.HEADS_BYTES, budget.HEADS_BYTES, now))
 
     def _take_heads(self, reply: protocol.LedgerHeadsReply) -> None:
         self.mine = bundles.heads_from_reply(reply.feeds)
@@ -231,6 +267,7 @@ class Replicator:
 
     def _exchanged(self, sync: MateSync, data: bytes) -> None:
         self.counters.bytes_received += len(data)
+        self.net.pacer.settle(budget.HEADS_BYTES, len(data), time.monotonic())
         try:
             theirs = plan.decode_peer_heads(data)
         except mesh.WireError as exc:
@@ -249,13 +286,18 @@ class Replicator:
 
     def _advance(self, sync: MateSync) -> None:
         """Start the next pull from this mate, if it has anything we lack and is free."""
-        if sync.busy or sync.theirs is None or time.monotonic() < sync.quarantined_until:
+        now = time.monotonic()
+        if sync.busy or sync.theirs is None or now < sync.quarantined_until or sync.pull_at:
             return
         others = {feed for feed, peer in self.sending.items() if peer != sync.peer}
         nxt = plan.next_pull(self.mine, sync.theirs, members=self.members(),
                              skip={self.node_id} | self.forked | others, stalled=sync.stalled)
-        if nxt is not None:
-            self._pull(sync, *nxt)
+        if nxt is None:
+            return
+        if not self._paid(sync, RANGE_REQUEST_BYTES, budget.RECORD_BYTES, now):
+            sync.pull_at = self._ready_at(sync, RANGE_REQUEST_BYTES, budget.RECORD_BYTES, now)
+            return
+        self._pull(sync, *nxt)
 
     def _pull(self, sync: MateSync, feed: str, after_seq: int) -> None:
         with_key = feed not in self.mine or feed in sync.want_key
@@ -271,6 +313,7 @@ class Replicator:
 
     def _ranged(self, sync: MateSync, data: bytes) -> None:
         self.counters.bytes_received += len(data)
+        self.net.pacer.settle(budget.RECORD_BYTES, len(data), time.monotonic())
         try:
             bundle, head_seq = plan.decode_range_response(data)
         except mesh.WireError as exc:

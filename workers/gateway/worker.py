@@ -35,7 +35,7 @@ from akita import catalogue, exits, transport
 from akita import identity as ident
 from akita.ledger import chain
 from akita.ledger.client import LedgerClient
-from akita.mesh import budget
+from akita.mesh import budget, pacing
 from akita.wire import events, protocol
 from workers.base import Request, Worker
 from workers.gateway import recovery, rnsconfig, shared, traffic
@@ -131,12 +131,16 @@ class GatewayWorker(Worker):
         self.links.on_path = self.traffic.tag_link
         restored = recovery.load(chain.db_path(cfg))
         assert self.traffic is not None
-        self.timers = budget.derive(cfg.cluster, budget.slowest(self._media()))
+        medium = budget.slowest(self._media())
+        self.timers = budget.derive(cfg.cluster, medium)
         log.info("upkeep timers (%s): %s", self.timers.source, self.timers.as_dict())
         cfg = budget.resolve(cfg, self.timers)
         self.net = NetNode(cfg, identity, generation, self.rns, self.links, self.publish,
                            self._record, restored, self.tick_interval_s, self.defence)
         self.net.follow_budget(self.timers.state_refresh_s)
+        pacer = pacing.Pacer.for_budget(self.timers, medium)
+        self.net.pace(pacer)
+        self.links.establish_timeout_s = pacer.establish_timeout_s
         self.links.keepalive_s = self.timers.announce_interval_s
         self.messages = InterCluster(self.net, self.publish, self._record)
         self.replicator = Replicator(self.net, LedgerRequests(self.ctx, self.run_dir),
