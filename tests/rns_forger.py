@@ -120,7 +120,7 @@ def main() -> int:
                                   app, *aspects)
     destination.set_proof_strategy(RNS.Destination.PROVE_ALL)  # answers the nodes' probes
     serve(RNS, destination, args.ledger_channel, histories, author.node_id)
-    if not wait_online(RNS):
+    if not rns_boot.online(RNS):
         rns_boot.say("FAILED interface did not come up")
         return 1
     rns_boot.say(f"READY {author.node_id}")
@@ -204,15 +204,6 @@ def serve(RNS: Any, destination: Any, channel: str, histories: Histories, feed: 
     for verb, generator in (("heads", heads), ("range", ranges)):
         destination.register_request_handler(f"{channel}/{verb}", response_generator=generator,
                                              allow=RNS.Destination.ALLOW_ALL)
-
-
-def wait_online(RNS: Any, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not all(getattr(i, "online", False) for i in RNS.Transport.interfaces):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 if __name__ == "__main__":
