@@ -86,7 +86,6 @@ class Worker:
         self._next_heartbeat = 0.0
         self._heartbeat_step = 0.05
         self._next_tick = 0.0
-        self.last_input = 0.0  # monotonic time the loop last found input on any reader
         self.note = ""  # sent with each heartbeat: what `status` shows for this worker
 
     # --- for subclasses --------------------------------------------------------------------
@@ -196,10 +195,7 @@ class Worker:
                 self.tick()                     # change tick_interval_s
                 self._next_tick = min(self._next_tick, now + self.tick_interval_s)
             wait_s = max(0.0, min(self._next_tick, self._next_heartbeat) - time.monotonic())
-            ready = self.poller.poll(int(wait_s * 1000) + 1)
-            if ready:
-                self.last_input = now
-            for source, _event in ready:
+            for source, _event in self.poller.poll(int(wait_s * 1000) + 1):
                 callback = self._readers.get(source)
                 if callback is not None:
                     callback()

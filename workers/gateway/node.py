@@ -120,7 +120,7 @@ class NetNode:
         self._snapshot_due = False
         self._last_snapshot = 0.0
         self._last_tick = time.monotonic()
-        self.tick_interval_s = tick_interval_s
+        self._tick_interval_s = tick_interval_s
         self.snapshots = ViewSnapshots(SNAPSHOT_INTERVAL_S)
         self.pacing = StatePacing(Pacer.lan(), links.is_open)
         # Other parts of the gateway (delegation, replication, inter-cluster messages) hook in
@@ -238,7 +238,7 @@ class NetNode:
     # --- the timer ------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        lag = max(0.0, now - self._last_tick - self.tick_interval_s)
+        lag = max(0.0, now - self._last_tick - self._tick_interval_s)
         self._last_tick = now
         self.prober.note_lag(lag)
         if self.rns.new_interfaces_online():

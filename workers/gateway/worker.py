@@ -58,9 +58,6 @@ log = logging.getLogger(__name__)
 EXIT_INTERFACE_FAILED = 3
 LEDGER_FLUSH_S = 2.0
 SHARED_PROBE_S = 1.0      # how often a waiting gateway looks for the shared instance
-TICK_S = 0.1              # the timer while packets, requests or replies come in
-QUIET_TICK_S = 0.25       # once nothing has come in for QUIET_AFTER_S (at most)
-QUIET_AFTER_S = 1.0
 
 
 class GatewayWorker(Worker):
@@ -326,17 +323,6 @@ class GatewayWorker(Worker):
             self.page.tick(now)
         if self.ledger is not None:
             self.ledger.tick()
-        self._pace_ticks(now)
-
-    def _pace_ticks(self, now: float) -> None:
-        """Tick every TICK_S while anything comes in, every QUIET_TICK_S once nothing has
-        for QUIET_AFTER_S (an idle gateway's wake-ups were most of its CPU), yet at least
-        four times per discovery_interval."""
-        quiet = min(QUIET_TICK_S, max(TICK_S, self.config.cluster.discovery_interval / 4))
-        interval = quiet if now - self.last_input >= QUIET_AFTER_S else TICK_S
-        if interval != self.tick_interval_s:
-            self.tick_interval_s = interval
-            self._net().tick_interval_s = interval   # its loop-lag measure follows
 
     def _look_for_shared_instance(self) -> None:
         running = self.instance.reachable()
