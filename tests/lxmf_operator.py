@@ -31,10 +31,6 @@ from tests import rns_boot
 FIELD_COMMANDS = 0x09
 
 
-def say(**fields: Any) -> None:
-    rns_boot.say(json.dumps(fields))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     rns_boot.add_arguments(parser)
@@ -47,7 +43,7 @@ def main() -> int:
 
     RNS = rns_boot.start(args)
     if not rns_boot.online(RNS):
-        say(error="interface did not come up")
+        rns_boot.say_json(error="interface did not come up")
         return 1
     identity = RNS.Identity.from_file(str(args.dir / IDENTITY_FILE))
     router = LXMF.LXMRouter(identity=identity, storagepath=str(args.dir / "lxmf"),
@@ -62,7 +58,7 @@ def main() -> int:
     deadline = time.monotonic() + 15
     while not RNS.Transport.has_path(target_hash):
         if time.monotonic() > deadline:
-            say(error="no path to the node's LXMF address")
+            rns_boot.say_json(error="no path to the node's LXMF address")
             return 1
         time.sleep(0.05)
     target = RNS.Destination(RNS.Identity.recall(target_hash), RNS.Destination.OUT,
@@ -92,12 +88,12 @@ def main() -> int:
             if send("help", 2.0)["reply"] is not None:
                 break
             if time.monotonic() > deadline:
-                say(error="no answer to help")
+                rns_boot.say_json(error="no answer to help")
                 return 1
             router.announce(source.hash)
     for command in json.loads(args.commands):
-        say(**send(command, args.wait))
-    say(done=True)
+        rns_boot.say_json(**send(command, args.wait))
+    rns_boot.say_json(done=True)
     sys.stdout.flush()
     os._exit(0)  # LXMF's and Reticulum's threads and exit hooks are not ours to wait for
 

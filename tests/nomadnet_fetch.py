@@ -13,7 +13,6 @@ per path: {"path", "page" (the text, or null if no answer came), "rtt_s"}, then
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import sys
@@ -25,10 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from akita.identity import IDENTITY_FILE
 from tests import rns_boot
-
-
-def say(**fields: Any) -> None:
-    rns_boot.say(json.dumps(fields))
 
 
 def main() -> int:
@@ -44,7 +39,7 @@ def main() -> int:
     RNS.Transport.request_path(target_hash)
     while not RNS.Transport.has_path(target_hash):
         if time.monotonic() > deadline:
-            say(error="no path to the page's destination")
+            rns_boot.say_json(error="no path to the page's destination")
             return 1
         time.sleep(0.05)
     target = RNS.Destination(RNS.Identity.recall(target_hash), RNS.Destination.OUT,
@@ -54,7 +49,7 @@ def main() -> int:
     try:
         ready.get(timeout=10)
     except queue.Empty:
-        say(error="the link was not established")
+        rns_boot.say_json(error="the link was not established")
         return 1
     if args.identify:
         link.identify(RNS.Identity.from_file(str(args.dir / IDENTITY_FILE)))
@@ -69,9 +64,9 @@ def main() -> int:
         except queue.Empty:
             response = None
         text = response.decode("utf-8") if isinstance(response, bytes) else None
-        say(path=path, page=text, rtt_s=time.monotonic() - started if text else None)
+        rns_boot.say_json(path=path, page=text, rtt_s=time.monotonic() - started if text else None)
     link.teardown()
-    say(done=True)
+    rns_boot.say_json(done=True)
     os._exit(0)  # Reticulum's threads are not ours to wait for
 
 

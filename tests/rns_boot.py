@@ -8,6 +8,8 @@ Never imported by the test process (RNS stays out of pytest).
 from __future__ import annotations
 
 import argparse
+import json
+import queue
 import sys
 import threading
 import time
@@ -55,3 +57,29 @@ def say(text: str) -> None:
     with _OUT:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
+
+
+def say_json(**fields: Any) -> None:
+    """One JSON line (see `say`)."""
+    say(json.dumps(fields))
+
+
+def heard_identity(rns: Any, channel: str, node_id: str, timeout_s: float) -> Any | None:
+    """Wait for an announce of `node_id` on `channel`; its identity, or None (after saying
+    NO-ANNOUNCE) if none came within `timeout_s`."""
+    heard: queue.Queue[Any] = queue.Queue()
+
+    class Handler:
+        aspect_filter = channel
+
+        def received_announce(self, destination_hash: bytes, announced_identity: Any,
+                              app_data: bytes | None) -> None:
+            if announced_identity.hash.hex() == node_id:
+                heard.put(announced_identity)
+
+    rns.Transport.register_announce_handler(Handler())
+    try:
+        return heard.get(timeout=timeout_s)
+    except queue.Empty:
+        say("NO-ANNOUNCE")
+        return None

@@ -89,21 +89,8 @@ REQUEST_ATTEMPTS = 4
 
 def request(RNS: Any, channel: str, node_id: str, path: str, size: int,
             abort_at: bool) -> None:
-    heard: queue.Queue[Any] = queue.Queue()
-
-    class Handler:
-        aspect_filter = channel
-
-        def received_announce(self, destination_hash: bytes, announced_identity: Any,
-                              app_data: bytes | None) -> None:
-            if announced_identity.hash.hex() == node_id:
-                heard.put(announced_identity)
-
-    RNS.Transport.register_announce_handler(Handler())
-    try:
-        node_identity = heard.get(timeout=20)
-    except queue.Empty:
-        rns_boot.say("NO-ANNOUNCE")
+    node_identity = rns_boot.heard_identity(RNS, channel, node_id, 20)
+    if node_identity is None:
         return
     identity, _ = new_destination(RNS, channel + ".unused")
     app, *aspects = channel.split(".")

@@ -108,21 +108,8 @@ def main() -> int:
 
 def request_once(RNS: Any, identity: Any, channel: str, path: str, node_id: str) -> None:
     """Wait for `node_id`'s announce, then send it a request over an identified Link."""
-    heard: queue.Queue[Any] = queue.Queue()
-
-    class Handler:
-        aspect_filter = channel
-
-        def received_announce(self, destination_hash: bytes, announced_identity: Any,
-                              app_data: bytes | None) -> None:
-            if announced_identity.hash.hex() == node_id:
-                heard.put(announced_identity)
-
-    RNS.Transport.register_announce_handler(Handler())
-    try:
-        node_identity = heard.get(timeout=15)
-    except queue.Empty:
-        rns_boot.say("NO-ANNOUNCE")
+    node_identity = rns_boot.heard_identity(RNS, channel, node_id, 15)
+    if node_identity is None:
         return
     app, *aspects = channel.split(".")
     target = RNS.Destination(node_identity, RNS.Destination.OUT, RNS.Destination.SINGLE, app,
