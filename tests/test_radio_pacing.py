@@ -239,3 +239,35 @@ def test_ledger_exchanges_wait_behind_state_pulls() -> None:
     assert not pacer.state_waiting
     pacer.bucket.tokens_s = pacer.bucket.capacity_s
     assert exchanges() == 1
+
+
+def test_ledger_exchanges_wait_behind_a_push_that_is_due() -> None:
+    from akita.wire import protocol
+    from tests.test_replication_units import ME, Rig, _hash
+
+    rig = Rig()
+    pacer = pacer_for("SF9")
+    rig.net.pacer = pacer
+    pacing = StatePacing(pacer, is_open=lambda _peer: True)
+    mates = {peer_id(1), peer_id(2)}
+    assert pacing.may_push(mates, 450, 0.0)
+    assert not pacing.may_push(mates, 450, 1.0) and pacing.push_pending
+    # Within the spacing the waiting push holds nothing back: the catch-up may spend.
+    assert not pacer.state_waiting
+    pacer.bucket.rate, pacer.bucket.tokens_s = 1e-12, 0.0
+    spaced = pacer.push_spacing_s
+
+    def exchanges() -> int:
+        rig.tick()
+        for asked in rig.ledger.take(protocol.LedgerHeads):
+            asked.on_reply(protocol.LedgerHeadsReply(own=ME, feeds={ME: [1, _hash(1), 1]},
+                                                     forked=[]))
+        return len(rig.links.take("/heads"))
+
+    assert not pacing.push_due(mates, 450, spaced)   # due, but the bucket is empty ...
+    assert pacer.state_waiting                        # ... so the catch-up waits behind it
+    pacer.bucket.tokens_s = pacer.bucket.capacity_s
+    assert exchanges() == 0           # an exchange would fit, but the push comes first
+    assert pacing.push_due(mates, 450, spaced + 1.0) and not pacer.state_waiting
+    pacer.bucket.tokens_s = pacer.bucket.capacity_s
+    assert exchanges() == 1

@@ -199,7 +199,7 @@ class NetNode:
         self.links.close_peer(peer.node_id)
         self._pulling.discard(peer.node_id)
         self._pull_backoff.forget(peer.node_id)
-        self.pacing.forget(peer.node_id)
+        self.pacing.forget(peer.node_id, time.monotonic())
         self.sync.forget_except(self.table.alive_ids())
         self.publish("peer.left", protocol.PeerLeft(node=peer.node_id, name=peer.name,
                                                     reason=reason))

@@ -5,8 +5,11 @@ changes (`akitactl state set`, new task types). Where the budget binds, each wai
 node's airtime bucket: a pull that waits is remembered (with the newest stamp heard) and
 sent from the loop's tick once the bucket allows it. Pushes go at most once per
 `Pacer.push_spacing_s` (an announce interval) and when the bucket pays: those that wait
-are coalesced into one, which carries the record's latest version when it goes. On a LAN
-everything goes at once, as before.
+are coalesced into one, which carries the record's latest version when it goes. A pull
+that waits, or a push whose spacing has passed, holds the ledger's catch-up back
+(`Pacer.state_waiting`): a mate's record says where work may go, its ledger copy can lag,
+and at 1 % on SF9 the catch-up of a six-node start-up would take the bucket for hours. On
+a LAN everything goes at once, as before.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class StatePacing:
         if node_id not in self.wanted:
             self.held_pulls += 1
         self.wanted[node_id] = max(advertised, self.wanted.get(node_id, advertised))
-        self.pacer.state_waiting = True
+        self._hold(now)
         return False
 
     def due_pulls(self, now: float, still_wanted: Callable[[str, st.Stamp], bool]
@@ -60,7 +63,7 @@ class StatePacing:
                 due.append((node_id, stamp))
             else:
                 break   # in order: a later one must not overtake a waiting one
-        self.pacer.state_waiting = bool(self.wanted)
+        self._hold(now)
         return due
 
     def push_cost_s(self, mates: Iterable[str], record_bytes: int) -> float:
@@ -76,19 +79,26 @@ class StatePacing:
             self.push_pending = False
             if mates:
                 self.last_push_at = now
+            self._hold(now)
             return True
         if not self.push_pending:
             self.held_pushes += 1
         self.push_pending = True
+        self._hold(now)
         return False
 
     def push_due(self, mates: set[str], record_bytes: int, now: float) -> bool:
         """Is a waiting push paid for now?"""
         return self.push_pending and self.may_push(mates, record_bytes, now)
 
-    def forget(self, node_id: str) -> None:
+    def forget(self, node_id: str, now: float) -> None:
         self.wanted.pop(node_id, None)
-        self.pacer.state_waiting = bool(self.wanted)
+        self._hold(now)
+
+    def _hold(self, now: float) -> None:
+        """Let the ledger's catch-up spend from the bucket only while no state work waits."""
+        push_waits = self.push_pending and now >= self.last_push_at + self.pacer.push_spacing_s
+        self.pacer.state_waiting = bool(self.wanted) or push_waits
 
     def stats(self, now: float) -> dict[str, Any]:
         return {**self.pacer.as_dict(now), "pulls_waiting": len(self.wanted),
