@@ -4,6 +4,7 @@ back, configuration errors reported, the whole process group stopped in order.""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -57,8 +58,12 @@ def test_executor_survives_its_fork_server(make_node: Callable[..., Node]) -> No
             wait_for(lambda z=zygote: not pid_alive(z.pid), 5,
                      f"the old fork server (pid {zygote.pid}) gone")
             assert fork_server_of(executor_pid).pid != zygote.pid
-        after = {p["pid"] for p in client.stats()["pool"]}
-        assert len(after) == 2 and not after & before
+        # The new fork server's processes come once it has imported the task modules.
+        def refilled() -> bool:
+            after = {p["pid"] for p in client.stats()["pool"]}
+            return len(after) == 2 and not after & before
+
+        wait_for(refilled, 10, "a full pool of new task processes")
     worker = node.worker("executor")
     assert (worker["pid"], worker["state"], worker["restarts"]) == (executor_pid, "running", 0)
     assert "fork server" in (node.log_dir / "executor.log").read_text()
@@ -226,5 +231,35 @@ def test_a_zygote_still_importing_is_waited_for_a_stopped_one_is_not() -> None:
         with pytest.raises(ZygoteError, match="did not fork"):
             stopped.spawn("os:getpid", None, timeout_s=0.2)
         assert time.monotonic() - started < 1.0
+    finally:
+        stopped.kill()
+
+
+def test_a_request_is_answered_without_waiting_and_a_stopped_zygote_is_late() -> None:
+    slow = Zygote.start(["tests.slow_preload"])
+    try:
+        asked = time.monotonic()
+        ref = slow.request("os:getpid", None)
+        assert time.monotonic() - asked < 0.5      # did not wait for its 1.5 s preload
+        assert not slow.late(0.2)                  # still importing: slow, not late
+        spawned: list[Any] = []
+
+        def answered() -> bool:
+            if select.select([slow], [], [], 0.05)[0]:
+                slow.events()      # the child may have exited too: that comes here
+            spawned.extend(slow.take_spawned())
+            return bool(spawned)
+
+        wait_for(answered, 10, "the answer to the request")
+        assert [s.ref for s in spawned] == [ref] and spawned[0].pid > 0
+        assert not slow.late(0.0)                  # nothing left unanswered
+    finally:
+        slow.close()
+    stopped = Zygote.start(["tests.slow_preload"])
+    try:
+        os.kill(stopped.pid, signal.SIGSTOP)
+        stopped.request("os:getpid", None)
+        wait_for(lambda: stopped.late(0.2), 2, "the stopped zygote's request to be late")
+        assert stopped.take_spawned() == []
     finally:
         stopped.kill()

@@ -91,6 +91,8 @@ class Zygote:
         self.ready_at = 0.0
         self._ref = 0
         self._pending: list[Exited] = []
+        self._asked: dict[int, float] = {}      # ref of each `request` unanswered → asked at
+        self._spawned: list[Spawned] = []       # answers to requests, for `take_spawned`
         self._proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -119,12 +121,7 @@ class Zygote:
         `fds` maps a descriptor number in the child to one of ours (e.g. {1: w, 2: w}).
         Exits reported meanwhile are kept for `events()`.
         """
-        self._ref += 1
-        ref = self._ref
-        targets = list((fds or {}).items())
-        body = msgpack.packb({"op": "spawn", "ref": ref, "target": target, "args": args,
-                              "fds": [child for child, _ in targets]}, use_bin_type=True)
-        socket.send_fds(self.sock, [body], [ours for _, ours in targets])
+        ref = self._send_spawn(target, args, fds)
         asked_at = time.monotonic()
         while True:
             # The time allowed counts from when the zygote could first answer.
@@ -141,6 +138,42 @@ class Zygote:
                     return event.pid
                 if isinstance(event, Exited):
                     self._pending.append(event)
+                else:
+                    self._answered(event)
+
+    def request(self, target: str, args: Any, *, fds: dict[int, int] | None = None) -> int:
+        """Ask for a child as `spawn` does, without waiting: returns the request's ref; the
+        child's pid comes with it from `take_spawned` once `events` has read the answer
+        (the socket turns readable), and `late` says when it is overdue."""
+        ref = self._send_spawn(target, args, fds)
+        self._asked[ref] = time.monotonic()
+        return ref
+
+    def take_spawned(self) -> list[Spawned]:
+        """Answers to `request`s read so far, in order."""
+        out, self._spawned = self._spawned, []
+        return out
+
+    def late(self, timeout_s: float) -> bool:
+        """Has a `request` gone unanswered for `timeout_s` since the zygote could first
+        answer? (One still importing its preload is slow, not dead.)"""
+        if not self._asked:
+            return False
+        oldest = min(self._asked.values())
+        return time.monotonic() > max(oldest, self.ready_at) + timeout_s \
+            and not self._importing()
+
+    def _send_spawn(self, target: str, args: Any, fds: dict[int, int] | None) -> int:
+        self._ref += 1
+        targets = list((fds or {}).items())
+        body = msgpack.packb({"op": "spawn", "ref": self._ref, "target": target, "args": args,
+                              "fds": [child for child, _ in targets]}, use_bin_type=True)
+        socket.send_fds(self.sock, [body], [ours for _, ours in targets])
+        return self._ref
+
+    def _answered(self, event: Spawned) -> None:
+        if self._asked.pop(event.ref, None) is not None:
+            self._spawned.append(event)
 
     def _importing(self) -> bool:
         """Still importing its preload (not ready, not stopped, not for too long)."""
@@ -154,12 +187,15 @@ class Zygote:
         return state not in ("T", "t", "Z")
 
     def events(self) -> list[Exited]:
-        """Exits reported since the last call (non-blocking)."""
+        """Exits reported since the last call (non-blocking); answers to `request`s read
+        meanwhile are kept for `take_spawned`."""
         out, self._pending = self._pending, []
         while select.select([self.sock], [], [], 0)[0]:
             for event in self._read():
                 if isinstance(event, Exited):
                     out.append(event)
+                else:
+                    self._answered(event)
         return out
 
     def _read(self) -> list[Exited | Spawned]:

@@ -175,6 +175,8 @@ class TaskPool:
         self.zygote: Zygote | None = None
         self.zygotes_started = 0
         self.processes: dict[int, PoolProcess] = {}
+        # Asked of the zygote, not yet forked: request ref → our end of its channel, slot.
+        self.starting: dict[int, tuple[socket.socket, mmap.mmap]] = {}
         self.holder: dict[str, PoolProcess] = {}   # task id → the process it was sent to
         self.estimates: dict[str, float] = {}
         self.prefetch_s = PREFETCH_S
@@ -193,13 +195,17 @@ class TaskPool:
         their tasks are requeued without spending an attempt)."""
         if self.zygote is not None:
             self.zygote.kill()
+        self._drop_starting()
         self.start_zygote()
         orphans = list(self.processes.values())
         for proc in orphans:
             self.kill(proc, "zygote")
         return orphans
 
-    def spawn(self) -> PoolProcess:
+    def request_process(self) -> None:
+        """Ask the zygote for one more task process without waiting for it (a zygote just
+        started takes ~50 ms to import the task modules, and the executor serves
+        meanwhile): it joins `processes` from `take_started` once the zygote answers."""
         assert self.zygote is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         memfd = os.memfd_create("akita-task-slot")
@@ -207,9 +213,8 @@ class TaskPool:
         try:
             os.ftruncate(memfd, SLOT_BYTES)
             slot = mmap.mmap(memfd, SLOT_BYTES)
-            pid = self.zygote.spawn("workers.executor.taskproc:main", self.spawn_args,
-                                    fds={TASK_FD: theirs.fileno(), SLOT_FD: memfd},
-                                    timeout_s=SPAWN_TIMEOUT_S)
+            ref = self.zygote.request("workers.executor.taskproc:main", self.spawn_args,
+                                      fds={TASK_FD: theirs.fileno(), SLOT_FD: memfd})
         except BaseException:
             ours.close()
             if slot is not None:
@@ -219,10 +224,29 @@ class TaskPool:
             theirs.close()
             os.close(memfd)
         ours.setblocking(False)
-        proc = PoolProcess(pid, ours, slot)
-        self.processes[pid] = proc
-        self.started += 1
-        return proc
+        self.starting[ref] = (ours, slot)
+
+    def take_started(self) -> list[PoolProcess]:
+        """The processes the zygote has forked since the last call."""
+        assert self.zygote is not None
+        started = []
+        for spawned in self.zygote.take_spawned():
+            ours, slot = self.starting.pop(spawned.ref)
+            proc = PoolProcess(spawned.pid, ours, slot)
+            self.processes[spawned.pid] = proc
+            self.started += 1
+            started.append(proc)
+        return started
+
+    def spawn_late(self) -> bool:
+        """A process asked for has not come within `SPAWN_TIMEOUT_S`: the zygote hangs."""
+        return self.zygote is not None and self.zygote.late(SPAWN_TIMEOUT_S)
+
+    def _drop_starting(self) -> None:
+        for ours, slot in self.starting.values():
+            ours.close()
+            slot.close()
+        self.starting.clear()
 
     def estimate(self, name: str) -> float | None:
         return self.estimates.get(name)
@@ -320,6 +344,7 @@ class TaskPool:
             self.kill(proc, "stop")
             proc.close()
         self.processes.clear()
+        self._drop_starting()
         if self.zygote is not None:
             self.zygote.close()
             self.zygote = None

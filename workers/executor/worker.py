@@ -39,7 +39,14 @@ from workers.executor import recovery as taskrecovery
 from workers.executor import replies as taskreplies
 from workers.executor.delegation import Delegation
 from workers.executor.pacing import SATURATED_LINGER_S, Pacing
-from workers.executor.pool import Dispatch, PoolProcess, TaskPool, cpu_count, describe_exit
+from workers.executor.pool import (
+    SPAWN_TIMEOUT_S,
+    Dispatch,
+    PoolProcess,
+    TaskPool,
+    cpu_count,
+    describe_exit,
+)
 from workers.executor.replies import DeferredReply, Watchers
 from workers.zygote import ZygoteError
 
@@ -128,6 +135,8 @@ class ExecutorWorker(Worker):
         self.ledger.tick()
         if self._catch_up_at and time.monotonic() >= self._catch_up_at:
             self._catch_up()
+        if self.pool.spawn_late():
+            self._replace_zygote(f"it did not fork a task process within {SPAWN_TIMEOUT_S:g} s")
         for proc, dispatch in self.pool.overdue():
             log.info("task %s ran past its timeout of %g s: killing process %d",
                      dispatch.record.id, dispatch.timeout_s, proc.pid)
@@ -331,11 +340,9 @@ class ExecutorWorker(Worker):
 
     def _add_process(self) -> None:
         try:
-            proc = self.pool.spawn()
+            self.pool.request_process()
         except (ZygoteError, OSError) as exc:
-            self._replace_zygote(f"it did not fork a task process: {exc}")
-            return
-        self._watch_process(proc)
+            self._replace_zygote(f"it did not take a request for a task process: {exc}")
 
     def _watch_process(self, proc: PoolProcess) -> None:
         self.add_reader(proc.fileno(), lambda: self._on_process(proc))
@@ -361,8 +368,8 @@ class ExecutorWorker(Worker):
             self._lost(proc, "its fork server died")
         self._stopping_pool = stopping
         self.add_reader(self.pool.zygote.fileno(), self._on_zygote)
-        while not stopping and len(self.pool.processes) < self.pool.size:
-            self._watch_process(self.pool.spawn())
+        while not stopping and len(self.pool.processes) + len(self.pool.starting) < self.pool.size:
+            self.pool.request_process()
 
     def _on_process(self, proc: PoolProcess) -> None:
         outcomes, alive = proc.read()
@@ -395,6 +402,8 @@ class ExecutorWorker(Worker):
             self._replace_zygote(str(exc))
             self._settle()
             return
+        for started in self.pool.take_started():   # before the exits: one may be of these
+            self._watch_process(started)
         for exited in events:
             proc = self.pool.processes.get(exited.pid)
             if proc is not None:
@@ -503,9 +512,10 @@ class ExecutorWorker(Worker):
 
     def _tick_needed(self) -> bool:
         """Something the tick looks after is pending: appends not yet sent, a delegation's
-        lease, the catch-up after start, a snapshot, queued tasks."""
+        lease, the catch-up after start, a snapshot, queued tasks, task processes asked for."""
         return bool(self.ledger.due_in() is not None or self.delegation.leases
-                    or self._catch_up_at or self.snapshots.due() or self.book.queue)
+                    or self._catch_up_at or self.snapshots.due() or self.book.queue
+                    or self.pool.starting)
 
     def _quiet(self) -> bool:
         """The book is exactly the projection of the durable feed: a snapshot may be taken
