@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 import pytest
+import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 import akita
@@ -23,6 +24,7 @@ from akita import config as config_mod
 from akita.errors import ConfigError
 from akita.tasks.queue import TaskQueue, TaskRecord, TaskState
 from akita.wire import protocol
+from supervisor import observer as observer_module
 from supervisor.observed import Histogram, flatten_counters
 from supervisor.observer import Observer
 from tests.helpers import Node, free_port, start_network, wait_for
@@ -121,7 +123,9 @@ def test_queue_depth_by_priority(make_node: Callable[..., Node]) -> None:
     node, port = metrics_node(make_node, tasks={**TASKS, "pool_size": 1})
     node.start()
     with akita.Client(node.config_path, timeout_s=10) as client:
-        client.submit("sample.hang", [10])  # occupies the only task process
+        hang = client.submit("sample.hang", [10])  # occupies the only task process
+        wait_for(lambda: client.status(hang)["state"] == "running", 10,
+                 "the hanging task running (else the queue runs in priority order)")
         for _ in range(3):
             client.submit("sample.add", [1, 2], priority=7)
         client.submit("sample.add", [1, 2], priority=2)
@@ -307,3 +311,34 @@ def test_the_observer_reads_a_batch_of_bus_frames(tmp_path: Path) -> None:
     assert [e["seq"] for e in obs.last_events] == list(range(130, 180))
     assert obs.last_events[-1]["summary"] == "id=t59"
     assert obs.uss == {7: 1000}
+
+
+def test_the_observer_hears_events_and_samples_not_heartbeats(tmp_path: Path) -> None:
+    ctx = zmq.Context()
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    try:
+        endpoint = f"ipc://{tmp_path}/bus.sock"
+        pub.bind(endpoint)
+        observer_module.subscribe(sub)
+        sub.connect(endpoint)
+        sent = [[protocol.topic_of(protocol.Heartbeat.KIND), b"beat"],
+                [b"task.succeeded", b"event"],
+                [protocol.topic_of(protocol.ResourceSample.KIND), b"sample"],
+                [b"worker.exited", b"event"]]
+        heard: list[list[bytes]] = []
+
+        def all_heard() -> bool:
+            for frames in sent:   # again until the subscription has reached the publisher
+                pub.send_multipart(frames)
+            while sub.poll(50):
+                heard.append(sub.recv_multipart())
+            return {bytes(f[1]) for f in heard} >= {b"event", b"sample"}
+
+        wait_for(all_heard, 10, "the events and the sample at the observer's subscriber")
+        assert not [f for f in heard if f[1] == b"beat"], "a heartbeat reached the observer"
+        assert {bytes(f[0]) for f in heard} == {b"task.succeeded", b"worker.exited",
+                                                b"resource.sample"}
+    finally:
+        pub.close(linger=0)
+        sub.close(linger=0)
+        ctx.term()
