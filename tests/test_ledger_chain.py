@@ -257,3 +257,17 @@ def test_any_flipped_byte_is_detected_at_its_row(tmp_path_factory: pytest.TempPa
     assert not result.ok
     # Each row is checked whole (prev, then recomputed hash) before the next one is read.
     assert result.first_bad_seq == seq, result
+
+
+def test_an_identity_is_derived_once_and_a_replaced_key_is_read_anew(tmp_path: Path) -> None:
+    from akita import identity
+
+    first = identity.load_or_create(tmp_path)
+    identity.warm_up(tmp_path)          # as a fork server does before each worker
+    assert identity.load(tmp_path) is first
+    replacement = NodeIdentity.generate()
+    (tmp_path / identity.IDENTITY_FILE).write_bytes(replacement.private_bytes)
+    loaded = identity.load(tmp_path)
+    assert loaded.node_id == replacement.node_id != first.node_id
+    assert identity.verify(loaded.public_key, loaded.sign(b"x"), b"x")
+    identity.warm_up(tmp_path / "nothing here")   # no identity yet: nothing to derive

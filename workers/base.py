@@ -271,24 +271,20 @@ def load_class(name: str) -> type[Worker]:
 # reload adds one, so only the latest few are kept.
 _PARSED: dict[tuple[str, str], config_mod.Config] = {}
 _PARSED_KEPT = 2
-_warm = False   # `identity.warm_up` done in this zygote
 
 
 def prepare_in_zygote(args: dict[str, Any]) -> None:
     """Parse the config text a worker is about to be started with, in the zygote: the next
     worker forked with the same text (every restart, until a reload) finds it parsed.
-    The config is plain frozen data, safe to hold in a fork server. OpenSSL's set-up for
-    the node's keys is done here once too (`identity.warm_up`)."""
-    global _warm
-    if not _warm:
-        identity.warm_up()
-        _warm = True
+    The config is plain frozen data, safe to hold in a fork server. So are OpenSSL's set-up
+    and the node's keys (`identity.warm_up`)."""
     key = (args["config_text"], args["config_path"])
     if key not in _PARSED:
         parsed = config_mod.parse(key[0], Path(key[1]))
         while len(_PARSED) >= _PARSED_KEPT:
             del _PARSED[next(iter(_PARSED))]
         _PARSED[key] = parsed
+    identity.warm_up(_PARSED[key].node.data_dir)
 
 
 def main(args: dict[str, Any]) -> int:
