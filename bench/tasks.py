@@ -3,7 +3,7 @@ the same run.
 
     python bench/tasks.py [--tasks 50000] [--pool 2] [--cpu-tasks 4000] [--rounds 3]
                           [--loads 0.5,0.9] [--latency-s 5] [--pools 1,2,4]
-                          [--sweep-tasks 10000] [--sweep-cpu-tasks 2000]
+                          [--sweep-tasks 10000] [--sweep-cpu-tasks 2000] [--no-metrics]
 
 Starts a real node (ledger + executor) in a temporary directory and measures, through the
 public `akita.Client` with pipelined submits (`submit_many`, then `wait_many`):
@@ -96,16 +96,17 @@ def _timed(fn: Callable[[int], Any], arg: int) -> float:
 class BenchNode:
     """A supervisor with the ledger and executor, in a temporary directory."""
 
-    def __init__(self, pool: int) -> None:
+    def __init__(self, pool: int, metrics: bool = True) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="akb-", dir="/tmp"))
         (self.root / "bench_tasks.py").write_text(TASK_MODULE)
         self.config_path = self.root / "akita.ini"
+        # /metrics and the dashboard on, as in the default config, on a port of its own
+        listen = f"127.0.0.1:{free_port()}" if metrics else ""
         self.config_path.write_text(
             "[node]\ndata_dir = data\nrun_dir = run\nlog_dir = log\nname = bench\n"
             "[supervisor]\nworkers = ledger, executor\n"
             f"[tasks]\npool_size = {pool}\nmodules = bench_tasks\nmax_queue = 10000000\n"
-            # /metrics and the dashboard on, as in the default config, on a port of its own
-            f"[metrics]\nlisten = 127.0.0.1:{free_port()}\n")
+            f"[metrics]\nlisten = {listen}\n")
         self.config = config_mod.load(self.config_path)
         env = dict(os.environ, PYTHONPATH=f"{self.root}:{REPO}")
         self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.main", "-c",
@@ -323,7 +324,7 @@ def sweep(args: argparse.Namespace, loops: int) -> int:
     print(f"  {'pool':>4} {'ideal':>6} | {'akita 1ms':>9} {'PPE 1ms':>8} {'of ideal':>12} "
           f"{'ratio':>6} | {'akita triv':>10} {'PPE triv':>9} {'ratio':>6}")
     for size in args.pools:
-        node = BenchNode(size)
+        node = BenchNode(size, args.metrics)
         try:
             node.wait_ready()
             with akita.Client(config=node.config, timeout_s=120) as client, \
@@ -402,6 +403,9 @@ def parse_args() -> argparse.Namespace:
                         help="trivial tasks per round in the cost curve")
     parser.add_argument("--sweep-cpu-tasks", type=int, default=2_000,
                         help="1 ms tasks per round in the cost curve")
+    parser.add_argument("--no-metrics", dest="metrics", action="store_false",
+                        help="the node without /metrics and the dashboard (on by default, "
+                        "as in the default config): what the operator pages cost")
     parser.add_argument("--keep", action="store_true",
                         help="keep the nodes' directories (config, ledger, logs) afterwards")
     return parser.parse_args()
@@ -413,7 +417,7 @@ def main() -> int:
     print(f"pool size {args.pool}, {os.cpu_count()} CPUs, {args.rounds} rounds each; "
           "figures in tasks/s (median; all rounds in brackets); a 1 ms task is "
           f"{loops:,} loops; load average {os.getloadavg()[0]:.2f} at the start\n")
-    node = BenchNode(args.pool)
+    node = BenchNode(args.pool, args.metrics)
     try:
         node.wait_ready()
         with akita.Client(config=node.config, timeout_s=120) as client, \
