@@ -82,7 +82,10 @@ class Station:
                 "airtime_percent": round(100 * self.airtime_s / elapsed, 3),
                 "rx_frames": self.rx_frames, "rx_bytes": self.rx_bytes,
                 "lost_frames": self.lost_frames, "dropped_frames": self.dropped_frames,
-                "queued": len(self.queue), "joined_s_ago": round(elapsed, 3)}
+                "queued": len(self.queue),
+                "pending_bytes": sum(map(len, self.queue))
+                + (len(self.sending.frame) if self.sending is not None else 0),
+                "joined_s_ago": round(elapsed, 3)}
 
 
 class Medium:
