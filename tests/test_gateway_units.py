@@ -7,6 +7,7 @@ import json
 import random
 import shlex
 import socket
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,16 @@ from workers.gateway import recovery, rnsconfig, views
 from workers.gateway.discovery import Admission, Discovery, DiscoveryTiming
 from workers.gateway.load import LoadTracker
 from workers.gateway.peers import AnnounceOutcome, PeerState, PeerTable
-from workers.gateway.probes import DirectProbe, IndirectProbe, Prober, ProbeTiming, Suspect
+from workers.gateway.probes import (
+    LAG_NOISE_S,
+    LAG_SAMPLES,
+    MAX_HEALTH,
+    DirectProbe,
+    IndirectProbe,
+    Prober,
+    ProbeTiming,
+    Suspect,
+)
 from workers.gateway.sync import SNAPSHOT_BURST, StateSync, ViewSnapshots
 
 A = "aa" * 16
@@ -221,6 +231,19 @@ def test_health_grows_with_a_loop_that_stays_late() -> None:
     for _ in range(30):
         prober.note_lag(100)
     assert prober.health == 4.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(hs.lists(hs.sampled_from([0.0, 0.001, LAG_NOISE_S, LAG_NOISE_S + 0.01, 0.3, 2.0, 50.0]),
+                max_size=3 * LAG_SAMPLES))
+def test_health_follows_the_median_lag_of_the_window(lags: list[float]) -> None:
+    timing = ProbeTiming(interval_s=1.0, timeout_s=0.5)
+    prober = Prober(timing)
+    for i, lag in enumerate(lags):
+        prober.note_lag(lag)
+        window = lags[max(0, i + 1 - LAG_SAMPLES):i + 1]
+        late = max(0.0, statistics.median(window) - LAG_NOISE_S)
+        assert prober.health == pytest.approx(min(MAX_HEALTH, 1.0 + late / timing.timeout_s))
 
 
 # --- Reticulum config -------------------------------------------------------------------------

@@ -150,9 +150,11 @@ class RnsNode:
 
     def new_interfaces_online(self) -> list[str]:
         """Names of interfaces that came online since the last call (spawned ones too)."""
-        online = {id(iface): str(iface) for iface in list(RNS.Transport.interfaces)
+        online = {id(iface): iface for iface in list(RNS.Transport.interfaces)
                   if getattr(iface, "online", False)}
-        fresh = [name for key, name in online.items() if key not in self._online]
+        if online.keys() == self._online:
+            return []   # every tick: no names built (an interface's str() is not cheap)
+        fresh = [str(iface) for key, iface in online.items() if key not in self._online]
         self._online = set(online)
         return fresh
 
