@@ -176,8 +176,8 @@ def main() -> int:
 def state_phase(clients: list[akita.Client], interval: float, args: argparse.Namespace) -> None:
     origin = clients[0]
     me = str(origin.peers()["self"])
-    mates = [c for c in clients[1:] if me in next(iter(
-        m for m in view(c) if me in m), frozenset())]
+    (cluster,) = (members for members in view(origin) if me in members)
+    mates = [c for c in clients[1:] if str(c.peers()["self"]) in cluster]
     started = time.monotonic()
     origin.state_set("bench", {"at": time.time()})
     def everywhere() -> bool:
