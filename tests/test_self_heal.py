@@ -60,8 +60,10 @@ def test_executor_survives_its_fork_server(make_node: Callable[..., Node]) -> No
             assert fork_server_of(executor_pid).pid != zygote.pid
         # The new fork server's processes come once it has imported the task modules.
         def refilled() -> bool:
-            after = {p["pid"] for p in client.stats()["pool"]}
-            return len(after) == 2 and not after & before
+            stats = client.stats()
+            after = {p["pid"] for p in stats["pool"]}
+            return len(after) == 2 and not after & before \
+                and stats["totals"]["processes_starting"] == 0
 
         wait_for(refilled, 10, "a full pool of new task processes")
     worker = node.worker("executor")

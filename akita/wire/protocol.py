@@ -636,7 +636,9 @@ class TaskStats(Message):
 class TaskStatsReply(Message):
     """Counts by state, the pool (one {"pid", "in_flight", "running"} per task process),
     and totals since the executor started (processes_started, processes_lost, queued,
-    stale_results, leases_lapsed).
+    pacing_changes, stale_results, leases_lapsed), with two figures of now among them:
+    processes_starting (asked of the fork server, not forked yet) and saturated (1 while
+    the pool is saturated and outcomes are sent paced).
 
     `load` is the compact summary a gateway puts in the node's state record: {"queued"
     (tasks this node's pool will run), "waiting" (tasks only a peer can run), "running",

@@ -165,6 +165,8 @@ def on_stats(ex: QueryOwner, request: Request) -> protocol.Message:
     return protocol.TaskStatsReply(counts=counts, pool=ex.pool.describe(),
                                    totals={"processes_started": ex.pool.started,
                                            "processes_lost": ex.pool.lost,
+                                           # asked of the fork server, not forked yet
+                                           "processes_starting": len(ex.pool.starting),
                                            "queued": ex.book.queued(),
                                            # 1 while the pool is saturated (paced sending)
                                            "saturated": int(ex.pacing.saturated),
