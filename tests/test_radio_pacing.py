@@ -5,6 +5,7 @@ where the budget binds (LoRa), and go at once on a LAN, as before."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -186,23 +187,30 @@ def test_pulls_that_wait_go_in_order_and_only_while_still_wanted() -> None:
 # --- ledger exchanges -----------------------------------------------------------------------
 
 
-def test_ledger_exchanges_wait_for_the_bucket_and_stay_due() -> None:
+def heads_exchanges(rig: Any, rounds: int = 1) -> int:
+    """Heads exchanges the replicator of `rig` sends over `rounds` rounds, each request for
+    our own heads answered at once (the replicator reads its own clock; the bucket earns
+    nothing meanwhile, being filled by hand in the tests)."""
     from akita.wire import protocol
-    from tests.test_replication_units import ME, Rig, _hash
+    from tests.test_replication_units import ME, _hash
+
+    for _ in range(rounds):
+        rig.tick()
+        for asked in rig.ledger.take(protocol.LedgerHeads):
+            asked.on_reply(protocol.LedgerHeadsReply(own=ME, feeds={ME: [1, _hash(1), 1]},
+                                                     forked=[]))
+    return len(rig.links.take("/heads"))
+
+
+def test_ledger_exchanges_wait_for_the_bucket_and_stay_due() -> None:
+    from tests.test_replication_units import Rig
 
     rig = Rig()
     pacer = pacer_for("SF9")
     rig.net.pacer = pacer
 
     def rounds(count: int) -> int:
-        """Heads exchanges sent over `count` rounds (the replicator reads its own clock;
-        the bucket earns nothing meanwhile, being filled by hand below)."""
-        for _ in range(count):
-            rig.tick()
-            for asked in rig.ledger.take(protocol.LedgerHeads):
-                asked.on_reply(protocol.LedgerHeadsReply(
-                    own=ME, feeds={ME: [1, _hash(1), 1]}, forked=[]))
-        return len(rig.links.take("/heads"))
+        return heads_exchanges(rig, count)
 
     pacer.bucket.rate = 1e-12
     pacer.bucket.tokens_s = 0.0
@@ -216,8 +224,7 @@ def test_ledger_exchanges_wait_for_the_bucket_and_stay_due() -> None:
 
 
 def test_ledger_exchanges_wait_behind_state_pulls() -> None:
-    from akita.wire import protocol
-    from tests.test_replication_units import ME, Rig, _hash
+    from tests.test_replication_units import Rig
 
     rig = Rig()
     pacer = pacer_for("SF9")
@@ -228,11 +235,7 @@ def test_ledger_exchanges_wait_behind_state_pulls() -> None:
     pacer.bucket.tokens_s = pacer.bucket.capacity_s
 
     def exchanges() -> int:
-        rig.tick()
-        for asked in rig.ledger.take(protocol.LedgerHeads):
-            asked.on_reply(protocol.LedgerHeadsReply(own=ME, feeds={ME: [1, _hash(1), 1]},
-                                                     forked=[]))
-        return len(rig.links.take("/heads"))
+        return heads_exchanges(rig)
 
     assert exchanges() == 0           # the bucket is full, but a state pull comes first
     assert [p for p, _s in pacing.due_pulls(1.0, lambda _p, _s: True)] == [peer_id(7)]
@@ -242,8 +245,7 @@ def test_ledger_exchanges_wait_behind_state_pulls() -> None:
 
 
 def test_ledger_exchanges_wait_behind_a_push_that_is_due() -> None:
-    from akita.wire import protocol
-    from tests.test_replication_units import ME, Rig, _hash
+    from tests.test_replication_units import Rig
 
     rig = Rig()
     pacer = pacer_for("SF9")
@@ -258,11 +260,7 @@ def test_ledger_exchanges_wait_behind_a_push_that_is_due() -> None:
     spaced = pacer.push_spacing_s
 
     def exchanges() -> int:
-        rig.tick()
-        for asked in rig.ledger.take(protocol.LedgerHeads):
-            asked.on_reply(protocol.LedgerHeadsReply(own=ME, feeds={ME: [1, _hash(1), 1]},
-                                                     forked=[]))
-        return len(rig.links.take("/heads"))
+        return heads_exchanges(rig)
 
     assert not pacing.push_due(mates, 450, spaced)   # due, but the bucket is empty ...
     assert pacer.state_waiting                        # ... so the catch-up waits behind it
