@@ -186,8 +186,9 @@ def test_no_worker_outlives_the_supervisor(short_tmp: Path, moment: str) -> None
     node = gateway_node(short_tmp / "g")
     try:
         node.start(wait=False)
+        # The gateway is "starting" for 15-20 ms (fork to first heartbeat): ask without pause.
         wait_for(lambda: (w := node.worker("gateway"))["state"] == moment and w["pid"], 20,
-                 f"the gateway {moment}")
+                 f"the gateway {moment}", interval_s=0.0)
         elapsed_s = gone_after_group_kill(node)
         # 1 s is the promise; the slack is for a shared, busy test machine.
         assert elapsed_s < 1.5, f"workers outlived the supervisor by {elapsed_s:.2f} s"
