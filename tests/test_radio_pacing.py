@@ -269,3 +269,54 @@ def test_ledger_exchanges_wait_behind_a_push_that_is_due() -> None:
     assert pacing.push_due(mates, 450, spaced + 1.0) and not pacer.state_waiting
     pacer.bucket.tokens_s = pacer.bucket.capacity_s
     assert exchanges() == 1
+
+
+def test_a_range_response_is_paid_by_the_node_that_sends_it() -> None:
+    from types import SimpleNamespace
+
+    from akita.mesh import replication as plan
+    from akita.wire import protocol
+    from tests.test_replication_units import ME, A, Rig
+
+    rig = Rig()
+    pacer = pacer_for("SF9")
+    rig.net.pacer = pacer
+    bundle = b"x" * 2000   # a Resource of five packets at SF9: ~12 s on air
+
+    def serve() -> tuple[list[bytes], list[str]]:
+        answers: list[bytes] = []
+        refusals: list[str] = []
+        request = SimpleNamespace(peer_id=A, link_mdu=431, respond=answers.append,
+                                  fail=refusals.append, data=plan.encode_range_request(
+                                      plan.RangeRequest(ME, 0, True)))
+        rig.links.handlers["akita.ledger/range"](request)
+        (asked,) = rig.ledger.take(protocol.LedgerRange)
+        asked.on_reply(protocol.LedgerRangeReply(feed=ME, bundle=bundle, first_seq=1,
+                                                 last_seq=9, head_seq=9))
+        return answers, refusals
+
+    pacer.bucket.rate = 1e-12
+    pacer.bucket.tokens_s = pacer.bucket.capacity_s
+    answers, refusals = serve()
+    assert len(answers) == 1 and not refusals
+    cost = pacer.body_cost_s(len(answers[0]))
+    assert cost > pacer.bucket.capacity_s                  # more than the bucket holds ...
+    assert pacer.bucket.tokens_s == pytest.approx(pacer.bucket.capacity_s - cost)  # ... owed
+    answers, refusals = serve()
+    assert not answers and refusals == [plan.BUSY]         # nothing more until it is paid
+    assert rig.rep.counters.busy_refusals == 1 and rig.rep.counters.ranges_served == 1
+
+
+def test_a_mate_too_busy_to_answer_is_asked_again_later_not_counted_a_failure() -> None:
+    from akita.mesh import replication as plan
+    from tests.test_replication_units import ME, A, Rig
+
+    rig = Rig()
+    rig.round({ME: 1})
+    rig.answer_heads(A, {A: 5})
+    (sent,) = [s for s in rig.links.sent if s.path.endswith("/range")]
+    rig.links.sent.remove(sent)
+    sent.on_failure(f"akita.ledger/range refused: {plan.BUSY}")
+    sync = rig.rep.mates[sent.peer]
+    assert rig.rep.counters.busy == 1 and rig.rep.counters.failures == 0
+    assert sync.failures == 0 and sync.pull_at > 0 and not sync.retry_at

@@ -31,6 +31,10 @@ RANGE_REQUEST_MAX_BYTES = 64
 # inside Links' [request_id (18), [0, payload (≤ 5 of header)]] (≤ 1 + 1 + 1): 41 bytes at
 # most; the rest is margin.
 RESPONSE_ENVELOPE_BYTES = 48
+# What a node answers a range request with when its airtime budget cannot pay for the
+# response now (where the budget binds): the asker tries again later, not counting it a
+# failure.
+BUSY = "busy: this node's airtime budget is spent for now"
 # Below this a bundle would spend most of itself on its key, prev hash and checkpoint (about
 # 170 bytes): on a link with small packets (radio, UDP) a bundle of a few KB travels as one
 # Resource instead, whose parts carry little more than the data.

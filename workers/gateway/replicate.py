@@ -95,6 +95,8 @@ class ReplicationCounters:
     refused: int = 0            # forged or malformed bundles (recorded by the ledger writer)
     forks: int = 0
     failures: int = 0           # link or ledger failures
+    busy: int = 0               # range requests a mate refused: its airtime budget was spent
+    busy_refusals: int = 0      # range requests we refused: our airtime budget was spent
     refused_requests: int = 0   # requests from non-mates or malformed
     bytes_sent: int = 0         # request and response bodies this node sent
     bytes_received: int = 0     # request and response bodies this node received
@@ -294,8 +296,9 @@ class Replicator:
                              skip={self.node_id} | self.forked | others, stalled=sync.stalled)
         if nxt is None:
             return
-        if not self._paid(sync, RANGE_REQUEST_BYTES, budget.RECORD_BYTES, now):
-            sync.pull_at = self._ready_at(sync, RANGE_REQUEST_BYTES, budget.RECORD_BYTES, now)
+        # Only the request is ours to pay: the mate pays for its response (`_serve_range`).
+        if not self._paid(sync, RANGE_REQUEST_BYTES, 0, now):
+            sync.pull_at = self._ready_at(sync, RANGE_REQUEST_BYTES, 0, now)
             return
         self._pull(sync, *nxt)
 
@@ -313,7 +316,6 @@ class Replicator:
 
     def _ranged(self, sync: MateSync, data: bytes) -> None:
         self.counters.bytes_received += len(data)
-        self.net.pacer.settle(budget.RECORD_BYTES, len(data), time.monotonic())
         try:
             bundle, head_seq = plan.decode_range_response(data)
         except mesh.WireError as exc:
@@ -383,12 +385,18 @@ class Replicator:
         self._failed(sync, f"ledger {code}: {text}")
 
     def _failed(self, sync: MateSync, reason: str) -> None:
-        self.counters.failures += 1
-        sync.failures += 1
         feed = sync.feed
         if feed and self.sending.get(feed) == sync.peer:
             del self.sending[feed]
         sync.busy, sync.feed = "", ""
+        if plan.BUSY in reason:
+            # The mate's airtime budget is spent for now: not a failure; ask it again a
+            # round later (any mate holding the feed may be asked meanwhile).
+            self.counters.busy += 1
+            sync.pull_at = time.monotonic() + self.timing.round_s
+            return
+        self.counters.failures += 1
+        sync.failures += 1
         if sync.failures <= self.timing.max_retries:
             delay = self.timing.retry_s * 2 ** (sync.failures - 1)
             sync.retry_at = time.monotonic() + delay
@@ -465,8 +473,17 @@ class Replicator:
             raise RequestRefused(f"range: {exc}") from None
 
         def answer(reply: protocol.LedgerRangeReply) -> None:
+            body = plan.encode_range_response(reply.bundle, reply.head_seq)
+            # This node's transmitter carries the response: its airtime comes out of our
+            # bucket (where the budget binds), not the asker's. Without it a node serving
+            # two mates' catch-up sent 3 % of an hour at a 1 % budget.
+            pacer = self.net.pacer
+            if not pacer.try_spend(pacer.body_cost_s(len(body)), time.monotonic()):
+                self.counters.busy_refusals += 1
+                request.fail(plan.BUSY)
+                return
             self.counters.ranges_served += 1
-            self._respond(request, plan.encode_range_response(reply.bundle, reply.head_seq))
+            self._respond(request, body)
             self._sent(peer, reply)
 
         return self._ask_then_answer(request, peer, protocol.LedgerRange(
