@@ -140,8 +140,9 @@ class Pacer:
         return cost + (self.medium.cost_s(rest + FRAME_HEADER_BYTES) if rest else 0.0)
 
     def settle(self, estimated_bytes: int, actual_bytes: int, now: float) -> None:
-        """A response came: charge what it cost beyond the estimate paid up front (a
-        ledger range that rode as a Resource), so the next request waits that much more."""
+        """A response came: charge what it cost beyond the estimate paid up front (a state
+        delta or heads larger than their usual size), so the next request waits that much
+        more. (A ledger range is paid by the node that sends it.)"""
         extra = self.body_cost_s(actual_bytes) - self.body_cost_s(estimated_bytes)
         if extra > 0:
             self.spend(extra, now)

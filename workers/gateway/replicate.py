@@ -33,7 +33,9 @@ Where the airtime budget binds (radio), each exchange and each range pull this n
 waits for its airtime bucket (`net.pacer`, `akita.mesh.pacing`): the start-up catch-up
 between mates is spread over the first intervals instead of saturating the channel; an
 exchange or pull that waits stays due and goes when the bucket allows, after any state
-pull that waits for it.
+pull or push that waits for it. A range response is paid by the node that sends it (its
+transmitter's duty cycle, however many mates pull from it): one its bucket cannot pay is
+answered `plan.BUSY`, and the asker asks again a round later without counting a failure.
 """
 
 from __future__ import annotations
