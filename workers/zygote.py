@@ -124,8 +124,7 @@ class Zygote:
         ref = self._send_spawn(target, args, fds)
         asked_at = time.monotonic()
         while True:
-            # The time allowed counts from when the zygote could first answer.
-            remaining = max(asked_at, self.ready_at) + timeout_s - time.monotonic()
+            remaining = self._deadline(asked_at, timeout_s) - time.monotonic()
             if remaining <= 0 and self._importing():
                 remaining = 0.1  # slow, not dead
             elif remaining <= 0:
@@ -160,8 +159,12 @@ class Zygote:
         if not self._asked:
             return False
         oldest = min(self._asked.values())
-        return time.monotonic() > max(oldest, self.ready_at) + timeout_s \
-            and not self._importing()
+        return time.monotonic() > self._deadline(oldest, timeout_s) and not self._importing()
+
+    def _deadline(self, asked_at: float, timeout_s: float) -> float:
+        """When a request asked at `asked_at` is overdue: the time allowed counts from when
+        the zygote could first answer (its preload imported)."""
+        return max(asked_at, self.ready_at) + timeout_s
 
     def _send_spawn(self, target: str, args: Any, fds: dict[int, int] | None) -> int:
         self._ref += 1

@@ -207,14 +207,19 @@ class Replicator:
         """Does the airtime bucket pay for a request to this mate now (always, on a LAN)?
         Not while state pulls wait for it: they go first."""
         pacer = self.net.pacer
-        return not pacer.state_waiting and bool(pacer.try_spend(pacer.request_cost_s(
-            request_bytes, response_bytes, self.links.is_open(sync.peer)), now))
+        return not pacer.state_waiting and bool(pacer.try_spend(
+            self._cost_s(sync, request_bytes, response_bytes), now))
 
     def _ready_at(self, sync: MateSync, request_bytes: int, response_bytes: int,
                   now: float) -> float:
-        pacer = self.net.pacer
-        return float(pacer.ready_at(pacer.request_cost_s(
-            request_bytes, response_bytes, self.links.is_open(sync.peer)), now))
+        return float(self.net.pacer.ready_at(
+            self._cost_s(sync, request_bytes, response_bytes), now))
+
+    def _cost_s(self, sync: MateSync, request_bytes: int, response_bytes: int) -> float:
+        """Airtime of a request to this mate and its response, with a link setup if our
+        link to it is not up."""
+        return float(self.net.pacer.request_cost_s(request_bytes, response_bytes,
+                                                   self.links.is_open(sync.peer)))
 
     def _heads_unavailable(self, code: str, text: str) -> None:
         self._reading_heads = False

@@ -73,9 +73,8 @@ class StatePacing:
     def may_push(self, mates: set[str], record_bytes: int, now: float) -> bool:
         """True: push the own record to `mates` now (paid for). False: one push waits
         (see `push_due`), whatever else changes meanwhile."""
-        spaced = now >= self.last_push_at + self.pacer.push_spacing_s
-        if not mates or (spaced and self.pacer.try_spend(self.push_cost_s(mates, record_bytes),
-                                                         now)):
+        if not mates or (self._spaced(now) and self.pacer.try_spend(
+                self.push_cost_s(mates, record_bytes), now)):
             self.push_pending = False
             if mates:
                 self.last_push_at = now
@@ -97,8 +96,11 @@ class StatePacing:
 
     def _hold(self, now: float) -> None:
         """Let the ledger's catch-up spend from the bucket only while no state work waits."""
-        push_waits = self.push_pending and now >= self.last_push_at + self.pacer.push_spacing_s
-        self.pacer.state_waiting = bool(self.wanted) or push_waits
+        self.pacer.state_waiting = bool(self.wanted) or (self.push_pending and self._spaced(now))
+
+    def _spaced(self, now: float) -> bool:
+        """A push may go as far as its spacing goes (one per `Pacer.push_spacing_s`)."""
+        return now >= self.last_push_at + self.pacer.push_spacing_s
 
     def stats(self, now: float) -> dict[str, Any]:
         return {**self.pacer.as_dict(now), "pulls_waiting": len(self.wanted),
