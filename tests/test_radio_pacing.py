@@ -187,6 +187,15 @@ def test_pulls_that_wait_go_in_order_and_only_while_still_wanted() -> None:
 # --- ledger exchanges -----------------------------------------------------------------------
 
 
+def sf9_rig() -> tuple[Any, Pacer]:
+    """A replicator on a fake node (`tests.test_replication_units.Rig`) paced as at SF9."""
+    from tests.test_replication_units import Rig
+
+    rig = Rig()
+    rig.net.pacer = pacer_for("SF9")
+    return rig, rig.net.pacer
+
+
 def heads_exchanges(rig: Any, rounds: int = 1) -> int:
     """Heads exchanges the replicator of `rig` sends over `rounds` rounds, each request for
     our own heads answered at once (the replicator reads its own clock; the bucket earns
@@ -203,53 +212,33 @@ def heads_exchanges(rig: Any, rounds: int = 1) -> int:
 
 
 def test_ledger_exchanges_wait_for_the_bucket_and_stay_due() -> None:
-    from tests.test_replication_units import Rig
-
-    rig = Rig()
-    pacer = pacer_for("SF9")
-    rig.net.pacer = pacer
-
-    def rounds(count: int) -> int:
-        return heads_exchanges(rig, count)
-
+    rig, pacer = sf9_rig()
     pacer.bucket.rate = 1e-12
     pacer.bucket.tokens_s = 0.0
-    assert rounds(5) == 0             # both mates due, the bucket empty
+    assert heads_exchanges(rig, 5) == 0   # both mates due, the bucket empty
     pacer.bucket.tokens_s = pacer.bucket.capacity_s
-    assert rounds(5) == 1             # one exchange (with its link setup) fills the bucket
+    assert heads_exchanges(rig, 5) == 1   # one exchange (with its link setup) fills the bucket
     pacer.bucket.tokens_s = pacer.bucket.capacity_s
-    assert rounds(5) == 1             # the other mate stayed due
+    assert heads_exchanges(rig, 5) == 1   # the other mate stayed due
     pacer.bucket.tokens_s = pacer.bucket.capacity_s
-    assert rounds(5) == 0             # nothing left to say
+    assert heads_exchanges(rig, 5) == 0   # nothing left to say
 
 
 def test_ledger_exchanges_wait_behind_state_pulls() -> None:
-    from tests.test_replication_units import Rig
-
-    rig = Rig()
-    pacer = pacer_for("SF9")
-    rig.net.pacer = pacer
+    rig, pacer = sf9_rig()
     pacing = StatePacing(pacer, is_open=lambda _peer: False)
     pacer.bucket.rate, pacer.bucket.tokens_s = 1e-12, 0.0
     assert not pacing.may_pull(peer_id(7), (1, 1), 0.0) and pacer.state_waiting
     pacer.bucket.tokens_s = pacer.bucket.capacity_s
-
-    def exchanges() -> int:
-        return heads_exchanges(rig)
-
-    assert exchanges() == 0           # the bucket is full, but a state pull comes first
+    assert heads_exchanges(rig) == 0   # the bucket is full, but a state pull comes first
     assert [p for p, _s in pacing.due_pulls(1.0, lambda _p, _s: True)] == [peer_id(7)]
     assert not pacer.state_waiting
     pacer.bucket.tokens_s = pacer.bucket.capacity_s
-    assert exchanges() == 1
+    assert heads_exchanges(rig) == 1
 
 
 def test_ledger_exchanges_wait_behind_a_push_that_is_due() -> None:
-    from tests.test_replication_units import Rig
-
-    rig = Rig()
-    pacer = pacer_for("SF9")
-    rig.net.pacer = pacer
+    rig, pacer = sf9_rig()
     pacing = StatePacing(pacer, is_open=lambda _peer: True)
     mates = {peer_id(1), peer_id(2)}
     assert pacing.may_push(mates, 450, 0.0)
@@ -259,16 +248,13 @@ def test_ledger_exchanges_wait_behind_a_push_that_is_due() -> None:
     pacer.bucket.rate, pacer.bucket.tokens_s = 1e-12, 0.0
     spaced = pacer.push_spacing_s
 
-    def exchanges() -> int:
-        return heads_exchanges(rig)
-
     assert not pacing.push_due(mates, 450, spaced)   # due, but the bucket is empty ...
     assert pacer.state_waiting                        # ... so the catch-up waits behind it
     pacer.bucket.tokens_s = pacer.bucket.capacity_s
-    assert exchanges() == 0           # an exchange would fit, but the push comes first
+    assert heads_exchanges(rig) == 0   # an exchange would fit, but the push comes first
     assert pacing.push_due(mates, 450, spaced + 1.0) and not pacer.state_waiting
     pacer.bucket.tokens_s = pacer.bucket.capacity_s
-    assert exchanges() == 1
+    assert heads_exchanges(rig) == 1
 
 
 def test_a_range_response_is_paid_by_the_node_that_sends_it() -> None:
@@ -276,11 +262,9 @@ def test_a_range_response_is_paid_by_the_node_that_sends_it() -> None:
 
     from akita.mesh import replication as plan
     from akita.wire import protocol
-    from tests.test_replication_units import ME, A, Rig
+    from tests.test_replication_units import ME, A
 
-    rig = Rig()
-    pacer = pacer_for("SF9")
-    rig.net.pacer = pacer
+    rig, pacer = sf9_rig()
     bundle = b"x" * 2000   # a Resource of five packets at SF9: ~12 s on air
 
     def serve() -> tuple[list[bytes], list[str]]:
